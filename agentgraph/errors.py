@@ -1,0 +1,78 @@
+"""Typed errors. Each one says what went wrong and what to do about it.
+
+Nothing in agentgraph falls back silently: a node that has a fallback catches
+these explicitly and records that it did.
+"""
+
+from __future__ import annotations
+
+
+class AgentGraphError(Exception):
+    """Base class of every error agentgraph raises on purpose."""
+
+
+class SLMError(AgentGraphError):
+    """A small-model call failed."""
+
+
+class ModelNotFoundError(SLMError):
+    """The model folder or the packaged weights it is built from are missing."""
+
+
+class SLMUnavailableError(SLMError):
+    """The SLM server could not be reached."""
+
+    def __init__(self, base_url: str, cause: BaseException | None = None) -> None:
+        detail = f": {cause}" if cause else ""
+        super().__init__(
+            f"cannot reach the SLM server at {base_url}{detail}. Start one with "
+            "`agentgraph slm serve` or point AGENTGRAPH_SLM_URL / --slm-url at a running vLLM server."
+        )
+        self.base_url = base_url
+
+
+class SLMTimeoutError(SLMError):
+    """The SLM server did not answer in time."""
+
+    def __init__(self, base_url: str, timeout_s: float) -> None:
+        super().__init__(
+            f"the SLM server at {base_url} did not answer within {timeout_s:g} s. "
+            "Raise the timeout (AGENTGRAPH_SLM_TIMEOUT) or check the server's load."
+        )
+        self.base_url = base_url
+        self.timeout_s = timeout_s
+
+
+class MalformedResponseError(SLMError):
+    """The SLM server answered, but not with what the protocol promises."""
+
+
+class ContextBudgetExceededError(SLMError):
+    """The input does not fit the model's context budget."""
+
+    def __init__(self, prompt_tokens: int, budget: int) -> None:
+        super().__init__(
+            f"the prompt has {prompt_tokens} tokens, over the context budget of {budget}. "
+            "Shorten the input (nodes cut it with `truncate_to_budget`) or raise max_context_tokens."
+        )
+        self.prompt_tokens = prompt_tokens
+        self.budget = budget
+
+
+class ServerStartError(SLMError):
+    """A local vLLM server did not come up."""
+
+
+class StructuredOutputError(SLMError):
+    """Constrained output parsed as JSON but failed the pydantic model's validation.
+
+    The grammar enforces the JSON schema; validators it cannot express (custom
+    validators, some formats) can still reject the value. ``text`` keeps the raw
+    output so a caller can repair it.
+    """
+
+    def __init__(self, schema: type, text: str, cause: Exception) -> None:
+        super().__init__(f"output does not validate as {schema.__name__}: {cause}")
+        self.schema = schema
+        self.text = text
+        self.cause = cause

@@ -1,0 +1,261 @@
+"""The one interface every node uses to talk to a small language model.
+
+Two backends implement it: :class:`~agentgraph.slm.embedded.TransformersSLM`
+(in-process, the default) and :class:`~agentgraph.slm.vllm.VLLMSLM` (a vLLM
+server). Both share the prompt rendering and label scoring defined here, so the
+same model gives the same answers through either.
+
+Example:
+    >>> from agentgraph.slm import load_slm
+    >>> slm = load_slm()  # embedded SmolLM2-135M-Instruct
+    >>> result = slm.choose("Where is my parcel?", ["track_order", "cancel_order"])
+    >>> result.label, round(sum(result.probabilities.values()), 6)
+    ('track_order', 1.0)
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from agentgraph.errors import ContextBudgetExceededError, StructuredOutputError
+from agentgraph.prompting import render_prompt
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+ChatMessage = Mapping[str, str]
+Prompt = str | Sequence[ChatMessage]
+"""A user message, or a list of chat messages (``{"role": ..., "content": ...}``)."""
+
+Labels = Sequence[str] | Mapping[str, str]
+"""Label strings, or labels mapped to a description of when to pick them."""
+
+
+class Usage(BaseModel):
+    """What one SLM call cost."""
+
+    model: str
+    latency_ms: float
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class TokenLogprob(BaseModel):
+    """One generated token and its log-probability under the raw model distribution."""
+
+    token: str
+    logprob: float
+
+
+class ChoiceResult(BaseModel):
+    """A label chosen from a fixed set, with a distribution over every label."""
+
+    label: str
+    probabilities: dict[str, float] = Field(description="P(label | prompt), summing to 1 over the label set")
+    usage: Usage
+
+    @property
+    def confidence(self) -> float:
+        return self.probabilities[self.label]
+
+
+class GenerationResult(BaseModel):
+    """Free text with per-token log-probabilities."""
+
+    text: str
+    tokens: list[TokenLogprob]
+    finish_reason: Literal["stop", "length"] = Field(description="'length' when max_tokens cut the output")
+    usage: Usage
+
+    @property
+    def confidence(self) -> float:
+        """Geometric mean of the token probabilities (1.0 for an empty output)."""
+        if not self.tokens:
+            return 1.0
+        return math.exp(sum(t.logprob for t in self.tokens) / len(self.tokens))
+
+
+class StructuredResult(GenerationResult, Generic[ModelT]):
+    """A validated pydantic instance produced under constrained decoding."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    value: ModelT
+
+
+def to_messages(prompt: Prompt, system: str | None = None) -> list[dict[str, str]]:
+    """Normalise a prompt into chat messages, with ``system`` first when given."""
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
+    if not messages or messages[-1].get("role") != "user":
+        raise ValueError("a prompt must end with a user message")
+    if system is not None:
+        messages.insert(0, {"role": "system", "content": system})
+    return messages
+
+
+def label_options(labels: Labels) -> dict[str, str | None]:
+    """Labels as an ordered ``{label: description or None}``; rejects empty or repeated labels."""
+    options: dict[str, str | None] = (
+        {str(k): str(v) for k, v in labels.items()} if isinstance(labels, Mapping) else dict.fromkeys(map(str, labels))
+    )
+    if isinstance(labels, str) or len(options) < 2:
+        raise ValueError("choose() needs at least two distinct labels")
+    if len(options) != len(labels):
+        raise ValueError("labels must be distinct")
+    if any(not label.strip() for label in options):
+        raise ValueError("labels must be non-empty strings")
+    return options
+
+
+def choice_messages(prompt: Prompt, options: Mapping[str, str | None], system: str | None) -> list[dict[str, str]]:
+    """The prompt with the label list (prompt ``choice``) appended to its last user message."""
+    messages = to_messages(prompt, system)
+    listing = render_prompt("choice", options=options)
+    messages[-1]["content"] = f"{messages[-1]['content']}\n\n{listing}"
+    return messages
+
+
+def json_schema_instruction(schema: type[BaseModel]) -> str:
+    """The schema-first instruction (prompt ``structured``) for ``schema``."""
+    import json
+
+    return render_prompt("structured", schema=json.dumps(schema.model_json_schema(), separators=(",", ":")))
+
+
+def normalise_scores(label_logprobs: Mapping[str, float]) -> dict[str, float]:
+    """Softmax of per-label sequence log-probabilities: P(label | prompt, label in set)."""
+    top = max(label_logprobs.values())
+    weights = {label: math.exp(lp - top) for label, lp in label_logprobs.items()}
+    total = sum(weights.values())
+    return {label: w / total for label, w in weights.items()}
+
+
+def validate_structured(schema: type[ModelT], text: str) -> ModelT:
+    """Validate constrained output against ``schema``; a failure is a typed error carrying the text."""
+    try:
+        return schema.model_validate_json(text)
+    except ValidationError as exc:
+        raise StructuredOutputError(schema, text, exc) from exc
+
+
+class SLM(ABC):
+    """A small language model behind one contract.
+
+    Every method is deterministic (greedy decoding) and thread-safe; every
+    result carries :class:`Usage` (latency, model name, token counts).
+    """
+
+    model_name: str
+    max_context_tokens: int
+
+    def __init__(self) -> None:
+        self._suffix_cache: dict[str, list[int]] = {}
+        self._suffix_lock = threading.Lock()
+
+    def choose(self, prompt: Prompt, labels: Labels, *, system: str | None = None) -> ChoiceResult:
+        """Pick one of ``labels``; the answer can never leave the label set.
+
+        Each label is scored as the full assistant reply (label tokens and the
+        end-of-turn token) after the prompt; ``probabilities`` is the softmax of
+        those sequence log-probabilities and ``label`` its argmax.
+        """
+        options = label_options(labels)
+        messages = choice_messages(prompt, options, system)
+        prefix = self.tokenize_chat(messages, add_generation_prompt=True)
+        suffixes = {label: self._label_suffix(label) for label in options}
+        self.check_budget(len(prefix) + max(map(len, suffixes.values())))
+        logprobs, usage = self._score_continuations(prefix, suffixes)
+        probabilities = normalise_scores(logprobs)
+        label = max(probabilities, key=probabilities.__getitem__)
+        return ChoiceResult(label=label, probabilities=probabilities, usage=usage)
+
+    def structured(
+        self,
+        prompt: Prompt,
+        schema: type[ModelT],
+        *,
+        system: str | None = None,
+        max_tokens: int = 256,
+    ) -> StructuredResult[ModelT]:
+        """Produce an instance of ``schema`` under JSON-schema-constrained decoding.
+
+        The schema is stated in the system message (schema-first prompting) and
+        enforced by the decoder. A value the grammar cannot express (a custom
+        validator, say) raises :class:`~agentgraph.errors.StructuredOutputError`.
+        """
+        instruction = json_schema_instruction(schema)
+        messages = to_messages(prompt, f"{system}\n\n{instruction}" if system else instruction)
+        prompt_ids = self.tokenize_chat(messages, add_generation_prompt=True)
+        self.check_budget(len(prompt_ids) + max_tokens)
+        generation = self._generate_json(messages, prompt_ids, schema.model_json_schema(), max_tokens)
+        if generation.finish_reason == "length":
+            raise StructuredOutputError(
+                schema, generation.text, ValueError(f"the output was cut at max_tokens={max_tokens}; raise it")
+            )
+        value = validate_structured(schema, generation.text)
+        return StructuredResult[schema](value=value, **generation.model_dump())
+
+    def generate(
+        self,
+        prompt: Prompt,
+        *,
+        system: str | None = None,
+        max_tokens: int = 256,
+        stop: Sequence[str] = (),
+    ) -> GenerationResult:
+        """Generate free text greedily, with the log-probability of every token."""
+        messages = to_messages(prompt, system)
+        prompt_ids = self.tokenize_chat(messages, add_generation_prompt=True)
+        self.check_budget(len(prompt_ids) + max_tokens)
+        return self._generate_text(messages, prompt_ids, max_tokens, list(stop))
+
+    def count_tokens(self, prompt: Prompt, *, system: str | None = None) -> int:
+        """Tokens the prompt takes once the chat template is applied."""
+        return len(self.tokenize_chat(to_messages(prompt, system), add_generation_prompt=True))
+
+    def check_budget(self, tokens: int) -> None:
+        if tokens > self.max_context_tokens:
+            raise ContextBudgetExceededError(tokens, self.max_context_tokens)
+
+    def _label_suffix(self, label: str) -> list[int]:
+        """Token ids of ``label`` as a complete assistant turn (content plus end-of-turn).
+
+        Found by difference of two chat-template renderings, so it holds for any
+        template; independent of the prompt, hence cached.
+        """
+        with self._suffix_lock:
+            if label not in self._suffix_cache:
+                probe = [{"role": "user", "content": "?"}]
+                prefix = self.tokenize_chat(probe, add_generation_prompt=True)
+                full = self.tokenize_chat([*probe, {"role": "assistant", "content": label}], add_generation_prompt=False)
+                if full[: len(prefix)] != prefix or len(full) == len(prefix):
+                    raise ValueError(f"the chat template does not render label {label!r} as a plain assistant turn")
+                self._suffix_cache[label] = full[len(prefix) :]
+            return self._suffix_cache[label]
+
+    @abstractmethod
+    def tokenize_chat(self, messages: Sequence[ChatMessage], *, add_generation_prompt: bool) -> list[int]:
+        """Token ids of ``messages`` rendered with the model's chat template."""
+
+    @abstractmethod
+    def _score_continuations(
+        self, prefix: list[int], continuations: Mapping[str, list[int]]
+    ) -> tuple[dict[str, float], Usage]:
+        """Sum of log P(continuation tokens | prefix) for each continuation."""
+
+    @abstractmethod
+    def _generate_json(
+        self, messages: list[dict[str, str]], prompt_ids: list[int], json_schema: dict, max_tokens: int
+    ) -> GenerationResult:
+        """Greedy generation constrained to ``json_schema``."""
+
+    @abstractmethod
+    def _generate_text(
+        self, messages: list[dict[str, str]], prompt_ids: list[int], max_tokens: int, stop: list[str]
+    ) -> GenerationResult:
+        """Greedy unconstrained generation."""

