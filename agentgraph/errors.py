@@ -76,3 +76,7 @@ class StructuredOutputError(SLMError):
         self.schema = schema
         self.text = text
         self.cause = cause
+
+
+class EmptyInputError(AgentGraphError, ValueError):
+    """A node was given no text to work on."""

@@ -1,0 +1,1 @@
+"""Sub-commands of the ``agentgraph`` CLI; each module has ``register(subparsers)``."""
