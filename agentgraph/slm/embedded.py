@@ -110,8 +110,9 @@ class TransformersSLM(SLM):
     ) -> GenerationResult:
         import xgrammar
 
-        # Compact JSON: with free whitespace a small model can emit blanks until max_tokens.
-        grammar = self._grammars.compile_json_schema(json_schema, any_whitespace=False)
+        # Compact JSON, the grammar vLLM compiles with disable_any_whitespace: with free
+        # whitespace a small model can emit blanks until max_tokens.
+        grammar = self._grammars.compile_json_schema(json_schema, any_whitespace=False, separators=(",", ":"))
         return self._decode(prompt_ids, max_tokens, stop=[], matcher=xgrammar.GrammarMatcher(grammar))
 
     def _generate_text(

@@ -3,7 +3,10 @@
 - ``choose`` tokenizes through the server's ``/tokenize`` (its chat template) and
   scores every label continuation in one ``/v1/completions`` request with
   ``prompt_logprobs``; the server's prefix cache shares the prompt.
-- ``structured`` uses vLLM structured outputs (``structured_outputs: {"json": schema}``).
+- ``structured`` uses vLLM structured outputs (``structured_outputs: {"json": schema}``). Start
+  the server with ``--structured-outputs-config '{"disable_any_whitespace": true}'`` (``agentgraph
+  slm serve`` does) for the compact JSON the embedded backend decodes: with free whitespace a
+  small model can emit blanks until ``max_tokens``.
 - ``generate`` is a chat completion with ``logprobs``.
 
 Start a server with ``agentgraph slm serve``.
@@ -109,9 +112,7 @@ class VLLMSLM(SLM):
     def _generate_json(
         self, messages: list[dict[str, str]], prompt_ids: list[int], json_schema: dict, max_tokens: int
     ) -> GenerationResult:
-        # Compact JSON, as the embedded backend decodes it: free whitespace lets a small model ramble.
-        constraint = {"structured_outputs": {"json": json_schema, "disable_any_whitespace": True}}
-        return self._chat(messages, len(prompt_ids), max_tokens, constraint)
+        return self._chat(messages, len(prompt_ids), max_tokens, {"structured_outputs": {"json": json_schema}})
 
     def _generate_text(
         self, messages: list[dict[str, str]], prompt_ids: list[int], max_tokens: int, stop: list[str]
