@@ -176,3 +176,16 @@ def test_over_budget_input_is_a_typed_error(slm: SLM):
     with pytest.raises(ContextBudgetExceededError):
         slm.generate(huge)
     assert slm.count_tokens(huge) > slm.max_context_tokens
+
+
+@pytest.mark.vllm
+def test_both_backends_give_the_same_answers(embedded_slm: SLM, vllm_slm: SLM):
+    """Same weights, same float32 arithmetic, same scoring: the same labels and near-equal probabilities."""
+    for prompt in ["Where is my parcel?", "I was charged twice", "Put me through to a person", "Cancel it all"]:
+        local, served = embedded_slm.choose(prompt, INTENTS), vllm_slm.choose(prompt, INTENTS)
+        assert local.label == served.label
+        for label in INTENTS:
+            assert abs(local.probabilities[label] - served.probabilities[label]) < 0.02
+    local = embedded_slm.structured("Where is order 10001? It is urgent.", Ticket)
+    served = vllm_slm.structured("Where is order 10001? It is urgent.", Ticket)
+    assert local.value == served.value

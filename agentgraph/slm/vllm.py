@@ -1,8 +1,8 @@
 """The vLLM backend: the same SLM contract over a vLLM server's OpenAI-compatible API.
 
 - ``choose`` tokenizes through the server's ``/tokenize`` (its chat template) and
-  scores every label continuation in one ``/v1/completions`` request with
-  ``prompt_logprobs``; the server's prefix cache shares the prompt.
+  scores every label continuation exactly, walking the labels' token trie with
+  ``logprob_token_ids`` requests that the server's prefix cache makes cheap.
 - ``structured`` uses vLLM structured outputs (``structured_outputs: {"json": schema}``). Start
   the server with ``--structured-outputs-config '{"disable_any_whitespace": true}'`` (``agentgraph
   slm serve`` does) for the compact JSON the embedded backend decodes: with free whitespace a
@@ -78,29 +78,44 @@ class VLLMSLM(SLM):
     def _score_continuations(
         self, prefix: list[int], continuations: Mapping[str, list[int]]
     ) -> tuple[dict[str, float], Usage]:
-        labels = list(continuations)
+        """Walk the token trie of the continuations, one batched request per depth.
+
+        At depth d every distinct continuation prefix is one prompt (the server's prefix
+        cache makes each cost a few tokens) and ``logprob_token_ids`` asks for exactly
+        the next tokens the labels need. ``prompt_logprobs`` would do it in one request but
+        disables the prefix cache and computes every prompt position: 50-100x slower on CPU.
+        """
         started = time.perf_counter()
-        reply = self._post(
-            "/v1/completions",
-            {
-                "model": self.model_name,
-                "prompt": [prefix + continuations[label] for label in labels],
-                "max_tokens": 1,
-                "temperature": 0.0,
-                "prompt_logprobs": 0,
-            },
-        )
-        choices = sorted(_field(reply, "choices", list), key=lambda c: c["index"])
-        if len(choices) != len(labels):
-            raise MalformedResponseError(f"asked to score {len(labels)} prompts, got {len(choices)} choices")
-        scores = {}
-        for label, choice in zip(labels, choices):
-            ids = continuations[label]
-            positions = _field(choice, "prompt_logprobs", list)[-len(ids) :]
-            try:
-                scores[label] = sum(float(pos[str(token)]["logprob"]) for pos, token in zip(positions, ids))
-            except (KeyError, TypeError) as exc:
-                raise MalformedResponseError(f"prompt_logprobs lack the prompt's own tokens: {exc!r}") from exc
+        step_logprobs: dict[tuple[int, ...], float] = {}  # path + next token -> log P(next | prefix + path)
+        for depth in range(max(map(len, continuations.values()))):
+            paths = sorted({tuple(ids[:depth]) for ids in continuations.values() if len(ids) > depth})
+            wanted = sorted({ids[depth] for ids in continuations.values() if len(ids) > depth})
+            reply = self._post(
+                "/v1/completions",
+                {
+                    "model": self.model_name,
+                    "prompt": [prefix + list(path) for path in paths],
+                    "max_tokens": 1,
+                    "temperature": 0.0,
+                    "logprobs": 1,
+                    "logprob_token_ids": wanted,
+                    "return_tokens_as_token_ids": True,
+                },
+            )
+            choices = sorted(_field(reply, "choices", list), key=lambda c: c["index"])
+            if len(choices) != len(paths):
+                raise MalformedResponseError(f"sent {len(paths)} prompts, got {len(choices)} choices")
+            for path, choice in zip(paths, choices):
+                top = _field(_field(choice, "logprobs", dict), "top_logprobs", list)
+                try:
+                    for token in wanted:
+                        step_logprobs[(*path, token)] = float(top[0][f"token_id:{token}"])
+                except (IndexError, KeyError, TypeError, ValueError) as exc:
+                    raise MalformedResponseError(f"logprobs lack the requested token ids: {exc!r}") from exc
+        scores = {
+            label: sum(step_logprobs[tuple(ids[: depth + 1])] for depth in range(len(ids)))
+            for label, ids in continuations.items()
+        }
         usage = Usage(
             model=self.model_name,
             latency_ms=(time.perf_counter() - started) * 1000,
