@@ -1,0 +1,564 @@
+"""The consequence modeler: classification, exactly-once execution, approvals, faults, restarts and races.
+
+Side effects are counted in the tools' own database (:mod:`consequence_shop`).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
+from langchain_core.messages import AIMessage
+from langchain_core.tools import tool
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.checkpoint.sqlite import SqliteSaver
+from langgraph.graph import START, StateGraph
+from langgraph.types import Command
+
+from agentgraph.decisions import SQLiteDecisionLog
+from agentgraph.errors import MissingThreadIdError, NoToolCallsError
+from agentgraph.idempotency import DEFAULT_LEASE_S, SQLiteIdempotencyStore
+from agentgraph.nodes.consequence import (
+    CONSEQUENCE_DESCRIPTIONS,
+    ConsequencePolicy,
+    calibrate,
+    classify_tool_call,
+    content_free_prior,
+    create_guarded_tool_node,
+)
+from consequence_shop import POLICY, TABLE_OF, Clock, Shop, ShopState, SimulatedCrash, race, shop_graph, tool_calls
+from consequence_worker import CRASH_THREAD
+
+WORKER = Path(__file__).with_name("consequence_worker.py")
+LEASE_S = 60.0
+CREDIT = ("add_credit", {"customer": "ana", "amount": 5.0, "reference": "credit-1"})
+CHARGE = ("charge_card", {"customer": "ana", "amount": 20.0, "reference": "charge-1"})
+REFUND = ("refund_order", {"order_id": "A1", "amount": 30.0, "reference": "refund-1"})
+LOOKUP = ("get_order", {"order_id": "A1"})
+APPROVE = {"decisions": [{"type": "approve"}]}
+
+
+def thread(name: str) -> dict:
+    return {"configurable": {"thread_id": name}}
+
+
+@pytest.fixture
+def shop(tmp_path) -> Shop:
+    shop = Shop(tmp_path / "shop.db")
+    yield shop
+    shop.close()
+
+
+@pytest.fixture
+def store(tmp_path) -> SQLiteIdempotencyStore:
+    store = SQLiteIdempotencyStore(tmp_path / "keys.db")
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def decision_log(tmp_path) -> SQLiteDecisionLog:
+    return SQLiteDecisionLog(tmp_path / "decisions.db")
+
+
+def _tool(name: str, description: str, metadata: dict | None = None):
+    made = tool(name, description=description)(lambda target: "ok")
+    made.metadata = metadata
+    return made
+
+
+# --- classification ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("listed", "hints", "expected"),
+    [
+        ("irreversible", {"readOnlyHint": True}, "irreversible"),
+        ("safe", {"readOnlyHint": False, "destructiveHint": True}, "irreversible"),
+        ("retry_safe", {"readOnlyHint": False, "destructiveHint": False, "idempotentHint": False}, "retry_unsafe"),
+        ("retry_unsafe", {"readOnlyHint": True}, "retry_unsafe"),
+        ("safe", {}, "safe"),
+    ],
+)
+def test_annotations_can_make_a_listed_tool_more_cautious_never_less(listed, hints, expected):
+    declared = _tool("purge_cache", "Purges the cache.", hints)
+
+    verdict = classify_tool_call(declared, {"target": "x"}, policy=ConsequencePolicy(tools={"purge_cache": listed}))
+
+    assert (verdict.consequence, verdict.strategy, verdict.confidence) == (expected, "policy", None)
+    assert verdict.hints == hints
+
+
+@pytest.mark.parametrize(
+    ("metadata", "expected"),
+    [
+        ({"readOnlyHint": True, "openWorldHint": True}, "safe"),
+        ({"readOnlyHint": False, "destructiveHint": False, "idempotentHint": True}, "retry_safe"),
+        ({"readOnlyHint": False, "destructiveHint": False}, "retry_unsafe"),
+        ({"idempotentHint": True}, "irreversible"),  # MCP default: a tool not read-only may be destructive
+        ({"annotations": {"readOnlyHint": False, "destructiveHint": False, "idempotentHint": True}}, "retry_safe"),
+        # langchain-mcp-adapters stores every annotation field, unset ones as None
+        ({"title": None, "readOnlyHint": True, "destructiveHint": None, "idempotentHint": None}, "safe"),
+    ],
+)
+def test_annotations_alone_classify_a_tool_the_policy_does_not_list(metadata, expected):
+    verdict = classify_tool_call(
+        _tool("do_thing", "Does a thing.", metadata), {"target": "x"}, policy=ConsequencePolicy()
+    )
+
+    assert (verdict.consequence, verdict.strategy) == (expected, "annotations")
+
+
+def test_policy_patterns_match_in_order_and_exact_names_win():
+    policy = ConsequencePolicy(tools={"delete_*": "irreversible", "delete_draft": "retry_safe", "*": "retry_unsafe"})
+
+    assert policy.lookup("delete_user") == "irreversible"
+    assert policy.lookup("delete_draft") == "retry_safe"
+    assert policy.lookup("send_mail") == "retry_unsafe"
+    assert ConsequencePolicy().lookup("send_mail") is None
+
+
+def test_a_call_unknown_to_the_policy_goes_to_the_llm_and_hints_still_raise_caution():
+    hinted = _tool("sync_mailbox", "Syncs a mailbox.", {"readOnlyHint": False, "destructiveHint": True})
+    policy = ConsequencePolicy(tools={"sync_mailbox": "unknown"})
+    llm = FakeMessagesListChatModel(responses=[AIMessage("safe"), AIMessage("unused")])
+
+    verdict = classify_tool_call(hinted, {"target": "inbox"}, policy=policy, llm=llm)
+
+    assert (verdict.consequence, verdict.strategy, verdict.escalated) == ("irreversible", "llm", True)
+    assert llm.i == 1, "the LLM was asked once"
+
+
+@pytest.mark.parametrize(
+    ("answers", "expected", "strategy"),
+    [
+        (["retry_safe"], "retry_safe", "llm"),
+        (["It is retry_unsafe, I think."], "retry_unsafe", "llm"),
+        (["safe or irreversible, hard to say"], "irreversible", "fallback"),
+        (None, "irreversible", "fallback"),
+    ],
+)
+def test_an_unknown_call_takes_the_llm_verdict_or_the_most_cautious_class(answers, expected, strategy):
+    llm = FakeMessagesListChatModel(responses=[AIMessage(a) for a in answers]) if answers else None
+    undeclared = _tool("frobnicate", "Frobnicates a widget.")
+
+    verdict = classify_tool_call(
+        undeclared, {"target": "w1"}, policy=ConsequencePolicy(tools={"frobnicate": "unknown"}), llm=llm
+    )
+
+    assert (verdict.consequence, verdict.strategy) == (expected, strategy)
+    assert verdict.escalated is (llm is not None)
+
+
+def test_calibration_divides_out_the_models_own_bias():
+    biased_prior = {"safe": 0.94, "retry_safe": 0.02, "retry_unsafe": 0.02, "irreversible": 0.02}
+    answer = {"safe": 0.90, "retry_safe": 0.02, "retry_unsafe": 0.02, "irreversible": 0.06}
+
+    calibrated = calibrate(answer, biased_prior)
+
+    assert max(calibrated, key=calibrated.get) == "irreversible", "only irreversible rose above the prior"
+    assert sum(calibrated.values()) == pytest.approx(1.0)
+    assert calibrate(biased_prior, biased_prior) == pytest.approx(dict.fromkeys(biased_prior, 0.25))
+
+
+@pytest.mark.slow
+def test_the_slm_classifies_an_undeclared_tool_with_calibrated_token_probabilities(embedded_slm):
+    undeclared = _tool("lookup_invoice", "Returns the invoice with this number. Changes nothing.")
+
+    verdict = classify_tool_call(
+        undeclared, {"target": "INV-1"}, policy=ConsequencePolicy(confidence_threshold=0.0), slm=embedded_slm
+    )
+
+    assert verdict.strategy == "slm"
+    assert set(verdict.probabilities) == set(CONSEQUENCE_DESCRIPTIONS)
+    assert sum(verdict.probabilities.values()) == pytest.approx(1.0)
+    assert verdict.confidence == max(verdict.probabilities.values())
+    assert verdict.probabilities[verdict.consequence] == verdict.confidence
+    assert verdict.model == embedded_slm.model_name
+    assert content_free_prior(embedded_slm)["safe"] > 0.5, "the packaged SLM leans to 'safe' for any call"
+
+
+@pytest.mark.slow
+def test_an_unsure_slm_escalates_to_the_llm(embedded_slm):
+    undeclared = _tool("lookup_invoice", "Returns the invoice with this number. Changes nothing.")
+    llm = FakeMessagesListChatModel(responses=[AIMessage("safe")])
+
+    verdict = classify_tool_call(
+        undeclared, {"target": "INV-1"}, policy=ConsequencePolicy(confidence_threshold=1.0), slm=embedded_slm, llm=llm
+    )
+
+    assert (verdict.consequence, verdict.strategy, verdict.escalated) == ("safe", "llm", True)
+    assert "the SLM was unsure" in verdict.reason
+    assert set(verdict.probabilities) == set(CONSEQUENCE_DESCRIPTIONS), "the SLM's distribution is kept"
+
+
+# --- execution by class ------------------------------------------------------------------------------------
+
+
+def test_each_class_runs_as_allowed_and_every_call_is_logged(shop, store, decision_log):
+    graph = shop_graph(shop, store, checkpointer=InMemorySaver(), decision_log=decision_log)
+
+    result = graph.invoke(tool_calls(LOOKUP, CREDIT, CHARGE), thread("t1"))
+
+    lookup, credit, charge = result["messages"][1:]
+    assert lookup.content == "order A1: shipped"
+    assert (credit.content, charge.status) == ("credited 5.0 to ana", "success")
+    assert (shop.count("credits"), shop.count("charges")) == (1, 1)
+    logged = list(decision_log.decisions(node="guarded_tools", kind="classify_tool"))
+    assert [(d.output, d.strategy, d.outcome) for d in logged] == [
+        ("safe", "policy", "executed"),
+        ("retry_safe", "policy", "executed"),
+        ("retry_unsafe", "policy", "executed"),
+    ]
+    assert [d.id for d in logged] == [d.id for d in result["decisions"]]
+    assert all(d.thread_id == "t1" and d.metadata["prompt"] == "consequence.v1" for d in logged)
+    assert "idempotency_key" not in logged[0].metadata
+    assert logged[1].metadata["idempotency_key"] == credit.response_metadata["idempotency_key"]
+
+
+def test_the_same_call_again_in_the_thread_returns_the_recorded_result(shop, store):
+    graph = shop_graph(shop, store, checkpointer=InMemorySaver())
+    first = graph.invoke(tool_calls(CREDIT, CHARGE), thread("t1"))
+
+    again = graph.invoke(tool_calls(CREDIT, CHARGE), thread("t1"))
+
+    assert [m.content for m in again["messages"][-2:]] == [m.content for m in first["messages"][1:]]
+    assert [d.outcome for d in again["decisions"][-2:]] == ["replayed", "replayed"]
+    assert all(m.response_metadata["replayed"] for m in again["messages"][-2:])
+    assert dict(shop.runs) == {"add_credit": 1, "charge_card": 1}
+    assert (shop.count("credits"), shop.count("charges")) == (1, 1)
+    graph.invoke(tool_calls(CHARGE), thread("t2"))
+    assert shop.count("charges") == 2, "another thread is another key"
+
+
+def test_a_retry_safe_tool_that_commits_then_raises_is_retried_without_a_duplicate(shop, store):
+    shop.inject("add_credit", "fail_after_commit", "fail_before")
+    graph = shop_graph(shop, store, checkpointer=InMemorySaver())
+
+    result = graph.invoke(tool_calls(CREDIT), thread("t1"))
+
+    assert result["messages"][-1].content == "credited 5.0 to ana"
+    assert shop.runs["add_credit"] == 3, "RetryPolicy ran the node three times"
+    assert shop.count("credits", "credit-1") == 1
+    assert store.get(result["messages"][-1].response_metadata["idempotency_key"]).status == "completed"
+
+
+def test_a_retry_unsafe_failure_is_flagged_back_to_the_loop_and_never_retried(shop, store):
+    shop.inject("charge_card", "fail_after_commit")
+    graph = shop_graph(shop, store, checkpointer=InMemorySaver())
+
+    result = graph.invoke(tool_calls(CHARGE), thread("t1"))
+    again = graph.invoke(tool_calls(CHARGE), thread("t1"))
+
+    for message in (result["messages"][-1], again["messages"][-1]):
+        assert message.status == "error"
+        assert message.response_metadata["retry_blocked"] is True
+        assert "connection dropped" in message.content
+    assert [result["decisions"][-1].outcome, again["decisions"][-1].outcome] == ["failed", "replayed"]
+    assert shop.runs["charge_card"] == 1, "neither RetryPolicy nor a repeated call ran it again"
+    assert shop.count("charges", "charge-1") == 1
+
+
+def test_unknown_tools_and_invalid_arguments_are_refused_before_anything_runs(shop, store):
+    graph = shop_graph(shop, store, checkpointer=InMemorySaver())
+
+    result = graph.invoke(
+        tool_calls(("teleport", {}), ("charge_card", {"customer": "ana", "amount": "lots", "reference": "r"})),
+        thread("t1"),
+    )
+
+    unknown, invalid = result["messages"][1:]
+    assert unknown.status == invalid.status == "error"
+    assert "not a valid tool" in unknown.content and "get_order" in unknown.content
+    assert "invalid arguments" in invalid.content
+    assert [(d.output, d.outcome) for d in result["decisions"]] == [
+        (None, "unknown_tool"),
+        (None, "invalid_arguments"),
+    ]
+    assert shop.runs == {} and shop.count("charges") == 0
+
+
+def test_bad_state_and_a_missing_thread_id_get_clear_errors(shop, store):
+    with pytest.raises(NoToolCallsError, match="no AI message with tool calls"):
+        shop_graph(shop, store).invoke({"messages": [AIMessage("just text")]})
+    with pytest.raises(MissingThreadIdError, match="thread_id"):
+        shop_graph(shop, store).invoke(tool_calls(CHARGE))
+    assert shop_graph(shop, store).invoke(tool_calls(LOOKUP))["messages"][-1].content == "order A1: shipped"
+    assert shop.count("charges") == 0
+
+
+def test_a_caller_given_key_holds_across_threads(shop, store):
+    node = create_guarded_tool_node(
+        shop.tools(),
+        policy=POLICY,
+        idempotency_store=store,
+        key_for=lambda call, thread_id: f"charge:{call['args']['reference']}",
+    )
+    graph = StateGraph(ShopState).add_node("tools", node).add_edge(START, "tools").compile()
+
+    graph.invoke(tool_calls(CHARGE), thread("t1"))
+    replayed = graph.invoke(tool_calls(CHARGE), thread("t2"))
+
+    assert replayed["decisions"][-1].metadata["idempotency_key"] == "charge:charge-1"
+    assert replayed["decisions"][-1].outcome == "replayed"
+    assert shop.count("charges") == 1
+
+
+# --- approvals ---------------------------------------------------------------------------------------------
+
+
+def test_an_irreversible_call_waits_for_approval_with_a_renderable_request(shop, store):
+    graph = shop_graph(shop, store, checkpointer=InMemorySaver())
+
+    paused = graph.invoke(tool_calls(CREDIT, REFUND), thread("t1"))
+
+    (pending,) = paused["__interrupt__"]
+    (request,) = pending.value["action_requests"]
+    (review,) = pending.value["review_configs"]
+    assert (request["name"], request["arguments"], request["tool_call_id"]) == (
+        "refund_order",
+        REFUND[1],
+        "call-1-refund_order",
+    )
+    assert "Refund money" in request["description"] and "irreversible" in request["description"]
+    assert review["allowed_decisions"] == ["approve", "edit", "reject"]
+    assert set(review["arguments_schema"]["properties"]) == {"order_id", "amount", "reference"}
+    assert shop.runs == {}, "nothing runs before the person has decided"
+
+    done = graph.invoke(Command(resume=APPROVE), thread("t1"))
+
+    assert done["messages"][-1].content == "refunded 30.0 for A1"
+    assert done["decisions"][-1].metadata["approval"] == "approve"
+    assert (shop.count("refunds", "refund-1"), shop.count("credits", "credit-1")) == (1, 1)
+
+
+def test_an_edited_approval_runs_with_the_edited_arguments(shop, store):
+    graph = shop_graph(shop, store, checkpointer=InMemorySaver())
+    graph.invoke(tool_calls(REFUND), thread("t1"))
+    edited = {**REFUND[1], "amount": 12.5}
+
+    done = graph.invoke(
+        Command(
+            resume={"decisions": [{"type": "edit", "edited_action": {"name": "refund_order", "arguments": edited}}]}
+        ),
+        thread("t1"),
+    )
+
+    assert done["messages"][-1].content == "refunded 12.5 for A1"
+    assert shop.amounts("refunds", "refund-1") == [12.5]
+    assert done["decisions"][-1].metadata["edited_arguments"] == edited
+    redelivered = graph.invoke(tool_calls(REFUND), thread("t1"))
+    assert "__interrupt__" not in redelivered, "a decided call is not put to a person again"
+    assert redelivered["messages"][-1].content == "refunded 12.5 for A1"
+    assert shop.amounts("refunds", "refund-1") == [12.5]
+
+
+def test_a_rejected_call_never_runs(shop, store):
+    graph = shop_graph(shop, store, checkpointer=InMemorySaver())
+    graph.invoke(tool_calls(LOOKUP, REFUND), thread("t1"))
+
+    done = graph.invoke(Command(resume={"decisions": [{"type": "reject", "message": "too much"}]}), thread("t1"))
+
+    rejected = done["messages"][-1]
+    assert (rejected.status, rejected.response_metadata["error"]) == ("error", "rejected")
+    assert "too much" in rejected.content
+    assert done["decisions"][-1].outcome == "rejected"
+    assert done["messages"][-2].content == "order A1: shipped"
+    redelivered = graph.invoke(tool_calls(LOOKUP, REFUND), thread("t1"))
+    assert "__interrupt__" not in redelivered, "the rejection is recorded for the call"
+    assert redelivered["decisions"][-1].outcome == "replayed" and "too much" in redelivered["messages"][-1].content
+    assert shop.runs.get("refund_order", 0) == 0 and shop.count("refunds") == 0
+
+
+def test_an_answer_that_does_not_fit_is_asked_again_and_loses_nothing(shop, store):
+    graph = shop_graph(shop, store, checkpointer=InMemorySaver())
+    graph.invoke(tool_calls(CHARGE, REFUND), thread("t1"))
+
+    for wrong, complaint in [
+        ("yes", "resume with"),
+        ({"decisions": [{"type": "maybe"}]}, "approve, edit"),
+        ({"decisions": [{"type": "approve"}, {"type": "approve"}]}, "2 decisions for 1"),
+        ({"decisions": [{"type": "edit", "edited_action": {"name": "charge_card", "arguments": {}}}]}, "not the tool"),
+    ]:
+        asked_again = graph.invoke(Command(resume=wrong), thread("t1"))
+        (pending,) = asked_again["__interrupt__"]
+        assert complaint in pending.value["error"]
+        assert pending.value["action_requests"][0]["arguments"] == REFUND[1]
+    assert shop.runs == {}, "nothing ran while the answer did not fit"
+
+    done = graph.invoke(Command(resume=APPROVE), thread("t1"))
+
+    assert done["messages"][-1].content == "refunded 30.0 for A1"
+    assert [d.outcome for d in done["decisions"]] == ["executed", "executed"]
+    assert dict(shop.runs) == {"charge_card": 1, "refund_order": 1}, "five re-executions of the node, one run each"
+    assert (shop.count("charges"), shop.count("refunds")) == (1, 1)
+
+
+def test_classifications_are_checkpointed_so_a_resume_does_not_ask_the_llm_again(shop, store):
+    @tool
+    def wire_money(account: str, amount: float) -> str:
+        """Wire money to an account."""
+        return f"wired {amount} to {account}"
+
+    llm = FakeMessagesListChatModel(responses=[AIMessage("irreversible"), AIMessage("safe")])
+    node = create_guarded_tool_node(
+        [wire_money], policy=ConsequencePolicy(tools={"wire_money": "unknown"}), llm=llm, idempotency_store=store
+    )
+    graph = StateGraph(ShopState).add_node("tools", node).add_edge(START, "tools").compile(checkpointer=InMemorySaver())
+
+    graph.invoke(tool_calls(("wire_money", {"account": "X", "amount": 1.0})), thread("t1"))
+    done = graph.invoke(Command(resume=APPROVE), thread("t1"))
+
+    assert llm.i == 1, "the resumed node reused the first verdict (a second call would wrap i back to 0)"
+    assert (done["decisions"][-1].strategy, done["decisions"][-1].outcome) == ("llm", "executed")
+
+
+def test_a_pending_approval_survives_a_process_restart(tmp_path, shop):
+    checkpoints = tmp_path / "checkpoints.db"
+    with SqliteSaver.from_conn_string(str(checkpoints)) as saver:
+        first_store = SQLiteIdempotencyStore(tmp_path / "keys.db")
+        shop_graph(shop, first_store, checkpointer=saver).invoke(tool_calls(CREDIT, REFUND), thread("t1"))
+        first_store.close()
+
+    with SqliteSaver.from_conn_string(str(checkpoints)) as saver:
+        store = SQLiteIdempotencyStore(tmp_path / "keys.db")
+        graph = shop_graph(shop, store, checkpointer=saver)
+        (pending,) = graph.get_state(thread("t1")).interrupts
+        assert pending.value["action_requests"][0]["name"] == "refund_order"
+
+        done = graph.invoke(Command(resume=APPROVE), thread("t1"))
+        store.close()
+
+    assert done["messages"][-1].content == "refunded 30.0 for A1"
+    assert (shop.count("refunds"), shop.count("credits")) == (1, 1)
+
+
+# --- process death -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("call", "outcome", "status"),
+    [(CREDIT, "recovered", "success"), (CHARGE, "outcome_unknown", "error")],
+    ids=["retry_safe", "retry_unsafe"],
+)
+def test_a_process_killed_between_executing_and_recording(tmp_path, call, outcome, status):
+    name, arguments = call
+    worker = subprocess.run(
+        [sys.executable, str(WORKER), str(tmp_path), name, json.dumps(arguments)], capture_output=True, text=True
+    )
+    assert worker.returncode == -signal.SIGKILL, worker.stderr
+    shop = Shop(tmp_path / "shop.db")
+    assert shop.count(TABLE_OF[name]) == 1, "the tool committed before the process died"
+    clock = Clock(start=time.time() + DEFAULT_LEASE_S + 1)  # the dead worker held the default lease
+    store = SQLiteIdempotencyStore(tmp_path / "keys.db", lease_s=LEASE_S, clock=clock)
+
+    with SqliteSaver.from_conn_string(str(tmp_path / "checkpoints.db")) as saver:
+        result = shop_graph(shop, store, checkpointer=saver).invoke(None, CRASH_THREAD)
+
+    message, decision = result["messages"][-1], result["decisions"][-1]
+    assert (decision.outcome, message.status) == (outcome, status)
+    assert shop.count(TABLE_OF[name]) == 1, "no duplicate side effect after the restart"
+    if status == "error":
+        assert message.response_metadata["retry_blocked"] is True
+    assert shop.runs[name] == (1 if status == "success" else 0), "only the retry-safe call runs again, with its key"
+
+
+# --- races and randomized faults --------------------------------------------------------------------------
+
+
+def test_concurrent_duplicate_calls_from_threads_run_once(tmp_path, shop):
+    shop.inject("charge_card", "slow")
+    graphs = [shop_graph(shop, SQLiteIdempotencyStore(tmp_path / "keys.db"), retry_policy=None) for _ in range(8)]
+
+    outcomes = race(lambda graph: graph.invoke(tool_calls(CHARGE), thread("shared"))["decisions"][-1].outcome, graphs)
+
+    assert outcomes.count("executed") == 1
+    assert set(outcomes) <= {"executed", "conflict", "replayed"} and len(outcomes) == len(graphs)
+    assert shop.runs["charge_card"] == 1
+    assert shop.count("charges", "charge-1") == 1
+
+
+FAULTS = [(), (), ("fail_before",), ("fail_after_commit",), ("crash_after_commit",), ("fail_after_commit",) * 3]
+
+
+def _drive(graph_of, restart, rng: random.Random, step: int, config: dict, first_input: dict) -> list[str]:
+    """Run one turn to its end through crashes, exhausted retries and approvals; returns the decisions taken."""
+    graph_input, decisions = first_input, []
+    for _ in range(20):
+        try:
+            result = graph_of().invoke(graph_input, config)
+        except SimulatedCrash:
+            restart()
+            graph_input = None
+            continue
+        except ConnectionError:  # RetryPolicy gave up; the caller runs the turn again
+            graph_input = None
+            continue
+        if "__interrupt__" not in result:
+            return decisions
+        if rng.random() < 0.1:
+            graph_input = Command(resume={"decisions": []})
+            continue
+        choice = rng.choice(["approve", "edit", "reject"])
+        decisions.append(choice)
+        decision = {"type": choice}
+        if choice == "edit":
+            arguments = {**result["__interrupt__"][0].value["action_requests"][0]["arguments"], "amount": step + 0.5}
+            decision["edited_action"] = {"name": "refund_order", "arguments": arguments}
+        graph_input = Command(resume={"decisions": [decision]})
+    raise AssertionError(f"step {step} did not finish")
+
+
+@pytest.mark.slow  # 40-60 s on two busy cores
+def test_1000_randomized_retries_and_resumes_cause_no_duplicate_side_effects(tmp_path, shop):
+    rng = random.Random(20240611)
+    clock = Clock()
+    # Checkpoints stay in memory across the simulated restarts (real restarts are tested above, with SQLite).
+    saver = InMemorySaver()
+    live = {"store": SQLiteIdempotencyStore(tmp_path / "keys.db", lease_s=LEASE_S, clock=clock), "restarts": 0}
+    live["graph"] = shop_graph(shop, live["store"], checkpointer=saver)
+
+    def restart() -> None:
+        """A new process: fresh store connection and graph, after the dead worker's lease ran out."""
+        live["store"].close()
+        clock.advance(LEASE_S + 1)
+        live["store"] = SQLiteIdempotencyStore(tmp_path / "keys.db", lease_s=LEASE_S, clock=clock)
+        live["graph"] = shop_graph(shop, live["store"], checkpointer=saver)
+        live["restarts"] += 1
+
+    expected: dict[str, tuple[str, int, float]] = {}
+    for step in range(1000):
+        name = rng.choice(["add_credit", "charge_card", "refund_order"])
+        reference = f"op-{step}"
+        arguments = (
+            {"order_id": "A1", "amount": float(step), "reference": reference}
+            if name == "refund_order"
+            else {"customer": "ana", "amount": float(step), "reference": reference}
+        )
+        faults = rng.choice(FAULTS)
+        shop.inject(name, *faults)
+        config = thread(f"thread-{step}")
+        taken = _drive(lambda: live["graph"], restart, rng, step, config, tool_calls((name, arguments)))
+        if rng.random() < 0.3:  # the same message delivered again
+            assert _drive(lambda: live["graph"], restart, rng, step, config, tool_calls((name, arguments))) == []
+        shop.clear_faults()
+        runs_commit = name == "add_credit" or faults[:1] != ("fail_before",)
+        rejected = taken[-1:] == ["reject"]
+        amount = step + 0.5 if taken[-1:] == ["edit"] else float(step)
+        expected[reference] = (TABLE_OF[name], int(runs_commit and not rejected), amount)
+
+    for reference, (table, rows, amount) in expected.items():
+        assert shop.count(table, reference) == rows, reference
+        assert shop.amounts(table, reference) == [amount] * rows, reference
+    rows_written = sum(rows for _, rows, _ in expected.values())
+    assert rows_written > 600
+    assert live["restarts"] > 100, "crashes and restarts were exercised"
+    assert sum(shop.runs.values()) > rows_written + 200, "tools ran again on retries and recoveries"

@@ -1,0 +1,244 @@
+"""The idempotency store's contract, run against SQLite and a throwaway PostgreSQL server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from agentgraph.errors import IdempotencyConflictError, IdempotencyKeyReuseError, IdempotencyOutcomeUnknownError
+from agentgraph.idempotency import (
+    PostgresIdempotencyStore,
+    SQLiteIdempotencyStore,
+    SQLIdempotencyStore,
+    derive_idempotency_key,
+    request_fingerprint,
+)
+from consequence_shop import Clock, race
+
+LEASE_S = 60.0
+RETENTION_S = 3600.0
+REFUND = request_fingerprint("refund", {"order_id": "A1", "amount": 5})
+OTHER_REFUND = request_fingerprint("refund", {"order_id": "A1", "amount": 50})
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL server in a temporary folder on a free localhost port, for this session only."""
+    if shutil.which("initdb") is None or shutil.which("pg_ctl") is None:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not on PATH")
+    folder = Path(tempfile.mkdtemp(prefix="agentgraph-pg-"))
+    # initdb refuses to run as root; the server then runs as the postgres account.
+    as_server_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if as_server_user:
+        shutil.chown(folder, "postgres")
+    data = folder / "data"
+    subprocess.run(
+        [*as_server_user, "initdb", "-D", str(data), "-A", "trust", "-U", "agent", "--no-sync"],
+        check=True,
+        capture_output=True,
+    )
+    port = _free_port()
+    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+    subprocess.run(
+        [*as_server_user, "pg_ctl", "-D", str(data), "-l", str(folder / "server.log"), "-o", options, "-w", "start"],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield f"postgresql://agent@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run(
+            [*as_server_user, "pg_ctl", "-D", str(data), "-m", "immediate", "-w", "stop"], capture_output=True
+        )
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.slow)])
+def open_store(request, tmp_path, clock) -> Iterator[Callable[[], SQLIdempotencyStore]]:
+    """Opens stores on one fresh backend: each call is a new connection, as another worker would have."""
+    if request.param == "sqlite":
+
+        def connect() -> SQLIdempotencyStore:
+            return SQLiteIdempotencyStore(tmp_path / "keys.db", lease_s=LEASE_S, retention_s=RETENTION_S, clock=clock)
+
+    else:
+        import psycopg
+
+        url = request.getfixturevalue("postgres_url")
+        with psycopg.connect(url, autocommit=True) as admin:
+            admin.execute("DROP TABLE IF EXISTS idempotency_keys")
+
+        def connect() -> SQLIdempotencyStore:
+            return PostgresIdempotencyStore(url, lease_s=LEASE_S, retention_s=RETENTION_S, clock=clock)
+
+    opened: list[SQLIdempotencyStore] = []
+
+    def open_one() -> SQLIdempotencyStore:
+        opened.append(connect())
+        return opened[-1]
+
+    yield open_one
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def store(open_store) -> SQLIdempotencyStore:
+    return open_store()
+
+
+def test_same_key_and_arguments_return_the_recorded_result_without_running_again(store):
+    first = store.begin("k1", REFUND)
+    assert first.started and not first.recovered
+    store.complete(first, {"refund_id": 7, "note": "ünïcode"})
+
+    again = store.begin("k1", REFUND)
+
+    assert not again.started
+    assert again.record.status == "completed"
+    assert again.record.result == {"refund_id": 7, "note": "ünïcode"}
+    assert again.record.attempts == 1
+
+
+def test_same_key_with_other_arguments_is_an_error_in_flight_and_after(store):
+    first = store.begin("k1", REFUND)
+    with pytest.raises(IdempotencyKeyReuseError, match="other arguments"):
+        store.begin("k1", OTHER_REFUND)
+    store.complete(first, "done")
+    with pytest.raises(IdempotencyKeyReuseError):
+        store.begin("k1", OTHER_REFUND)
+
+
+def test_a_duplicate_while_the_first_is_in_flight_is_a_conflict(store):
+    store.begin("k1", REFUND)
+    with pytest.raises(IdempotencyConflictError, match="still running"):
+        store.begin("k1", REFUND)
+
+
+def test_keys_expire_after_the_retention_window(store, clock):
+    store.complete(store.begin("k1", REFUND), "first")
+    clock.advance(RETENTION_S - 1)
+    assert not store.begin("k1", REFUND).started
+
+    clock.advance(2)
+
+    assert store.get("k1") is None
+    assert store.begin("k1", OTHER_REFUND).started, "an expired key is free again, for any arguments"
+
+
+def test_purging_deletes_only_expired_keys(store, clock):
+    store.complete(store.begin("old", REFUND), "old")
+    clock.advance(RETENTION_S / 2)
+    store.complete(store.begin("recent", REFUND), "recent")
+    clock.advance(RETENTION_S / 2 + 1)
+
+    assert store.purge_expired() == 1
+    assert store.get("old") is None
+    assert store.get("recent").result == "recent"
+
+
+def test_a_stale_key_is_taken_over_only_when_the_caller_allows(store, clock):
+    store.begin("k1", REFUND)  # this worker "dies" without recording
+    clock.advance(LEASE_S + 1)
+
+    with pytest.raises(IdempotencyOutcomeUnknownError, match="died"):
+        store.begin("k1", REFUND, recover_stale=False)
+    taken = store.begin("k1", REFUND, recover_stale=True)
+
+    assert taken.started and taken.recovered
+    assert store.get("k1").attempts == 2
+    with pytest.raises(IdempotencyConflictError):
+        store.begin("k1", REFUND)
+
+
+def test_a_late_completion_after_a_takeover_is_refused(store, clock):
+    slow = store.begin("k1", REFUND)
+    clock.advance(LEASE_S + 1)
+    fast = store.begin("k1", REFUND)
+    store.complete(fast, "fast")
+
+    with pytest.raises(IdempotencyConflictError, match="lease ran out"):
+        store.complete(slow, "slow")
+    assert store.get("k1").result == "fast"
+
+
+def test_a_recorded_failure_is_replayed_not_run_again(store):
+    store.fail(store.begin("k1", REFUND), "ConnectionError: card network down")
+
+    again = store.begin("k1", REFUND)
+
+    assert not again.started
+    assert (again.record.status, again.record.result) == ("failed", "ConnectionError: card network down")
+
+
+def test_a_released_key_may_run_again(store):
+    store.release(store.begin("k1", REFUND))
+    assert store.get("k1") is None
+    assert store.begin("k1", OTHER_REFUND).started
+
+
+def test_only_a_started_reservation_can_be_settled(store):
+    store.complete(store.begin("k1", REFUND), "done")
+    with pytest.raises(ValueError, match="started"):
+        store.complete(store.begin("k1", REFUND), "again")
+
+
+def test_records_survive_closing_and_reopening(open_store):
+    first = open_store()
+    first.complete(first.begin("k1", REFUND), {"refund_id": 9})
+    first.begin("k2", REFUND)
+    first.close()
+
+    reopened = open_store()
+
+    assert reopened.begin("k1", REFUND).record.result == {"refund_id": 9}
+    assert reopened.get("k2").status == "in_flight"
+
+
+def test_concurrent_duplicates_from_many_connections_start_exactly_once(open_store):
+    stores = [open_store() for _ in range(12)]
+
+    outcomes = race(lambda store: "started" if store.begin("hot", REFUND).started else "replayed", stores)
+
+    assert sorted(outcomes) == ["conflict"] * (len(stores) - 1) + ["started"]
+
+
+def test_lease_must_fit_in_the_retention_window(tmp_path):
+    with pytest.raises(ValueError, match="lease_s"):
+        SQLiteIdempotencyStore(tmp_path / "keys.db", lease_s=10, retention_s=5)
+
+
+def test_derived_keys_depend_on_thread_tool_and_arguments_not_on_argument_order():
+    key = derive_idempotency_key("t1", "refund", {"order_id": "A1", "amount": 5})
+
+    assert key == derive_idempotency_key("t1", "refund", {"amount": 5, "order_id": "A1"})
+    assert (
+        len(
+            {
+                key,
+                derive_idempotency_key("t2", "refund", {"order_id": "A1", "amount": 5}),
+                derive_idempotency_key("t1", "charge", {"order_id": "A1", "amount": 5}),
+                derive_idempotency_key("t1", "refund", {"order_id": "A1", "amount": 6}),
+            }
+        )
+        == 4
+    )
+    assert request_fingerprint("refund", {"a": 1, "b": 2}) == request_fingerprint("refund", {"b": 2, "a": 1})
