@@ -1,0 +1,337 @@
+"""Schema enforcer: text in, a validated pydantic instance out, or an explicit handoff to a person.
+
+The node climbs a fixed ladder and stops at the first rung that yields a valid
+instance:
+
+1. ``slm``: schema-first prompt and grammar-constrained decoding
+   (:meth:`agentgraph.slm.SLM.structured`), then pydantic validation.
+2. ``slm_repair``: one repair of the SLM's answer. When every field that
+   failed validation may be null, those fields are set to null (the schema-first
+   prompt says "null for a field the message does not mention", so an
+   ungrounded optional value is one the message did not give); otherwise the SLM
+   is asked once more, shown its rejected answer and the validation errors.
+3. ``llm``: the frontier LLM through ``with_structured_output``.
+4. ``handoff``: a :class:`~agentgraph.llm.HumanHandoff` carrying the input and
+   every failed attempt.
+
+The grammar guarantees well-formed JSON of the right shape; what it cannot
+express (a value that must occur in the input, a cross-field rule) is checked
+by the schema's own validators. Every candidate is validated with the
+*validation context* ``{"source_text": ...}`` (the text, and the context when
+there is one: all the model was shown), so a validator can reject a value the
+input does not contain (see :func:`source_text_of`). The node never returns an
+invalid object: its output key holds a valid instance, or None with the
+handoff under ``handoff_key``.
+
+Example:
+    >>> from typing import TypedDict
+    >>> from langgraph.graph import START, StateGraph
+    >>> from agentgraph.decisions import DecisionState
+    >>> from agentgraph.nodes.schema_enforcer import create_schema_enforcer
+    >>> from agentgraph.slm import TransformersSLM
+    >>> from agentgraph.support_schema import SupportTicket
+    >>> class State(DecisionState, total=False):
+    ...     text: str
+    ...     ticket: SupportTicket | None
+    ...     handoff: object
+    >>> graph = StateGraph(State)
+    >>> graph.add_node("extract", create_schema_enforcer(TransformersSLM(), SupportTicket, output_key="ticket"))
+    >>> graph.add_edge(START, "extract")
+    >>> result = graph.compile().invoke({"text": "how can I cancel purchase 113542617735902?"})
+    >>> result["ticket"].order_id, result["handoff"]
+    ('113542617735902', None)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from functools import cache
+from typing import Any, Generic, Literal, TypeVar
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import HumanMessage, SystemMessage
+from langchain_core.runnables import RunnableConfig
+from pydantic import BaseModel, Field, ValidationError, ValidationInfo
+
+from agentgraph.decisions import Decision, DecisionLog, thread_id_of
+from agentgraph.errors import EmptyInputError, SLMError, StructuredOutputError
+from agentgraph.llm import HumanHandoff
+from agentgraph.prompting import load_prompt
+from agentgraph.slm import SLM
+from agentgraph.slm.base import json_schema_instruction
+from agentgraph.text import clean_text, require_text, truncate_to_tokens
+
+logger = logging.getLogger(__name__)
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+# A repair prompt adds the rejected answer (at most max_tokens) and the errors
+# (cut to _MAX_ERROR_CHARS, well under this many tokens) to the first prompt.
+_REPAIR_TEXT_TOKENS = 256
+_MAX_ERROR_CHARS = 600
+
+
+def source_text_of(info: ValidationInfo) -> str | None:
+    """What the model extracted from (text and context), inside the enforcer's validation; None elsewhere.
+
+    Use it in a validator that checks a value against the input::
+
+        @field_validator("order_id")
+        @classmethod
+        def grounded(cls, value, info):
+            source = source_text_of(info)
+            if value is not None and source is not None and value not in source:
+                raise ValueError(f"{value!r} does not occur in the message")
+            return value
+    """
+    return info.context.get("source_text") if isinstance(info.context, Mapping) else None
+
+
+class ExtractionAttempt(BaseModel):
+    """One rung of the ladder that did not, or did, produce a valid instance."""
+
+    strategy: Literal["slm", "slm_repair", "llm"]
+    output: str | None = None
+    error: str | None = None
+    invalid_fields: list[str] = Field(default_factory=list, description="top-level fields that failed validation")
+    nulled_fields: list[str] = Field(default_factory=list, description="fields a repair set to null")
+    confidence: float | None = Field(default=None, description="SLM token confidence of the decoded answer")
+    latency_ms: float = 0.0
+
+
+class Extraction(BaseModel, Generic[ModelT]):
+    """What the ladder ended in: a valid instance, or a handoff and why."""
+
+    value: ModelT | None
+    handoff: HumanHandoff | None
+    attempts: list[ExtractionAttempt]
+
+    @property
+    def strategy(self) -> Literal["slm", "slm_repair", "llm", "handoff"]:
+        return "handoff" if self.handoff is not None else self.attempts[-1].strategy
+
+
+def describe_error(error: Exception) -> str:
+    """A validation failure as short ``field: message`` lines, cut to fit a repair prompt."""
+    cause = error.cause if isinstance(error, StructuredOutputError) else error
+    if isinstance(cause, ValidationError):
+        lines = [f"{'.'.join(map(str, e['loc'])) or 'object'}: {e['msg']}" for e in cause.errors()]
+        described = "\n".join(lines)
+    else:
+        described = str(cause)
+    return described[:_MAX_ERROR_CHARS]
+
+
+def invalid_fields(error: Exception) -> list[str]:
+    """The top-level fields a validation failure names (none for an answer cut short, say)."""
+    cause = error.cause if isinstance(error, StructuredOutputError) else error
+    if not isinstance(cause, ValidationError):
+        return []
+    return sorted({str(e["loc"][0]) for e in cause.errors() if e["loc"]})
+
+
+def _elapsed_ms(started: float) -> float:
+    return (time.perf_counter() - started) * 1000
+
+
+def _llm_name(llm: BaseChatModel) -> str:
+    return getattr(llm, "model_name", None) or getattr(llm, "model", None) or type(llm).__name__
+
+
+def create_schema_enforcer(
+    slm: SLM,
+    schema: type[ModelT],
+    *,
+    llm: BaseChatModel | None = None,
+    decision_log: DecisionLog | None = None,
+    input_key: str = "text",
+    context_key: str | None = None,
+    output_key: str = "extracted",
+    handoff_key: str = "handoff",
+    name: str = "schema_enforcer",
+    max_tokens: int = 256,
+    prompt_version: int | None = None,
+    max_input_tokens: int | None = None,
+) -> Callable[[Mapping[str, Any], RunnableConfig], dict[str, Any]]:
+    """A LangGraph node that turns ``state[input_key]`` into a valid ``schema`` instance.
+
+    Args:
+        slm: the small model that does the work.
+        schema: the pydantic model to produce. Validators may read the input via :func:`source_text_of`.
+        llm: the fallback after the SLM and its repair fail; it must support ``with_structured_output``.
+            None goes straight to a human handoff.
+        decision_log: where each call's :class:`~agentgraph.decisions.Decision` is also written.
+        input_key: state key of the text to extract from.
+        context_key: optional state key of extra text (earlier turns, say) shown to the model
+            beside the text; values may come from either.
+        output_key: state key for the instance (None after a handoff).
+        handoff_key: state key for the :class:`~agentgraph.llm.HumanHandoff` (None when an instance was made).
+        name: the node name in decision records.
+        max_tokens: the most tokens one SLM answer may take.
+        prompt_version: pin a version of the ``schema_enforcer`` prompt (default: the newest).
+        max_input_tokens: cap text plus context below what the SLM's context leaves (bounds latency).
+
+    Input longer than the SLM's context budget is cut (at a word boundary, with a
+    logged warning); empty input raises :class:`~agentgraph.errors.EmptyInputError`
+    after its decision is logged.
+    """
+    structured_llm = llm.with_structured_output(schema, include_raw=True) if llm is not None else None
+    prompt = load_prompt("schema_enforcer", prompt_version)
+    instruction = json_schema_instruction(schema)
+
+    def render(text: str, context: str, rejected: str | None = None, errors: str | None = None) -> str:
+        return prompt.render(text=text, context=context, rejected=rejected, errors=errors)
+
+    @cache
+    def input_budget() -> int:
+        # Tokens left for text and context once the instruction, the template,
+        # the answer and a possible repair are accounted for.
+        overhead = slm.count_tokens(render("", ""), system=instruction)
+        budget = slm.max_context_tokens - overhead - 2 * max_tokens - _REPAIR_TEXT_TOKENS
+        if budget <= 0:
+            raise ValueError(
+                f"the {schema.__name__} instruction leaves no room for input in {slm.max_context_tokens} tokens; "
+                "lower max_tokens or use a model with a longer context"
+            )
+        return budget if max_input_tokens is None else min(budget, max_input_tokens)
+
+    def fit_to_budget(text: str, context: str) -> tuple[str, str, dict[str, bool]]:
+        available = input_budget()
+        context, context_cut = truncate_to_tokens(context, max_tokens=available // 2, count_tokens=slm.count_tokens)
+        text_budget = available - (slm.count_tokens(context) if context else 0)
+        text, text_cut = truncate_to_tokens(text, max_tokens=text_budget, count_tokens=slm.count_tokens)
+        return text, context, {"text": text_cut, "context": context_cut}
+
+    def ask_slm(
+        strategy: Literal["slm", "slm_repair"], message: str, validation_context: dict[str, str]
+    ) -> tuple[ModelT | None, ExtractionAttempt]:
+        started = time.perf_counter()
+        try:
+            result = slm.structured(message, schema, max_tokens=max_tokens)
+        except StructuredOutputError as exc:
+            attempt = ExtractionAttempt(strategy=strategy, output=exc.text, error=describe_error(exc),
+                                        invalid_fields=invalid_fields(exc), latency_ms=_elapsed_ms(started))  # fmt: skip
+            return None, attempt
+        except SLMError as exc:
+            logger.warning("%s: the SLM failed (%s); skipping to the next fallback", name, exc)
+            return None, ExtractionAttempt(strategy=strategy, error=str(exc), latency_ms=_elapsed_ms(started))
+        attempt = ExtractionAttempt(
+            strategy=strategy, output=result.text, confidence=result.confidence, latency_ms=_elapsed_ms(started)
+        )
+        try:
+            return schema.model_validate_json(result.text, context=validation_context), attempt
+        except ValidationError as exc:
+            attempt.error, attempt.invalid_fields = describe_error(exc), invalid_fields(exc)
+            return None, attempt
+
+    def null_invalid_fields(
+        rejected: ExtractionAttempt, validation_context: dict[str, str]
+    ) -> tuple[ModelT | None, ExtractionAttempt]:
+        repaired = json.loads(rejected.output) | dict.fromkeys(rejected.invalid_fields)
+        attempt = ExtractionAttempt(
+            strategy="slm_repair",
+            output=json.dumps(repaired, separators=(",", ":")),
+            nulled_fields=rejected.invalid_fields,
+            confidence=rejected.confidence,
+        )
+        try:
+            return schema.model_validate(repaired, context=validation_context), attempt
+        except ValidationError as exc:
+            attempt.error, attempt.invalid_fields = describe_error(exc), invalid_fields(exc)
+            return None, attempt
+
+    def ask_llm(message: str, validation_context: dict[str, str]) -> tuple[ModelT | None, ExtractionAttempt]:
+        started = time.perf_counter()
+        try:
+            reply = structured_llm.invoke([SystemMessage(instruction), HumanMessage(message)])
+            if reply["parsing_error"] is not None:
+                raise reply["parsing_error"]
+            value = schema.model_validate(reply["parsed"].model_dump(), context=validation_context)
+        except Exception as exc:  # a provider error or an invalid reply alike: the request goes to a person
+            logger.warning("%s: the LLM fallback failed: %s", name, exc)
+            return None, ExtractionAttempt(strategy="llm", error=describe_error(exc), latency_ms=_elapsed_ms(started))
+        return value, ExtractionAttempt(strategy="llm", output=value.model_dump_json(), latency_ms=_elapsed_ms(started))
+
+    def repair(
+        rejected: ExtractionAttempt, text: str, context: str, validation_context: dict[str, str]
+    ) -> tuple[ModelT | None, ExtractionAttempt]:
+        if rejected.invalid_fields:
+            value, attempt = null_invalid_fields(rejected, validation_context)
+            if value is not None:
+                return value, attempt
+        return ask_slm("slm_repair", render(text, context, rejected.output, rejected.error), validation_context)
+
+    def extract(text: str, context: str) -> Extraction[ModelT]:
+        validation_context = {"source_text": f"{context}\n\n{text}" if context else text}
+        message = render(text, context)
+        value, attempt = ask_slm("slm", message, validation_context)
+        attempts = [attempt]
+        if value is None and attempt.output is not None:
+            value, attempt = repair(attempt, text, context, validation_context)
+            attempts.append(attempt)
+        if value is None and structured_llm is not None:
+            value, attempt = ask_llm(message, validation_context)
+            attempts.append(attempt)
+        if value is not None:
+            return Extraction[schema](value=value, handoff=None, attempts=attempts)
+        tried = ", ".join(a.strategy for a in attempts)
+        handoff = HumanHandoff(
+            reason=f"{name}: no valid {schema.__name__} after {tried}"
+            + ("" if structured_llm is not None else " (no LLM is configured)")
+            + f"; last error: {attempts[-1].error}",
+            request={"text": text, "context": context, "schema": schema.__name__},
+        )
+        return Extraction[schema](value=None, handoff=handoff, attempts=attempts)
+
+    def record(decision: Decision) -> Decision:
+        if decision_log is not None:
+            decision_log.record(decision)
+        return decision
+
+    def schema_enforcer(state: Mapping[str, Any], config: RunnableConfig) -> dict[str, Any]:
+        started = time.perf_counter()
+        raw = state.get(input_key)
+        try:
+            text = require_text(raw, what=f"state[{input_key!r}]")
+        except EmptyInputError as exc:
+            record(
+                Decision(
+                    node=name, kind="extract", input=raw, outcome="rejected", thread_id=thread_id_of(config),
+                    latency_ms=_elapsed_ms(started), metadata={"schema": schema.__name__, "error": str(exc)},
+                )
+            )  # fmt: skip
+            raise
+        context = clean_text(state.get(context_key) or "") if context_key else ""
+        text, context, truncated = fit_to_budget(text, context)
+        extraction = extract(text, context)
+        strategy = extraction.strategy
+        final = extraction.attempts[-1]
+        decision = record(
+            Decision(
+                node=name,
+                kind="extract",
+                input={"text": text, "context": context or None},
+                output=(extraction.handoff if extraction.value is None else extraction.value).model_dump(mode="json"),
+                confidence=final.confidence if extraction.value is not None else None,
+                strategy=strategy,
+                escalated=strategy in ("llm", "handoff"),
+                outcome={"slm": "ok", "slm_repair": "repaired", "llm": "escalated", "handoff": "handoff"}[strategy],
+                model=_llm_name(llm) if strategy == "llm" else slm.model_name,
+                latency_ms=_elapsed_ms(started),
+                thread_id=thread_id_of(config),
+                metadata={
+                    "schema": schema.__name__,
+                    "prompt": prompt.id,
+                    "truncated": truncated,
+                    "input_chars": len(raw),
+                    "attempts": [a.model_dump() for a in extraction.attempts],
+                },
+            )
+        )
+        return {output_key: extraction.value, handoff_key: extraction.handoff, "decisions": [decision]}
+
+    schema_enforcer.__name__ = name
+    return schema_enforcer
