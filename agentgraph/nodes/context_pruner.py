@@ -1,0 +1,270 @@
+"""The context pruner: a cross-encoder scores retrieved chunks against the query and keeps only what earns its tokens.
+
+Chunks are scored in one batch by a :class:`Reranker` (any sentence-transformers
+cross-encoder, by local path or cached model name), then walked best first:
+
+- ``below_min_score``: scored under ``min_score``;
+- ``duplicate``: a near copy (word-set Jaccard at or over ``dedupe_threshold``)
+  of a chunk already kept;
+- ``beyond_top_k``: ``top_k`` chunks are already kept;
+- ``over_budget``: would take the kept chunks over ``token_budget`` (a smaller,
+  lower-scored chunk may still fit after it);
+- ``empty``: no text at all.
+
+The kept chunks (with their scores, best first) go to the state; the decision
+record lists every kept and every dropped chunk with its reason, so nothing is
+lost without a trace. No cross-encoder ships on PyPI: train one with
+:mod:`agentgraph.cross_encoder`.
+
+Example:
+    >>> from langgraph.graph import START, StateGraph
+    >>> from agentgraph.cross_encoder import customer_support_cross_encoder
+    >>> from agentgraph.nodes.context_pruner import ContextPrunerState, Reranker, create_context_pruner
+    >>> pruner = create_context_pruner(Reranker(customer_support_cross_encoder()), top_k=2, token_budget=200)
+    >>> builder = StateGraph(ContextPrunerState)
+    >>> _ = builder.add_node("prune", pruner).add_edge(START, "prune")
+    >>> result = builder.compile().invoke({"query": "I want my money back", "chunks": [
+    ...     "To request a refund, open Orders and choose Request refund.",
+    ...     "To request a refund, open Orders and choose Request refund.",
+    ...     "Our newsletter comes out every Monday.",
+    ... ]})
+    >>> sorted(chunk.index for chunk in result["context"])
+    [0, 2]
+    >>> [(d["index"], d["reason"], d["duplicate_of"]) for d in result["decisions"][0].output["dropped"]]
+    [(1, 'duplicate', 0)]
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
+
+from langchain_core.documents import Document
+from langchain_core.runnables import RunnableConfig
+from pydantic import BaseModel, Field
+
+from agentgraph.decisions import Decision, DecisionLog, DecisionState, thread_id_of
+from agentgraph.errors import ModelNotFoundError
+from agentgraph.text import clean_text, require_text
+
+DropReason = Literal["empty", "below_min_score", "duplicate", "beyond_top_k", "over_budget"]
+Chunk = str | Document | Mapping[str, Any]
+"""A retrieved chunk: plain text, a langchain ``Document``, or a mapping with ``"text"`` (and any metadata)."""
+
+_WORD = re.compile(r"\w+")
+
+
+class Reranker:
+    """A cross-encoder that scores ``(query, passage)`` pairs, loaded from a local path or a cached model name.
+
+    ``model`` is a folder (for instance one made by
+    :func:`agentgraph.cross_encoder.train_cross_encoder`) or a Hugging Face
+    name such as ``cross-encoder/ms-marco-MiniLM-L-6-v2``, which must already
+    be in the local Hugging Face cache: nothing is downloaded unless
+    ``local_files_only=False`` is passed on purpose. Scores are on the model's
+    output scale: a probability in [0, 1] for a one-logit model with the
+    default sigmoid, which is what ``min_score`` is compared with.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str],
+        *,
+        device: str | None = None,
+        max_length: int | None = None,
+        batch_size: int = 32,
+        local_files_only: bool = True,
+    ) -> None:
+        from sentence_transformers import CrossEncoder
+
+        self.model_name = str(model)
+        self.batch_size = batch_size
+        try:
+            self._model = CrossEncoder(
+                self.model_name, device=device, max_length=max_length, local_files_only=local_files_only
+            )
+        except OSError as exc:
+            raise ModelNotFoundError(
+                f"cannot load the cross-encoder {self.model_name!r}: {exc}. Pass a local model folder "
+                "(train one with agentgraph.cross_encoder.train_cross_encoder) or a model already in the "
+                "Hugging Face cache."
+            ) from exc
+
+    def score(self, query: str, passages: Sequence[str]) -> list[float]:
+        """One relevance score per passage, in the order given."""
+        if not passages:
+            return []
+        scores = self._model.predict(
+            [(query, passage) for passage in passages], batch_size=self.batch_size, show_progress_bar=False
+        )
+        return [float(score) for score in scores]
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` under the reranker's tokenizer (no special tokens)."""
+        return len(self._model.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+
+
+class KeptChunk(BaseModel):
+    """A chunk that made it into the context."""
+
+    index: int = Field(description="its position in the input chunks")
+    text: str
+    score: float
+    tokens: int
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class DroppedChunk(BaseModel):
+    """A chunk left out, and why."""
+
+    index: int
+    score: float | None = Field(description="None for an empty chunk, which is never scored")
+    reason: DropReason
+    duplicate_of: int | None = Field(default=None, description="the kept chunk it repeats, for a duplicate")
+
+
+class PruneSettings(BaseModel):
+    """What survives pruning; None switches a criterion off."""
+
+    top_k: int | None = Field(default=5, ge=1)
+    min_score: float | None = None
+    dedupe_threshold: float | None = Field(default=0.9, gt=0.0, le=1.0, description="word-set Jaccard similarity")
+    token_budget: int | None = Field(default=None, ge=1)
+
+
+class ContextPrunerState(DecisionState, total=False):
+    """The default keys of :func:`create_context_pruner`; any state with those keys works."""
+
+    query: str
+    chunks: list[Chunk]
+    context: list[KeptChunk]
+
+
+def word_set(text: str) -> frozenset[str]:
+    return frozenset(_WORD.findall(text.lower()))
+
+
+def jaccard(a: frozenset[str], b: frozenset[str]) -> float:
+    return len(a & b) / len(a | b) if a or b else 1.0
+
+
+def prune_scored(
+    texts: Sequence[str],
+    scores: Sequence[float | None],
+    settings: PruneSettings,
+    count_tokens: Callable[[str], int],
+) -> tuple[list[KeptChunk], list[DroppedChunk]]:
+    """Apply ``settings`` to scored chunks (``None`` marks an empty, unscored one); kept chunks come best first.
+
+    Chunks are visited by falling score (ties keep input order), so a
+    duplicate loses to its better-scored copy and the budget goes to the
+    best chunks first.
+    """
+    kept: list[KeptChunk] = []
+    kept_words: list[frozenset[str]] = []
+    dropped = [DroppedChunk(index=i, score=None, reason="empty") for i, s in enumerate(scores) if s is None]
+    used_tokens = 0
+    order = sorted((i for i, s in enumerate(scores) if s is not None), key=lambda i: -scores[i])
+    for index in order:
+        score = float(scores[index])
+        words = word_set(texts[index])
+        duplicate_of = (
+            next((k.index for k, w in zip(kept, kept_words) if jaccard(words, w) >= settings.dedupe_threshold), None)
+            if settings.dedupe_threshold is not None
+            else None
+        )
+        reason: DropReason | None = None
+        if settings.min_score is not None and score < settings.min_score:
+            reason = "below_min_score"
+        elif duplicate_of is not None:
+            reason = "duplicate"
+        elif settings.top_k is not None and len(kept) >= settings.top_k:
+            reason = "beyond_top_k"
+        tokens = count_tokens(texts[index]) if reason is None else 0
+        if reason is None and settings.token_budget is not None and used_tokens + tokens > settings.token_budget:
+            reason = "over_budget"
+        if reason is not None:
+            dropped.append(DroppedChunk(index=index, score=score, reason=reason, duplicate_of=duplicate_of))
+            continue
+        kept.append(KeptChunk(index=index, text=texts[index], score=score, tokens=tokens))
+        kept_words.append(words)
+        used_tokens += tokens
+    return kept, sorted(dropped, key=lambda d: d.index)
+
+
+def chunk_text_and_metadata(chunk: Chunk, index: int) -> tuple[str, dict[str, Any]]:
+    if isinstance(chunk, str):
+        return clean_text(chunk), {}
+    if isinstance(chunk, Document):
+        return clean_text(chunk.page_content), dict(chunk.metadata)
+    if isinstance(chunk, Mapping) and isinstance(chunk.get("text"), str):
+        return clean_text(chunk["text"]), {k: v for k, v in chunk.items() if k != "text"}
+    raise TypeError(
+        f"chunk {index} is a {type(chunk).__name__}; give text, a langchain Document or a mapping with a 'text' string"
+    )
+
+
+def create_context_pruner(
+    reranker: Reranker,
+    *,
+    top_k: int | None = 5,
+    min_score: float | None = None,
+    dedupe_threshold: float | None = 0.9,
+    token_budget: int | None = None,
+    count_tokens: Callable[[str], int] | None = None,
+    query_key: str = "query",
+    chunks_key: str = "chunks",
+    output_key: str = "context",
+    name: str = "context_pruner",
+    decision_log: DecisionLog | None = None,
+):
+    """A node that reranks ``state[chunks_key]`` against ``state[query_key]`` and writes the survivors to ``output_key``.
+
+    Tokens are counted with ``count_tokens`` (default: the reranker's
+    tokenizer); count with the tokenizer of the model that will read the
+    context when the budget is that model's. An empty query raises
+    :class:`~agentgraph.errors.EmptyInputError`; no chunks is a valid input
+    that keeps nothing. Returns ``{output_key: [KeptChunk], "decisions": [Decision]}``.
+    """
+    settings = PruneSettings(top_k=top_k, min_score=min_score, dedupe_threshold=dedupe_threshold, token_budget=token_budget)
+    counter = count_tokens or reranker.count_tokens
+
+    def context_pruner(state: Mapping[str, Any], config: RunnableConfig) -> dict[str, Any]:
+        started = time.perf_counter()
+        query = require_text(state.get(query_key), what=f"query ({query_key!r})")
+        chunks = state.get(chunks_key)
+        if chunks is None or isinstance(chunks, str | Mapping) or not isinstance(chunks, Sequence):
+            raise TypeError(f"state[{chunks_key!r}] must be a list of chunks, not {type(chunks).__name__}")
+        parsed = [chunk_text_and_metadata(chunk, i) for i, chunk in enumerate(chunks)]
+        texts = [text for text, _ in parsed]
+        scorable = [i for i, text in enumerate(texts) if text.strip()]
+        scores: list[float | None] = [None] * len(texts)
+        for index, score in zip(scorable, reranker.score(query, [texts[i] for i in scorable])):
+            scores[index] = score
+        kept, dropped = prune_scored(texts, scores, settings, counter)
+        for chunk in kept:
+            chunk.metadata = parsed[chunk.index][1]
+        decision = Decision(
+            node=name,
+            kind="prune",
+            input={"query": query, "chunks": len(texts)},
+            output={
+                "kept": [{"index": c.index, "score": c.score, "tokens": c.tokens} for c in kept],
+                "dropped": [d.model_dump() for d in dropped],
+            },
+            strategy="cross_encoder",
+            outcome="ok" if kept else "nothing_kept",
+            model=reranker.model_name,
+            latency_ms=(time.perf_counter() - started) * 1000,
+            thread_id=thread_id_of(config),
+            metadata={"settings": settings.model_dump(), "tokens_kept": sum(c.tokens for c in kept)},
+        )
+        if decision_log is not None:
+            decision_log.record(decision)
+        return {output_key: kept, "decisions": [decision]}
+
+    context_pruner.__name__ = name
+    return context_pruner

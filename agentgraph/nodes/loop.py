@@ -1,0 +1,391 @@
+"""The loop engine: plan, act, observe, evaluate, with the LLM planning only when the SLM cannot carry on.
+
+Four nodes, each usable in any ``StateGraph`` whose state has the
+:class:`LoopState` keys, and :func:`create_loop_graph`, which wires them:
+
+- **plan** (:func:`create_planner`): the frontier LLM writes a numbered plan, at
+  the start, on ``replan`` and on ``escalate`` only. It may instead answer
+  ``DONE: <answer>``. With no LLM configured (or a failing one) the loop ends in
+  a :class:`~agentgraph.llm.HumanHandoff`.
+- **act** (:func:`create_actor`): runs the next plan step with your ``act``
+  function; an exception becomes a failed result, never a crash.
+- **observe** (:func:`create_observer`): turns the result into an
+  :class:`Observation` cut to the evaluator's token budget.
+- **evaluate** (:func:`create_evaluator`): the SLM picks ``continue``,
+  ``replan``, ``done`` or ``escalate`` by constrained choice, with its
+  probability as confidence; under ``min_confidence`` the verdict becomes
+  ``escalate``. An SLM error escalates too (the explicit fallback).
+
+Deterministic guards narrow the SLM's labels to those the state leaves
+sensible, so a small model is never asked a question only the state can
+answer: after a failed step only ``replan`` and ``escalate`` remain (carrying
+on past a failure or declaring success on one is not a judgement call); while
+plan steps remain ``done`` is not offered (the plan was written to reach the
+goal, an early stop is the LLM's call, reached through ``escalate``); once the
+plan is exhausted ``continue`` is gone (there is no next step).
+
+Limits: ``max_iterations`` (steps acted) and ``max_llm_calls``; reaching one
+ends the loop in a human handoff that carries the goal, plan and observations.
+``llm_calls``, ``slm_calls`` and ``iterations`` are counted in the state.
+
+Example:
+    >>> from langchain_core.language_models import GenericFakeChatModel
+    >>> from langchain_core.messages import AIMessage
+    >>> from agentgraph.nodes.loop import create_loop_graph
+    >>> from agentgraph.slm import load_slm
+    >>> planner = GenericFakeChatModel(messages=iter([AIMessage("1. add 2\\n2. add 3")]))
+    >>> def act(step, state):
+    ...     done = sum(int(o.result.split()[-1]) for o in state.get("observations", [])[-1:])
+    ...     return f"running total {done + int(step.split()[-1])}"
+    >>> graph = create_loop_graph(planner, load_slm(), act)
+    >>> final = graph.invoke({"goal": "Add 2 and 3"})
+    >>> final["status"], final["observations"][-1].result, final["llm_calls"], final["slm_calls"]
+    ('done', 'running total 5', 1, 2)
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+import re
+import time
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, Literal
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.graph import END, START, StateGraph
+from pydantic import BaseModel, Field
+
+from agentgraph.decisions import Decision, DecisionLog, DecisionState, thread_id_of
+from agentgraph.errors import SLMError
+from agentgraph.llm import HumanHandoff, escalate
+from agentgraph.prompting import load_prompt
+from agentgraph.slm import SLM
+from agentgraph.text import clean_text, require_text, truncate_to_tokens
+
+logger = logging.getLogger(__name__)
+
+Verdict = Literal["continue", "replan", "done", "escalate"]
+Status = Literal["running", "done", "handoff"]
+
+VERDICT_DESCRIPTIONS: dict[str, str] = {
+    "continue": "the step worked and the plan has steps left: carry out the next step",
+    "done": "the last step worked and the goal is reached: stop",
+    "replan": "the step failed or its result breaks the plan: make a new plan",
+    "escalate": "you cannot tell: ask a stronger model",
+}
+"""What each verdict means, as the SLM is shown it."""
+
+_PLAN_STEP = re.compile(r"^\s*(?:\d+\s*[.):]|[-*\u2022])\s+(?P<step>\S.*?)\s*$")
+_DONE = re.compile(r"^\s*DONE\s*:?\s*(?P<answer>.*)$", re.IGNORECASE | re.DOTALL)
+
+
+class ActResult(BaseModel):
+    """What the act function returned for one step, or the error it raised."""
+
+    step: str
+    output: Any = None
+    error: bool = False
+
+
+class Observation(BaseModel):
+    """One step's result as the evaluator and the planner see it."""
+
+    step: str
+    result: str
+    error: bool = False
+    truncated: bool = Field(default=False, description="the result was cut to the evaluator's token budget")
+
+
+class LoopState(DecisionState, total=False):
+    """The keys the loop nodes read and write; pass ``goal`` in."""
+
+    goal: str
+    plan: list[str]
+    step_index: int
+    last_result: ActResult | None
+    observations: Annotated[list[Observation], operator.add]
+    verdict: Verdict | None
+    status: Status
+    answer: str | None
+    handoff: HumanHandoff | None
+    iterations: int
+    llm_calls: int
+    slm_calls: int
+
+
+def parse_plan(text: str) -> list[str]:
+    """The steps of a numbered or bulleted plan, in order; other lines are ignored."""
+    return [match["step"] for line in text.splitlines() if (match := _PLAN_STEP.match(line))]
+
+
+def allowed_verdicts(state: Mapping[str, Any]) -> list[str]:
+    """The verdicts the state leaves sensible after the latest observation (see the module docstring)."""
+    if state["observations"][-1].error:
+        return ["replan", "escalate"]
+    if state.get("step_index", 0) < len(state.get("plan", [])):
+        return ["continue", "replan", "escalate"]
+    return ["done", "replan", "escalate"]
+
+
+def handoff_update(state: Mapping[str, Any], reason: str) -> dict[str, Any]:
+    """End the loop in a ticket for a person that carries everything done so far."""
+    request = {
+        "goal": state.get("goal"),
+        "plan": state.get("plan", []),
+        "observations": [o.model_dump() for o in state.get("observations", [])],
+    }
+    return {"status": "handoff", "handoff": HumanHandoff(reason=reason, request=request)}
+
+
+def _record(decision_log: DecisionLog | None, decision: Decision) -> list[Decision]:
+    if decision_log is not None:
+        decision_log.record(decision)
+    return [decision]
+
+
+def create_planner(
+    llm: BaseChatModel | None,
+    *,
+    max_llm_calls: int = 5,
+    name: str = "plan",
+    decision_log: DecisionLog | None = None,
+):
+    """The plan node: the LLM writes (or rewrites) the plan, or declares the goal reached.
+
+    Why it is called is read from ``state["verdict"]``: none yet is the start,
+    ``replan`` a replan, ``escalate`` an escalation (the LLM then also sees the
+    steps still planned). A reply with neither steps nor ``DONE`` ends the loop
+    in a handoff that keeps the reply.
+    """
+    template = load_prompt("loop_plan")
+
+    def plan(state: Mapping[str, Any], config: RunnableConfig) -> dict[str, Any]:
+        started = time.perf_counter()
+        goal = require_text(state.get("goal"), what="loop goal")
+        llm_calls = state.get("llm_calls", 0)
+        reason = {"replan": "replan", "escalate": "escalation"}.get(state.get("verdict") or "", "start")
+        observations = state.get("observations", [])
+        remaining = state.get("plan", [])[state.get("step_index", 0) :]
+
+        def finish(update: dict[str, Any], output: Any, outcome: str, *, called: bool) -> dict[str, Any]:
+            decision = Decision(
+                node=name,
+                kind="plan",
+                input={"goal": goal, "reason": reason, "observations": len(observations)},
+                output=output,
+                strategy="llm",
+                escalated=reason == "escalation",
+                outcome=outcome,
+                model=getattr(llm, "model_name", None) or (type(llm).__name__ if llm else None),
+                latency_ms=(time.perf_counter() - started) * 1000,
+                thread_id=thread_id_of(config),
+                metadata={"prompt": template.id},
+            )
+            counted = {"llm_calls": llm_calls + 1} if called else {}
+            return {**update, **counted, "decisions": _record(decision_log, decision)}
+
+        if llm_calls >= max_llm_calls:
+            update = handoff_update(state, f"the loop spent its budget of {max_llm_calls} LLM calls")
+            return finish(update, None, "budget_spent", called=False)
+        prompt = template.render(goal=goal, observations=observations, reason=reason, remaining=remaining)
+        reply = escalate(llm, prompt, reason=f"loop {reason}")
+        called = llm is not None
+        if isinstance(reply, HumanHandoff):  # its request is the planner prompt: goal and results so far
+            return finish({"status": "handoff", "handoff": reply}, None, "handoff", called=called)
+        text = clean_text(reply.text)
+        if done := _DONE.match(text):
+            update = {"status": "done", "answer": done["answer"].strip(), "verdict": "done"}
+            return finish(update, {"done": True, "answer": update["answer"]}, "done", called=called)
+        steps = parse_plan(text)
+        if not steps:
+            update = handoff_update(state, f"the planner's reply holds no numbered steps: {text[:500]!r}")
+            return finish(update, {"reply": text}, "unparseable", called=called)
+        update = {"plan": steps, "step_index": 0, "verdict": None, "status": "running"}
+        return finish(update, steps, "ok", called=called)
+
+    plan.__name__ = name
+    return plan
+
+
+def create_actor(
+    act: Callable[[str, Mapping[str, Any]], Any],
+    *,
+    name: str = "act",
+    decision_log: DecisionLog | None = None,
+):
+    """The act node: runs the next plan step as ``act(step, state)``.
+
+    An exception is caught and becomes a failed result (the evaluator then
+    picks ``replan`` or ``escalate``), so a failing tool never loses the loop.
+    Make ``act`` idempotent, or guard its tools (``create_guarded_tool_node``),
+    where a step may run twice after a replan.
+    """
+
+    def act_node(state: Mapping[str, Any], config: RunnableConfig) -> dict[str, Any]:
+        started = time.perf_counter()
+        step = state["plan"][state.get("step_index", 0)]
+        try:
+            result = ActResult(step=step, output=act(step, state))
+        except Exception as exc:  # any tool failure is an observation for the evaluator, not a crash
+            logger.warning("loop step %r failed: %s", step, exc)
+            result = ActResult(step=step, output=f"{type(exc).__name__}: {exc}", error=True)
+        decision = Decision(
+            node=name,
+            kind="act",
+            input=step,
+            output=result.output if result.error else None,
+            strategy="tool",
+            outcome="error" if result.error else "ok",
+            latency_ms=(time.perf_counter() - started) * 1000,
+            thread_id=thread_id_of(config),
+        )
+        return {
+            "last_result": result,
+            "iterations": state.get("iterations", 0) + 1,
+            "decisions": _record(decision_log, decision),
+        }
+
+    act_node.__name__ = name
+    return act_node
+
+
+def text_tokens(slm: SLM) -> Callable[[str], int]:
+    """Count the tokens of a text under ``slm``'s tokenizer, without the chat template around it."""
+    template_tokens = slm.count_tokens("")
+    return lambda text: slm.count_tokens(text) - template_tokens
+
+
+def create_observer(count_tokens: Callable[[str], int], *, max_observation_tokens: int = 256):
+    """The observe node: the last result as an :class:`Observation`, cut to ``max_observation_tokens``.
+
+    It decides nothing, so it records no decision; it moves the plan on by one step.
+    """
+
+    def observe(state: Mapping[str, Any]) -> dict[str, Any]:
+        result: ActResult = state["last_result"]
+        text, truncated = truncate_to_tokens(
+            clean_text(str(result.output)), max_tokens=max_observation_tokens, count_tokens=count_tokens
+        )
+        observation = Observation(step=result.step, result=text, error=result.error, truncated=truncated)
+        return {"observations": [observation], "step_index": state.get("step_index", 0) + 1, "last_result": None}
+
+    return observe
+
+
+def create_evaluator(
+    slm: SLM,
+    *,
+    min_confidence: float = 0.5,
+    max_iterations: int = 20,
+    name: str = "evaluate",
+    decision_log: DecisionLog | None = None,
+):
+    """The evaluate node: the SLM judges the latest observation; ``state["verdict"]`` routes the loop.
+
+    The verdict is the SLM's constrained choice among :func:`allowed_verdicts`;
+    a probability under ``min_confidence`` or an SLM error turns it into
+    ``escalate``. ``done`` ends the loop with the last result as the answer;
+    any other verdict once ``max_iterations`` steps have run ends it in a
+    handoff.
+    """
+    template = load_prompt("loop_evaluate")
+
+    def evaluate(state: Mapping[str, Any], config: RunnableConfig) -> dict[str, Any]:
+        started = time.perf_counter()
+        observation: Observation = state["observations"][-1]
+        plan, number = state["plan"], state["step_index"]
+        labels = {label: VERDICT_DESCRIPTIONS[label] for label in allowed_verdicts(state)}
+        prompt = template.render(
+            goal=require_text(state.get("goal"), what="loop goal"),
+            number=number,
+            total=len(plan),
+            step=observation.step,
+            error=observation.error,
+            observation=observation.result,
+            next_step=plan[number] if number < len(plan) else None,
+        )
+        probabilities: dict[str, float] | None = None
+        confidence: float | None = None
+        try:
+            choice = slm.choose(prompt, labels)
+        except SLMError as exc:  # the explicit fallback: a stronger model judges instead
+            logger.warning("loop evaluator SLM failed, escalating: %s", exc)
+            verdict, strategy, outcome, model = "escalate", "fallback", f"slm_error: {exc}", None
+        else:
+            probabilities, confidence, model = choice.probabilities, choice.confidence, choice.usage.model
+            low = confidence < min_confidence
+            verdict = "escalate" if low else choice.label
+            strategy, outcome = "slm", "low_confidence" if low else "ok"
+        update: dict[str, Any] = {"verdict": verdict, "slm_calls": state.get("slm_calls", 0) + 1}
+        if verdict == "done":
+            update |= {"status": "done", "answer": observation.result}
+        elif state.get("iterations", 0) >= max_iterations:
+            update |= handoff_update(state, f"the loop reached its limit of {max_iterations} iterations")
+            outcome = "iteration_limit"
+        decision = Decision(
+            node=name,
+            kind="evaluate",
+            input={"step": observation.step, "number": number, "of": len(plan), "error": observation.error},
+            output=verdict,
+            confidence=confidence,
+            strategy=strategy,
+            escalated=verdict == "escalate",
+            outcome=outcome,
+            model=model,
+            latency_ms=(time.perf_counter() - started) * 1000,
+            thread_id=thread_id_of(config),
+            metadata={"prompt": template.id, "labels": list(labels), "probabilities": probabilities},
+        )
+        return {**update, "decisions": _record(decision_log, decision)}
+
+    evaluate.__name__ = name
+    return evaluate
+
+
+def route_after_plan(state: Mapping[str, Any]) -> Literal["act", "__end__"]:
+    return "act" if state.get("status") == "running" else END
+
+
+def route_after_evaluate(state: Mapping[str, Any]) -> Literal["act", "plan", "__end__"]:
+    if state.get("status") in ("done", "handoff"):
+        return END
+    return "act" if state["verdict"] == "continue" else "plan"
+
+
+def create_loop_graph(
+    planner_llm: BaseChatModel | None,
+    slm: SLM,
+    act: Callable[[str, Mapping[str, Any]], Any],
+    *,
+    max_iterations: int = 20,
+    max_llm_calls: int = 5,
+    min_confidence: float = 0.5,
+    max_observation_tokens: int = 256,
+    decision_log: DecisionLog | None = None,
+    checkpointer: BaseCheckpointSaver | None = None,
+):
+    """The compiled plan → act → observe → evaluate loop over :class:`LoopState`.
+
+    Invoke it with ``{"goal": ...}``; it ends with ``status`` ``done`` (and
+    ``answer``) or ``handoff`` (and ``handoff``). The recursion limit is set
+    from the two budgets, so the loop stops on its own limits, not LangGraph's.
+    """
+    builder = StateGraph(LoopState)
+    builder.add_node("plan", create_planner(planner_llm, max_llm_calls=max_llm_calls, decision_log=decision_log))
+    builder.add_node("act", create_actor(act, decision_log=decision_log))
+    builder.add_node("observe", create_observer(text_tokens(slm), max_observation_tokens=max_observation_tokens))
+    builder.add_node(
+        "evaluate",
+        create_evaluator(slm, min_confidence=min_confidence, max_iterations=max_iterations, decision_log=decision_log),
+    )
+    builder.add_edge(START, "plan")
+    builder.add_conditional_edges("plan", route_after_plan)
+    builder.add_edge("act", "observe")
+    builder.add_edge("observe", "evaluate")
+    builder.add_conditional_edges("evaluate", route_after_evaluate)
+    # Each iteration takes three steps (act, observe, evaluate), each LLM call one more (plan).
+    recursion_limit = 3 * max_iterations + max_llm_calls + 2
+    return builder.compile(checkpointer=checkpointer).with_config(recursion_limit=recursion_limit)
