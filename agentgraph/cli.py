@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from agentgraph.errors import AgentGraphError
 
-COMMAND_MODULES = ("agentgraph.commands.slm",)
+COMMAND_MODULES = ("agentgraph.commands.slm", "agentgraph.commands.eval")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,561 @@
+"""The router: send each request down one route, or escalate it when unsure or out of scope.
+
+Three strategies, alone or chained in one node (tried in order):
+
+- :class:`RuleStrategy`: regular expressions or predicates mapped to labels;
+  deterministic, confidence 1.0, abstains when nothing matches.
+- :class:`ClassifierStrategy`: the trained embedding classifier
+  (:class:`~agentgraph.classifier.IntentClassifier`), calibrated, with its
+  out-of-scope detector.
+- :class:`SLMStrategy`: a constrained choice by the SLM among labels described
+  by their decision boundaries (prompt ``router``), its label probability
+  temperature-calibrated on a dev set with :meth:`SLMStrategy.fit`.
+
+A proposal is accepted when it is in scope and its calibrated confidence
+reaches the gate (:class:`ConfidenceGate`: per-route or per-label thresholds,
+else the threshold the strategy fitted on its dev set). A below-gate proposal
+falls through to the next strategy; an out-of-scope verdict, or no accepted
+proposal at all, sends the request to the escalation route. Labels map to
+routes through ``routes`` (27 intents can share 4 paths); the label itself goes
+into the state as ``intent``.
+
+The node emits ``Command(goto=route)``, or a plain update for a conditional
+edge with :func:`route_of`. Its :class:`~agentgraph.decisions.Decision` (input,
+route, confidence, strategy, latency, escalated, model) goes into the state and
+into ``decision_log``. :func:`create_escalation_node` is the node to escalate
+to: the LLM, or a :class:`~agentgraph.llm.HumanHandoff` when there is none.
+
+Example:
+    >>> from langgraph.graph import END, START, StateGraph
+    >>> from agentgraph.classifier import IntentClassifier, customer_support_router_path
+    >>> from agentgraph.nodes.router import (ClassifierStrategy, RouterState, RuleStrategy, create_escalation_node,
+    ...                                      create_router)
+    >>> router = create_router(
+    ...     [RuleStrategy({r"\\b(human|person)\\b": "contact_human_agent"}),
+    ...      ClassifierStrategy(IntentClassifier.load(customer_support_router_path()))],
+    ...     routes={"track_order": "lookup", "cancel_order": "action", "contact_human_agent": "escalate"},
+    ...     default_route="knowledge",
+    ... )
+    >>> builder = StateGraph(RouterState)
+    >>> for name in ("lookup", "action", "knowledge"):
+    ...     _ = builder.add_node(name, lambda state: {}).add_edge(name, END)
+    >>> _ = builder.add_node("router", router, destinations=("lookup", "action", "knowledge", "escalate"))
+    >>> _ = builder.add_node("escalate", create_escalation_node(None)).add_edge("escalate", END)
+    >>> graph = builder.add_edge(START, "router").compile()
+    >>> result = graph.invoke({"text": "I want to cancel order 12345"})
+    >>> result["route"], result["intent"], result["decisions"][0].strategy
+    ('action', 'cancel_order', 'classifier')
+    >>> result = graph.invoke({"text": "What's the weather in Lisbon tomorrow?"})
+    >>> result["route"], result["escalation_reason"], result["escalation"].kind
+    ('escalate', 'out_of_scope', 'human_handoff')
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Literal, Protocol, TypedDict
+
+import numpy as np
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.runnables import RunnableConfig
+from langgraph.types import Command
+from pydantic import BaseModel, Field
+
+from agentgraph.calibration import AnyCalibrator, TemperatureScaling, selective_threshold
+from agentgraph.classifier import IntentClassifier
+from agentgraph.decisions import Decision, DecisionLog, DecisionState, thread_id_of
+from agentgraph.errors import EmptyInputError
+from agentgraph.llm import HumanHandoff, escalate
+from agentgraph.prompting import load_prompt
+from agentgraph.slm import SLM
+from agentgraph.text import require_text, truncate_to_tokens
+
+ESCALATE = "escalate"
+OUT_OF_SCOPE = "__oos__"
+"""The label of a request that should escalate, in evaluation data."""
+
+EscalationReason = Literal["out_of_scope", "below_gate", "no_proposal"]
+
+
+class RouteProposal(BaseModel):
+    """What one strategy proposes for one request."""
+
+    label: str
+    confidence: float = Field(description="calibrated probability that the label is right")
+    in_scope: bool = True
+    strategy: str
+    model: str | None = None
+    threshold: float = Field(description="the gate this strategy fitted on its dev set")
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class RoutingStrategy(Protocol):
+    """One way of proposing a label; ``propose`` returns None to abstain."""
+
+    name: str
+    max_input_tokens: int | None
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def propose(self, text: str) -> RouteProposal | None: ...
+
+
+class RuleStrategy:
+    """Rules in order, the first match wins: a regex (searched, case-insensitive) or a predicate, to a label.
+
+    Example:
+        >>> rules = RuleStrategy({r"\\bunsubscribe\\b": "newsletter_subscription", (lambda t: "@" in t): "edit_account"})
+        >>> rules.propose("please unsubscribe me").label, rules.propose("hello") is None
+        ('newsletter_subscription', True)
+    """
+
+    name = "rules"
+    max_input_tokens = None
+
+    def __init__(self, rules: Mapping[str | Callable[[str], bool], str]) -> None:
+        self._rules: list[tuple[str, Callable[[str], bool], str]] = []
+        for rule, label in rules.items():
+            if isinstance(rule, str):
+                matcher = re.compile(rule, re.IGNORECASE).search
+                self._rules.append((rule, lambda text, m=matcher: m(text) is not None, label))
+            else:
+                self._rules.append((getattr(rule, "__name__", repr(rule)), rule, label))
+
+    def count_tokens(self, text: str) -> int:
+        return 0
+
+    def propose(self, text: str) -> RouteProposal | None:
+        for rule, matches, label in self._rules:
+            if matches(text):
+                return RouteProposal(label=label, confidence=1.0, strategy=self.name, threshold=0.0, details={"rule": rule})
+        return None
+
+
+class ClassifierStrategy:
+    """The trained :class:`~agentgraph.classifier.IntentClassifier`, with its gate and out-of-scope detector."""
+
+    name = "classifier"
+
+    def __init__(self, classifier: IntentClassifier) -> None:
+        self.classifier = classifier
+        self.max_input_tokens = classifier.encoder.max_input_tokens
+
+    def count_tokens(self, text: str) -> int:
+        return self.classifier.encoder.count_tokens(text)
+
+    def propose(self, text: str) -> RouteProposal:
+        prediction = self.classifier.predict(text)
+        return RouteProposal(
+            label=prediction.label,
+            confidence=prediction.confidence,
+            in_scope=prediction.in_scope,
+            strategy=self.name,
+            model=self.classifier.encoder.name,
+            threshold=self.classifier.gate_threshold,
+            details={
+                "top": prediction.probabilities,
+                "similarity": prediction.similarity,
+                "relative_distance": prediction.relative_distance,
+            },
+        )
+
+
+_MARKER = re.compile(r"<\s*/?\s*request\s*>", re.IGNORECASE)
+
+
+class SLMStrategy:
+    """The SLM picks one label (constrained choice), shown each label's decision boundary.
+
+    The request is quoted as data in prompt ``router`` (markers inside it are
+    stripped, so it cannot close the quote and speak as the instructions).
+    Confidence is the chosen label's probability from token log-probs,
+    recalibrated by ``calibrator``; :meth:`fit` fits calibrator and gate on
+    labelled requests.
+
+    Args:
+        slm: any :class:`~agentgraph.slm.SLM`.
+        labels: ``{label: description}``, the description saying when to pick the label.
+        max_input_tokens: the request is cut to this many tokens (routing needs its beginning; long prompts are slow).
+    """
+
+    name = "slm"
+
+    def __init__(
+        self,
+        slm: SLM,
+        labels: Mapping[str, str],
+        *,
+        calibrator: AnyCalibrator | None = None,
+        threshold: float = 0.5,
+        max_input_tokens: int = 512,
+        prompt_version: int | None = None,
+    ) -> None:
+        self.slm = slm
+        self.labels = dict(labels)
+        self.calibrator = calibrator or TemperatureScaling()
+        self.threshold = threshold
+        self.max_input_tokens = max_input_tokens
+        self.prompt = load_prompt("router", prompt_version)
+
+    def count_tokens(self, text: str) -> int:
+        return self.slm.count_tokens(text)
+
+    def render(self, text: str) -> str:
+        return self.prompt.render(request=_MARKER.sub(" ", text))
+
+    def _choose(self, text: str) -> tuple[str, np.ndarray, Any]:
+        result = self.slm.choose(self.render(text), self.labels)
+        log_probs = np.log(np.maximum([result.probabilities[label] for label in self.labels], 1e-300))
+        return result.label, log_probs, result.usage
+
+    def propose(self, text: str) -> RouteProposal:
+        label, log_probs, usage = self._choose(text)
+        return RouteProposal(
+            label=label,
+            confidence=float(self.calibrator.confidence(log_probs)[0]),
+            strategy=self.name,
+            model=usage.model,
+            threshold=self.threshold,
+            details={"raw_confidence": float(math.exp(log_probs.max())), "prompt": self.prompt.id},
+        )
+
+    def fit(
+        self,
+        texts: Sequence[str],
+        labels: Sequence[str],
+        *,
+        target_accuracy: float = 0.95,
+        max_rejection: float = 0.8,
+    ) -> SLMStrategy:
+        """Calibrate on labelled requests and set the gate (see :func:`~agentgraph.calibration.selective_threshold`)."""
+        order = list(self.labels)
+        unknown = set(labels) - set(order)
+        if unknown:
+            raise ValueError(f"labels {sorted(unknown)} are not among the strategy's labels")
+        log_probs = np.stack([self._choose(text)[1] for text in texts])
+        truth = np.array([order.index(label) for label in labels])
+        self.calibrator.fit_logits(log_probs, truth)
+        self.threshold = selective_threshold(
+            self.calibrator.confidence(log_probs),
+            log_probs.argmax(axis=1) == truth,
+            target_accuracy=target_accuracy,
+            max_rejection=max_rejection,
+        )
+        return self
+
+
+class ConfidenceGate(BaseModel):
+    """Minimum calibrated confidence to accept a proposal.
+
+    ``thresholds`` is keyed by label or route (a label's entry wins); anything
+    else uses ``default``, or, when that is None, the threshold the proposing
+    strategy fitted on its dev set.
+    """
+
+    thresholds: dict[str, float] = Field(default_factory=dict)
+    default: float | None = None
+
+    def threshold(self, proposal: RouteProposal, route: str) -> float:
+        if proposal.label in self.thresholds:
+            return self.thresholds[proposal.label]
+        if route in self.thresholds:
+            return self.thresholds[route]
+        return proposal.threshold if self.default is None else self.default
+
+
+class RoutingDecision(BaseModel):
+    """The router's verdict on one request, with every proposal it weighed."""
+
+    text: str = Field(description="the request as routed: cleaned, and cut to the context budget")
+    route: str
+    label: str | None = Field(description="the accepted label; None when escalated")
+    confidence: float | None
+    strategy: str | None = Field(description="the strategy whose proposal was accepted, or that escalated")
+    model: str | None = None
+    escalated: bool
+    reason: EscalationReason | None = None
+    truncated: bool = False
+    input_chars: int
+    attempts: list[RouteProposal]
+    latency_ms: float
+
+
+class Router:
+    """Strategies, gate and label-to-route mapping: the decision logic of :func:`create_router`, without a graph.
+
+    Args:
+        strategies: tried in order until one proposal is accepted.
+        routes: ``{label: route}``; a label not in it routes to ``default_route``, or to itself when that is None.
+        gate: the confidence gate (default: each strategy's fitted threshold).
+        escalation_route: where out-of-scope and unsure requests go.
+    """
+
+    def __init__(
+        self,
+        strategies: Sequence[RoutingStrategy],
+        *,
+        routes: Mapping[str, str] | None = None,
+        default_route: str | None = None,
+        gate: ConfidenceGate | None = None,
+        escalation_route: str = ESCALATE,
+    ) -> None:
+        if not strategies:
+            raise ValueError("a router needs at least one strategy")
+        self.strategies = list(strategies)
+        self.routes = dict(routes or {})
+        self.default_route = default_route
+        self.gate = gate or ConfidenceGate()
+        self.escalation_route = escalation_route
+
+    def route_of_label(self, label: str) -> str:
+        return self.routes.get(label, self.default_route or label)
+
+    def destinations(self, labels: Iterable[str]) -> tuple[str, ...]:
+        """Every route ``labels`` can reach, plus the escalation route (for ``add_node(destinations=...)``)."""
+        return tuple(dict.fromkeys([*(self.route_of_label(label) for label in labels), self.escalation_route]))
+
+    def fit_to_budgets(self, text: str) -> tuple[str, bool]:
+        """``text`` cut (at a word boundary, with a logged warning) so that every strategy can read all of it."""
+        truncated = False
+        for strategy in self.strategies:
+            if strategy.max_input_tokens is not None:
+                text, cut = truncate_to_tokens(text, max_tokens=strategy.max_input_tokens, count_tokens=strategy.count_tokens)
+                truncated = truncated or cut
+        return text, truncated
+
+    def decide(self, text: str | None) -> RoutingDecision:
+        """Route one request; :class:`~agentgraph.errors.EmptyInputError` when it holds no text."""
+        started = time.perf_counter()
+        cleaned = require_text(text, what="request")
+        routed, truncated = self.fit_to_budgets(cleaned)
+        attempts: list[RouteProposal] = []
+        reason: EscalationReason = "no_proposal"
+        for strategy in self.strategies:
+            proposal = strategy.propose(routed)
+            if proposal is None:
+                continue
+            attempts.append(proposal)
+            if not proposal.in_scope:
+                # The label set itself does not fit the request: a later strategy would choose among the same labels.
+                reason = "out_of_scope"
+                break
+            route = self.route_of_label(proposal.label)
+            if proposal.confidence >= self.gate.threshold(proposal, route):
+                return RoutingDecision(
+                    text=routed, route=route, label=proposal.label, confidence=proposal.confidence,
+                    strategy=proposal.strategy, model=proposal.model, escalated=False, truncated=truncated,
+                    input_chars=len(cleaned), attempts=attempts, latency_ms=(time.perf_counter() - started) * 1000,
+                )
+            reason = "below_gate"
+        last = attempts[-1] if attempts else None
+        return RoutingDecision(
+            text=routed, route=self.escalation_route, label=None, confidence=last.confidence if last else None,
+            strategy=last.strategy if last else None, model=last.model if last else None, escalated=True,
+            reason=reason, truncated=truncated, input_chars=len(cleaned), attempts=attempts,
+            latency_ms=(time.perf_counter() - started) * 1000,
+        )
+
+
+class RouterState(DecisionState, total=False):
+    """State keys the router reads (``text``) and writes; the escalation node adds ``escalation``."""
+
+    text: str
+    route: str
+    intent: str | None
+    route_confidence: float | None
+    escalation_reason: EscalationReason | None
+    escalation: AIMessage | HumanHandoff
+
+
+def request_text(value: Any) -> str | None:
+    """The request in a state value: a string, a message, or the last of a list of messages."""
+    if isinstance(value, list | tuple):
+        value = value[-1] if value else None
+    if isinstance(value, BaseMessage):
+        return value.text
+    if isinstance(value, Mapping):
+        return value.get("content")
+    return value
+
+
+def route_of(state: Mapping[str, Any]) -> str:
+    """Conditional-edge function for a router made with ``goto=False``: the route it wrote."""
+    return state["route"]
+
+
+def create_router(
+    strategies: RoutingStrategy | Sequence[RoutingStrategy],
+    *,
+    routes: Mapping[str, str] | None = None,
+    default_route: str | None = None,
+    gate: ConfidenceGate | None = None,
+    escalation_route: str = ESCALATE,
+    input_key: str = "text",
+    goto: bool = True,
+    decision_log: DecisionLog | None = None,
+    name: str = "router",
+) -> Callable[[dict[str, Any], RunnableConfig], Command | dict[str, Any]]:
+    """A LangGraph node that routes ``state[input_key]`` (a string or messages) to one route.
+
+    Args:
+        strategies: a strategy or several, tried in order (see :class:`Router`).
+        routes: ``{label: route}``; route names are the graph's node names.
+        default_route: the route of a label missing from ``routes`` (None: the label itself).
+        gate: per-label or per-route thresholds (default: each strategy's fitted one).
+        escalation_route: the node that handles escalations (see :func:`create_escalation_node`).
+        goto: return ``Command(goto=route)``; with False, a plain update to pair with :func:`route_of`.
+        decision_log: where each :class:`~agentgraph.decisions.Decision` is also written.
+        name: the node name in decision records.
+
+    Writes ``route``, ``intent`` (the label; None when escalated), ``route_confidence``,
+    ``escalation_reason`` and one record under ``decisions``. Empty input raises
+    :class:`~agentgraph.errors.EmptyInputError` after logging a ``rejected`` record.
+    """
+    router = Router(
+        [strategies] if hasattr(strategies, "propose") else list(strategies),
+        routes=routes, default_route=default_route, gate=gate, escalation_route=escalation_route,
+    )
+
+    def route_request(state: dict[str, Any], config: RunnableConfig) -> Command | dict[str, Any]:
+        raw = request_text(state.get(input_key))
+        try:
+            verdict = router.decide(raw)
+        except EmptyInputError:
+            if decision_log is not None:
+                decision_log.record(
+                    Decision(node=name, kind="route", input=raw, outcome="rejected", thread_id=thread_id_of(config))
+                )
+            raise
+        decision = Decision(
+            node=name,
+            kind="route",
+            input=verdict.text,
+            output={"route": verdict.route, "intent": verdict.label},
+            confidence=verdict.confidence,
+            strategy=verdict.strategy,
+            escalated=verdict.escalated,
+            outcome=verdict.reason or "routed",
+            model=verdict.model,
+            latency_ms=verdict.latency_ms,
+            thread_id=thread_id_of(config),
+            metadata={
+                "truncated": verdict.truncated,
+                "input_chars": verdict.input_chars,
+                "attempts": [attempt.model_dump() for attempt in verdict.attempts],
+            },
+        )
+        if decision_log is not None:
+            decision_log.record(decision)
+        update = {
+            "route": verdict.route,
+            "intent": verdict.label,
+            "route_confidence": verdict.confidence,
+            "escalation_reason": verdict.reason,
+            "decisions": [decision],
+        }
+        return Command(goto=verdict.route, update=update) if goto else update
+
+    route_request.router = router  # for add_node(destinations=route_request.router.destinations(labels))
+    return route_request
+
+
+def create_escalation_node(
+    llm: BaseChatModel | None,
+    *,
+    input_key: str = "text",
+    output_key: str = "escalation",
+    system: str | None = None,
+    decision_log: DecisionLog | None = None,
+    name: str = "escalate",
+) -> Callable[[dict[str, Any], RunnableConfig], dict[str, Any]]:
+    """The node a router escalates to: ``llm`` answers the request, or a person gets a ticket.
+
+    Writes an ``AIMessage`` or a :class:`~agentgraph.llm.HumanHandoff` to
+    ``output_key`` (a handoff when ``llm`` is None or fails) and one record.
+    """
+
+    def escalate_request(state: dict[str, Any], config: RunnableConfig) -> dict[str, Any]:
+        started = time.perf_counter()
+        text = request_text(state.get(input_key)) or ""
+        reason = f"router: {state.get('escalation_reason') or 'escalated'}"
+        prompt = [("system", system), ("human", text)] if system else text
+        result = escalate(llm, prompt, reason=reason)
+        handed_off = isinstance(result, HumanHandoff)
+        decision = Decision(
+            node=name,
+            kind="llm_call",
+            input=text,
+            output=result.model_dump(mode="json") if handed_off else result.content,
+            strategy="human" if handed_off else "llm",
+            escalated=True,
+            outcome="handoff" if handed_off else "answered",
+            model=None if handed_off else (result.response_metadata or {}).get("model_name"),
+            latency_ms=(time.perf_counter() - started) * 1000,
+            thread_id=thread_id_of(config),
+            metadata={"reason": reason},
+        )
+        if decision_log is not None:
+            decision_log.record(decision)
+        return {output_key: result, "decisions": [decision]}
+
+    return escalate_request
+
+
+class RouterEvaluation(BaseModel):
+    """How a router does on labelled requests (``__oos__`` marks one that should escalate)."""
+
+    in_scope: int
+    out_of_scope: int
+    accuracy: float | None = Field(description="top label right, gate or not (in-scope requests)")
+    coverage: float | None = Field(description="share of in-scope requests accepted (not escalated)")
+    selective_accuracy: float | None = Field(description="accuracy over the accepted in-scope requests")
+    oos_escalation_rate: float | None = Field(description="share of out-of-scope requests escalated")
+    escalations: dict[str, int] = Field(description="escalations by reason")
+    confusions: list[tuple[str, str, int]] = Field(description="most frequent (expected, routed) errors, routed ones only")
+    latency_ms_p50: float
+    latency_ms_p95: float
+
+
+def evaluate_router(router: Router, rows: Iterable[tuple[str, str]], *, top_confusions: int = 10) -> RouterEvaluation:
+    """Route each ``(text, label)`` one at a time (as in service) and score the result.
+
+    Accuracy compares the proposing strategy's top label, before the gate, with
+    the expected label; an escalated request counts toward coverage, never as
+    an error among the accepted ones.
+    """
+    latencies, in_scope, out_of_scope = [], [], []
+    reasons: Counter[str] = Counter()
+    errors: Counter[tuple[str, str]] = Counter()
+    for text, label in rows:
+        verdict = router.decide(text)
+        latencies.append(verdict.latency_ms)
+        if verdict.escalated:
+            reasons[verdict.reason] += 1
+        top = verdict.label or (verdict.attempts[-1].label if verdict.attempts else None)
+        if label == OUT_OF_SCOPE:
+            out_of_scope.append(verdict.escalated)
+            if not verdict.escalated:
+                errors[(label, verdict.label)] += 1
+        else:
+            in_scope.append((top == label, not verdict.escalated))
+            if not verdict.escalated and verdict.label != label:
+                errors[(label, verdict.label)] += 1
+    correct = np.array([c for c, _ in in_scope], dtype=bool)
+    accepted = np.array([a for _, a in in_scope], dtype=bool)
+    return RouterEvaluation(
+        in_scope=len(in_scope),
+        out_of_scope=len(out_of_scope),
+        accuracy=float(correct.mean()) if in_scope else None,
+        coverage=float(accepted.mean()) if in_scope else None,
+        selective_accuracy=float(correct[accepted].mean()) if accepted.any() else None,
+        oos_escalation_rate=float(np.mean(out_of_scope)) if out_of_scope else None,
+        escalations=dict(reasons),
+        confusions=[(expected, routed, n) for (expected, routed), n in errors.most_common(top_confusions)],
+        latency_ms_p50=float(np.percentile(latencies, 50)) if latencies else 0.0,
+        latency_ms_p95=float(np.percentile(latencies, 95)) if latencies else 0.0,
+    )
