@@ -27,8 +27,9 @@ from agentgraph.slm.server import ServeSettings, VLLMServer
 class SupportRequestFields(BaseModel):
     """What a support request names; the benchmark's extraction schema."""
 
-    order_id: str | None = Field(default=None, description="order number, digits only")
-    invoice_id: str | None = None
+    # Bounded strings: greedy decoding of a 135M model can repeat inside an unbounded string.
+    order_id: str | None = Field(default=None, max_length=20, description="order number, digits only")
+    invoice_id: str | None = Field(default=None, max_length=20)
     urgency: Literal["low", "normal", "high"]
 
 
