@@ -95,8 +95,9 @@ def _serve(args: argparse.Namespace) -> int:
     base_url = server.start()
     print(base_url, flush=True)
     print(f"export AGENTGRAPH_SLM_URL={base_url}   # logs: {server.log_path}", flush=True)
-    # Stop the server on Ctrl-C or SIGTERM; otherwise run as long as it does.
-    signal.signal(signal.SIGTERM, lambda *_: server.stop())
+    # SIGTERM unwinds like Ctrl-C, so the server is stopped in `finally` and not inside a signal
+    # handler, where waiting on the process would deadlock against the wait below.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         return server.process.wait()
     finally:
