@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field
 
-from agentgraph.calibration import TemperatureScaling, selective_threshold, softmax
+from agentgraph.calibration import TemperatureScaling, selective_threshold
 from agentgraph.errors import AgentGraphError
 from agentgraph.slm.models import cache_dir
 

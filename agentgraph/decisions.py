@@ -67,6 +67,13 @@ class DecisionLog(Protocol):
     def decisions(self, *, node: str | None = None, kind: str | None = None) -> Iterator[Decision]: ...
 
 
+def log_decision(decision_log: DecisionLog | None, decision: Decision) -> Decision:
+    """Write ``decision`` to ``decision_log`` when the node was given one; returns the decision."""
+    if decision_log is not None:
+        decision_log.record(decision)
+    return decision
+
+
 class JSONLDecisionLog:
     """Decisions appended one JSON object per line; safe across threads of one process."""
 

@@ -78,10 +78,6 @@ def ranking_metrics(all_scores: list[list[float]], pools) -> dict[str, float]:
     return {"ndcg@5": statistics.fmean(ndcgs), "recall@5": statistics.fmean(recalls)}
 
 
-def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(values, q))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--queries", type=int, default=300)
@@ -124,8 +120,8 @@ def main() -> None:
         pruner({"query": query.text, "chunks": passages}, {})
         node_ms.append((time.perf_counter() - tick) * 1000)
     print(f"latency for {POOL_SIZE} chunks over {len(score_ms)} queries (CPU):")
-    print(f"  cross-encoder scoring  p50 {percentile(score_ms, 50):7.1f} ms  p95 {percentile(score_ms, 95):7.1f} ms")
-    print(f"  whole pruner call      p50 {percentile(node_ms, 50):7.1f} ms  p95 {percentile(node_ms, 95):7.1f} ms")
+    print(f"  cross-encoder scoring  p50 {np.percentile(score_ms, 50):7.1f} ms  p95 {np.percentile(score_ms, 95):7.1f} ms")
+    print(f"  whole pruner call      p50 {np.percentile(node_ms, 50):7.1f} ms  p95 {np.percentile(node_ms, 95):7.1f} ms")
 
 
 if __name__ == "__main__":

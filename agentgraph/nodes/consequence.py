@@ -80,7 +80,7 @@ from langgraph.func import task
 from langgraph.types import interrupt
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
-from agentgraph.decisions import Decision, DecisionLog, thread_id_of
+from agentgraph.decisions import Decision, DecisionLog, log_decision, thread_id_of
 from agentgraph.errors import (
     ApprovalResponseError,
     IdempotencyConflictError,
@@ -531,12 +531,12 @@ def create_guarded_tool_node(
                     else:  # safe: runs as often as it is called
                         message, outcome = _invoke(by_name[call["name"]], call), "executed"
                 except Exception as exc:
-                    _record(
-                        decision.model_copy(update={"outcome": f"error: {type(exc).__name__}: {exc}"}), decision_log
+                    log_decision(
+                        decision_log, decision.model_copy(update={"outcome": f"error: {type(exc).__name__}: {exc}"})
                     )
                     raise
             decision = decision.model_copy(update={"outcome": outcome})
-            _record(decision, decision_log)
+            log_decision(decision_log, decision)
             messages.append(message)
             decisions.append(decision)
         return {messages_key: messages, "decisions": decisions}
@@ -710,8 +710,3 @@ def _error_message(call: ToolCall, text: str, **flags: Any) -> ToolMessage:
     return ToolMessage(
         content=text, name=call["name"], tool_call_id=call["id"], status="error", response_metadata=flags
     )
-
-
-def _record(decision: Decision, decision_log: DecisionLog | None) -> None:
-    if decision_log is not None:
-        decision_log.record(decision)

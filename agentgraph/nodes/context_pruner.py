@@ -46,7 +46,7 @@ from langchain_core.documents import Document
 from langchain_core.runnables import RunnableConfig
 from pydantic import BaseModel, Field
 
-from agentgraph.decisions import Decision, DecisionLog, DecisionState, thread_id_of
+from agentgraph.decisions import Decision, DecisionLog, DecisionState, log_decision, thread_id_of
 from agentgraph.errors import ModelNotFoundError
 from agentgraph.text import clean_text, require_text
 
@@ -262,9 +262,7 @@ def create_context_pruner(
             thread_id=thread_id_of(config),
             metadata={"settings": settings.model_dump(), "tokens_kept": sum(c.tokens for c in kept)},
         )
-        if decision_log is not None:
-            decision_log.record(decision)
-        return {output_key: kept, "decisions": [decision]}
+        return {output_key: kept, "decisions": [log_decision(decision_log, decision)]}
 
     context_pruner.__name__ = name
     return context_pruner

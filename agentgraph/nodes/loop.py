@@ -58,7 +58,7 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, StateGraph
 from pydantic import BaseModel, Field
 
-from agentgraph.decisions import Decision, DecisionLog, DecisionState, thread_id_of
+from agentgraph.decisions import Decision, DecisionLog, DecisionState, log_decision, thread_id_of
 from agentgraph.errors import SLMError
 from agentgraph.llm import HumanHandoff, escalate
 from agentgraph.prompting import load_prompt
@@ -140,12 +140,6 @@ def handoff_update(state: Mapping[str, Any], reason: str) -> dict[str, Any]:
     return {"status": "handoff", "handoff": HumanHandoff(reason=reason, request=request)}
 
 
-def _record(decision_log: DecisionLog | None, decision: Decision) -> list[Decision]:
-    if decision_log is not None:
-        decision_log.record(decision)
-    return [decision]
-
-
 def create_planner(
     llm: BaseChatModel | None,
     *,
@@ -185,7 +179,7 @@ def create_planner(
                 metadata={"prompt": template.id},
             )
             counted = {"llm_calls": llm_calls + 1} if called else {}
-            return {**update, **counted, "decisions": _record(decision_log, decision)}
+            return {**update, **counted, "decisions": [log_decision(decision_log, decision)]}
 
         if llm_calls >= max_llm_calls:
             update = handoff_update(state, f"the loop spent its budget of {max_llm_calls} LLM calls")
@@ -245,7 +239,7 @@ def create_actor(
         return {
             "last_result": result,
             "iterations": state.get("iterations", 0) + 1,
-            "decisions": _record(decision_log, decision),
+            "decisions": [log_decision(decision_log, decision)],
         }
 
     act_node.__name__ = name
@@ -339,7 +333,7 @@ def create_evaluator(
             thread_id=thread_id_of(config),
             metadata={"prompt": template.id, "labels": list(labels), "probabilities": probabilities},
         )
-        return {**update, "decisions": _record(decision_log, decision)}
+        return {**update, "decisions": [log_decision(decision_log, decision)]}
 
     evaluate.__name__ = name
     return evaluate

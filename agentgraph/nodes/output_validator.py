@@ -40,7 +40,7 @@ from typing import Any, Literal, Protocol
 from langchain_core.runnables import RunnableConfig
 from pydantic import BaseModel, Field, ValidationError
 
-from agentgraph.decisions import Decision, DecisionLog, thread_id_of
+from agentgraph.decisions import Decision, DecisionLog, log_decision, thread_id_of
 from agentgraph.errors import EmptyInputError
 from agentgraph.pii import PII_KINDS, PIIKind, find_pii, redact_spans
 
@@ -279,11 +279,6 @@ def create_output_validator(
     def run_checks(value: Any) -> list[Violation]:
         return [violation for check in checks for violation in check(value)]
 
-    def record(decision: Decision) -> Decision:
-        if decision_log is not None:
-            decision_log.record(decision)
-        return decision
-
     def redact_if_possible(value: Any, violations: list[Violation]) -> tuple[Any, list[Violation], bool]:
         if not (redact_violations and any(v.redactions for v in violations)):
             return value, violations, False
@@ -314,7 +309,8 @@ def create_output_validator(
         draft = state.get(input_key)
         if draft is None or (isinstance(draft, str) and not draft.strip()):
             error = EmptyInputError(f"state[{input_key!r}] is empty: there is no output to validate")
-            record(
+            log_decision(
+                decision_log,
                 Decision(
                     node=name, kind="validate", input=draft, outcome="rejected", thread_id=thread_id_of(config),
                     metadata={"error": str(error)},
@@ -342,7 +338,8 @@ def create_output_validator(
             steps=steps,
             candidate=value if remaining else None,
         )
-        decision = record(
+        decision = log_decision(
+            decision_log,
             Decision(
                 node=name,
                 kind="validate",

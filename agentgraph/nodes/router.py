@@ -57,7 +57,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Literal, Protocol, TypedDict
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from langchain_core.language_models import BaseChatModel
@@ -68,7 +68,7 @@ from pydantic import BaseModel, Field
 
 from agentgraph.calibration import AnyCalibrator, TemperatureScaling, selective_threshold
 from agentgraph.classifier import IntentClassifier
-from agentgraph.decisions import Decision, DecisionLog, DecisionState, thread_id_of
+from agentgraph.decisions import Decision, DecisionLog, DecisionState, log_decision, thread_id_of
 from agentgraph.errors import EmptyInputError
 from agentgraph.llm import HumanHandoff, escalate
 from agentgraph.prompting import load_prompt
@@ -426,10 +426,10 @@ def create_router(
         try:
             verdict = router.decide(raw)
         except EmptyInputError:
-            if decision_log is not None:
-                decision_log.record(
-                    Decision(node=name, kind="route", input=raw, outcome="rejected", thread_id=thread_id_of(config))
-                )
+            log_decision(
+                decision_log,
+                Decision(node=name, kind="route", input=raw, outcome="rejected", thread_id=thread_id_of(config)),
+            )
             raise
         decision = Decision(
             node=name,
@@ -449,8 +449,7 @@ def create_router(
                 "attempts": [attempt.model_dump() for attempt in verdict.attempts],
             },
         )
-        if decision_log is not None:
-            decision_log.record(decision)
+        log_decision(decision_log, decision)
         update = {
             "route": verdict.route,
             "intent": verdict.label,
@@ -499,9 +498,7 @@ def create_escalation_node(
             thread_id=thread_id_of(config),
             metadata={"reason": reason},
         )
-        if decision_log is not None:
-            decision_log.record(decision)
-        return {output_key: result, "decisions": [decision]}
+        return {output_key: result, "decisions": [log_decision(decision_log, decision)]}
 
     return escalate_request
 

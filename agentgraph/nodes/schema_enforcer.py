@@ -56,7 +56,7 @@ from langchain_core.messages import HumanMessage, SystemMessage
 from langchain_core.runnables import RunnableConfig
 from pydantic import BaseModel, Field, ValidationError, ValidationInfo
 
-from agentgraph.decisions import Decision, DecisionLog, thread_id_of
+from agentgraph.decisions import Decision, DecisionLog, log_decision, thread_id_of
 from agentgraph.errors import EmptyInputError, SLMError, StructuredOutputError
 from agentgraph.llm import HumanHandoff
 from agentgraph.prompting import load_prompt
@@ -286,18 +286,14 @@ def create_schema_enforcer(
         )
         return Extraction[schema](value=None, handoff=handoff, attempts=attempts)
 
-    def record(decision: Decision) -> Decision:
-        if decision_log is not None:
-            decision_log.record(decision)
-        return decision
-
     def schema_enforcer(state: Mapping[str, Any], config: RunnableConfig) -> dict[str, Any]:
         started = time.perf_counter()
         raw = state.get(input_key)
         try:
             text = require_text(raw, what=f"state[{input_key!r}]")
         except EmptyInputError as exc:
-            record(
+            log_decision(
+                decision_log,
                 Decision(
                     node=name, kind="extract", input=raw, outcome="rejected", thread_id=thread_id_of(config),
                     latency_ms=_elapsed_ms(started), metadata={"schema": schema.__name__, "error": str(exc)},
@@ -309,7 +305,8 @@ def create_schema_enforcer(
         extraction = extract(text, context)
         strategy = extraction.strategy
         final = extraction.attempts[-1]
-        decision = record(
+        decision = log_decision(
+            decision_log,
             Decision(
                 node=name,
                 kind="extract",
