@@ -78,6 +78,9 @@ class SupportTicket(BaseModel):
         source = source_text_of(info)
         if value is None or source is None:
             return value
+        identifiers = (info.data.get("order_id"), info.data.get("invoice_id"))
+        if any(i is not None and value == float(i.lstrip("#")) for i in identifiers):
+            raise ValueError(f"{value:g} is the order or invoice number, not an amount of money; use null")
         if any(float(number.replace(",", ".")) == value for number in _AMOUNT.findall(source)):
             return value
         raise ValueError(f"{value:g} does not occur in the message; copy the amount from the message or use null")

@@ -17,3 +17,9 @@ def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_one():
     assert commands[1].endswith("python -m pytest")
     ci_lines = (ROOT / ".ci/run").read_text(encoding="utf-8").splitlines()
     assert commands[1] in ci_lines
+
+
+def test_the_first_setup_command_runs_the_example_graph_on_the_embedded_default():
+    first = readme_setup_commands()[0]
+    assert "agentgraph run customer-support" in first
+    assert "--slm-url" not in first, "the embedded SLM is the default: nothing to start"

@@ -6,7 +6,8 @@ instance:
 1. ``slm``: schema-first prompt and grammar-constrained decoding
    (:meth:`agentgraph.slm.SLM.structured`), then pydantic validation.
 2. ``slm_repair``: one repair of the SLM's answer. When every field that
-   failed validation may be null, those fields are set to null (the schema-first
+   failed validation may be null, those fields are set to null, and so are any
+   that fail only once they are (a cross-field check) (the schema-first
    prompt says "null for a field the message does not mention", so an
    ungrounded optional value is one the message did not give); otherwise the SLM
    is asked once more, shown its rejected answer and the validation errors.
@@ -230,18 +231,27 @@ def create_schema_enforcer(
     def null_invalid_fields(
         rejected: ExtractionAttempt, validation_context: dict[str, str]
     ) -> tuple[ModelT | None, ExtractionAttempt]:
-        repaired = json.loads(rejected.output) | dict.fromkeys(rejected.invalid_fields)
-        attempt = ExtractionAttempt(
-            strategy="slm_repair",
-            output=json.dumps(repaired, separators=(",", ":")),
-            nulled_fields=rejected.invalid_fields,
-            confidence=rejected.confidence,
-        )
-        try:
-            return schema.model_validate(repaired, context=validation_context), attempt
-        except ValidationError as exc:
-            attempt.error, attempt.invalid_fields = describe_error(exc), invalid_fields(exc)
-            return None, attempt
+        # Nulling one field can expose another (a cross-field check that ran against the first):
+        # keep nulling what fails until the object validates or a field fails that is already null.
+        repaired = json.loads(rejected.output)
+        nulled: list[str] = []
+        failing = rejected.invalid_fields
+        while True:
+            repaired |= dict.fromkeys(failing)
+            nulled += [field for field in failing if field not in nulled]
+            attempt = ExtractionAttempt(
+                strategy="slm_repair",
+                output=json.dumps(repaired, separators=(",", ":")),
+                nulled_fields=nulled,
+                confidence=rejected.confidence,
+            )
+            try:
+                return schema.model_validate(repaired, context=validation_context), attempt
+            except ValidationError as exc:
+                attempt.error, attempt.invalid_fields = describe_error(exc), invalid_fields(exc)
+                failing = attempt.invalid_fields
+                if not failing or set(failing) <= set(nulled):
+                    return None, attempt
 
     def ask_llm(message: str, validation_context: dict[str, str]) -> tuple[ModelT | None, ExtractionAttempt]:
         started = time.perf_counter()

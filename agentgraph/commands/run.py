@@ -1,0 +1,186 @@
+"""``agentgraph run``: run an example graph from the terminal.
+
+``agentgraph run customer-support "MESSAGE"`` sends one request through the
+example customer-support graph and prints the reply with the route, its
+confidence, the nodes visited, the LLM calls and the latency; ``--json`` prints
+the same as one JSON object. ``--interactive`` is a chat loop on one thread.
+
+A pending approval (a refund, an account deletion) is shown and answered in
+the terminal: approve, edit (new arguments as JSON) or reject. With
+``--json``, or when input ends before an answer, the turn ends with the approval
+pending; answer it later with ``--thread ID --resume '{"decisions": [...]}'``.
+Threads, approvals, the store and the decision log live in ``--data-dir``
+(default ``~/.cache/agentgraph/customer-support``), so ``--thread ID`` resumes
+a thread in a new process.
+
+``--slm-url`` uses a vLLM server instead of the embedded model; the LLM for
+escalations comes from ``AGENTGRAPH_LLM_*`` (none: a human-handoff ticket);
+``--trace`` (or LANGFUSE_PUBLIC_KEY/SECRET_KEY in the environment) sends a
+Langfuse trace per turn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+from agentgraph.errors import AgentGraphError
+
+EXAMPLES = ("customer-support",)
+
+
+def register(groups: argparse._SubParsersAction) -> None:
+    run = groups.add_parser("run", help="run an example graph on a request")
+    run.add_argument("graph", choices=EXAMPLES, help="the example graph")
+    run.add_argument("message", nargs="?", help="the customer's request (omit with --interactive or --resume)")
+    run.add_argument("--interactive", action="store_true", help="a chat loop on one thread")
+    run.add_argument("--thread", help="thread id: continue or resume this thread (default: a new one)")
+    run.add_argument("--customer", help="the customer id the request comes from (default: the demo customer C1001)")
+    run.add_argument("--resume", help='answer a pending approval: JSON such as \'{"decisions": [{"type": "approve"}]}\'')
+    run.add_argument("--slm-url", help="a vLLM server's base URL instead of the embedded SLM (env AGENTGRAPH_SLM_URL)")
+    run.add_argument("--slm-model", help="embedded: a model folder; vLLM: the served model name")
+    run.add_argument("--data-dir", type=Path, help="store, logs and threads (default: ~/.cache/agentgraph/customer-support)")
+    run.add_argument("--json", action="store_true", help="print each turn as one JSON object")
+    run.add_argument("--trace", action="store_true", help="trace to Langfuse (needs LANGFUSE_* credentials)")
+    run.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.interactive == bool(args.message or args.resume):
+        raise AgentGraphError("give a MESSAGE, --resume with --thread, or --interactive")
+    if args.resume and not args.thread:
+        raise AgentGraphError("--resume answers the approval pending on a thread: give its --thread ID")
+    resume = _parse_resume(args.resume) if args.resume else None
+    session = _Session(args)
+    try:
+        if args.interactive:
+            session.chat()
+        else:
+            session.turn(args.message, resume=resume)
+    finally:
+        session.close()
+    return 0
+
+
+def _parse_resume(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise AgentGraphError(f"--resume must be JSON like '{{\"decisions\": [{{\"type\": \"approve\"}}]}}': {exc}") from exc
+    if not isinstance(value, dict) or "decisions" not in value:
+        raise AgentGraphError('--resume must be a JSON object with "decisions": one per pending action')
+    return value
+
+
+class _Session:
+    """One graph, one thread, one output format, for the life of the command."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        from agentgraph.checkpointing import sqlite_checkpointer
+        from agentgraph.graphs.customer_support import STATE_SCHEMAS, CustomerSupportParts, compose
+        from agentgraph.graphs.shop import DEMO_CUSTOMER
+        from agentgraph.llm import default_llm
+        from agentgraph.slm import SLMSettings, load_slm
+        from agentgraph.tracing import DecisionTracingHandler, tracing_configured
+
+        if args.trace and not tracing_configured():
+            raise AgentGraphError("--trace needs LANGFUSE_PUBLIC_KEY and LANGFUSE_SECRET_KEY (and LANGFUSE_BASE_URL)")
+        self.args = args
+        self.thread_id = args.thread or uuid.uuid4().hex
+        self.customer_id = args.customer or DEMO_CUSTOMER
+        slm = load_slm(SLMSettings.from_env(url=args.slm_url, model=args.slm_model))
+        llm = default_llm()
+        parts = CustomerSupportParts(data_dir=args.data_dir, slm=slm, llm=llm, extraction_llm=llm)
+        self._checkpointer = sqlite_checkpointer(parts.checkpoints_path, *STATE_SCHEMAS)
+        self.graph = compose(parts, checkpointer=self._checkpointer)
+        self.tracer = DecisionTracingHandler() if args.trace or tracing_configured() else None
+        # Approvals are asked on stdin (a terminal, or answers piped in); --json output never prompts.
+        self.ask = not args.json
+
+    def turn(self, message: str | None, *, resume: dict[str, Any] | None = None) -> None:
+        from agentgraph.running import run_turn
+        from agentgraph.tracing import trace_metadata
+
+        while True:
+            result = run_turn(
+                self.graph, message, resume=resume, thread_id=self.thread_id, customer_id=self.customer_id,
+                callbacks=[self.tracer] if self.tracer else None,
+                metadata=trace_metadata(session_id=self.thread_id, user_id=self.customer_id),
+            )  # fmt: skip
+            self._print(result)
+            if result.interrupt is None or not self.ask:
+                return
+            resume = _ask_for_decisions(result.interrupt)
+            if resume is None:
+                return
+            message = None
+
+    def chat(self) -> None:
+        print(f"thread {self.thread_id}: type a request, or an empty line to quit", file=sys.stderr)
+        while True:
+            try:
+                message = input("you> ").strip()
+            except EOFError:
+                return
+            if not message:
+                return
+            self.turn(message)
+
+    def _print(self, result: Any) -> None:
+        if self.args.json:
+            print(result.model_dump_json())
+            return
+        confidence = "n/a" if result.confidence is None else f"{result.confidence:.3f}"
+        print(f"route       {result.route} (intent {result.intent}, confidence {confidence})")
+        print(f"nodes       {' > '.join(result.nodes)}")
+        print(f"calls       {result.llm_calls} LLM, {result.slm_calls} small-model decisions")
+        print(f"latency     {result.latency_ms:.0f} ms")
+        print(f"thread      {result.thread_id}")
+        if result.interrupt is not None:
+            print("approval    pending:")
+            for action in result.interrupt["action_requests"]:
+                print(f"  {action['name']}({json.dumps(action['arguments'])})")
+            if not self.ask:
+                print(f"  answer with: agentgraph run {self.args.graph} --thread {result.thread_id} "
+                      "--resume '{\"decisions\": [{\"type\": \"approve\"}]}'")  # fmt: skip
+        else:
+            print(f"\n{result.response}")
+
+    def close(self) -> None:
+        self._checkpointer.conn.close()
+        if self.tracer is not None:
+            from langfuse import get_client
+
+            get_client().flush()
+
+
+def _ask_for_decisions(interrupt: dict[str, Any]) -> dict[str, Any] | None:
+    """A person's decision on each pending action, asked in the terminal; None when input ends."""
+    decisions = []
+    for action in interrupt["action_requests"]:
+        print(f"\n{action['description']}", file=sys.stderr)
+        while True:
+            try:
+                answer = input(f"{action['name']}: [a]pprove, [e]dit, [r]eject? ").strip().lower()
+            except EOFError:
+                return None
+            if answer in ("a", "approve"):
+                decisions.append({"type": "approve"})
+            elif answer in ("r", "reject"):
+                reason = input("reason (optional): ").strip() or None
+                decisions.append({"type": "reject", "message": reason})
+            elif answer in ("e", "edit"):
+                try:
+                    arguments = json.loads(input(f"new arguments as JSON [{json.dumps(action['arguments'])}]: "))
+                except json.JSONDecodeError as exc:
+                    print(f"not JSON: {exc}", file=sys.stderr)
+                    continue
+                decisions.append({"type": "edit", "edited_action": {"name": action["name"], "arguments": arguments}})
+            else:
+                continue
+            break
+    return {"decisions": decisions}

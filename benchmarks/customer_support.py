@@ -1,0 +1,138 @@
+"""End-to-end benchmark of the example customer-support graph on the test split of the Bitext data.
+
+Run: ``python benchmarks/customer_support.py [--per-intent 10] [--slm-url URL] [--json]``
+
+Each request runs as a new thread through the whole graph (router, the path's
+nodes, output validator) with the embedded SLM, or a vLLM server with
+``--slm-url``. A scripted stand-in for the frontier LLM answers escalations,
+so LLM calls are counted as a configured deployment would make them (with no
+LLM at all they would be handoffs instead). Approvals are not answered: a
+refund or deletion counts as served once it waits for a person.
+
+Reported: route accuracy (the route the request's intent belongs to; an
+escalation of a routine request counts as wrong, as does routing a complaint
+anywhere but escalation), intent accuracy, the share of requests that made
+zero LLM calls, the share whose knowledge answer is the policy section written
+for the intent, end-to-end latency p50/p95 per route and overall, and requests
+per second (sequential, one process). ``--per-intent`` samples the test split
+evenly (fixed seed); 0 runs all of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import tempfile
+import time
+from collections import Counter, defaultdict
+
+import numpy as np
+from langchain_core.language_models import FakeListChatModel
+
+from agentgraph.datasets import load_customer_support, split_customer_support
+from agentgraph.graphs.customer_support import ROUTES, CustomerSupportParts, compose, load_policy_sections
+from agentgraph.running import run_turn
+from agentgraph.slm import SLMSettings, load_slm
+
+SECTION_OF_INTENT = {
+    "check_refund_policy": "Refund policy",
+    "check_payment_methods": "Payment methods",
+    "delivery_options": "Delivery options",
+    "check_cancellation_fee": "Cancellation fees",
+    "place_order": "Placing an order",
+    "payment_issue": "Payment problems",
+    "create_account": "Creating an account",
+    "edit_account": "Editing your account",
+    "switch_account": "Account plans",
+    "recover_password": "Forgotten password",
+    "registration_problems": "Registration problems",
+    "newsletter_subscription": "Newsletter",
+    "set_up_shipping_address": "Shipping addresses",
+    "review": "Reviews and feedback",
+    "contact_customer_service": "Contacting customer service",
+}
+"""The policy section written to answer each knowledge intent."""
+
+
+def sample(per_intent: int, seed: int = 7):
+    test = split_customer_support(load_customer_support())["test"]
+    if per_intent == 0:
+        return test
+    by_intent = defaultdict(list)
+    for row in test:
+        by_intent[row.intent].append(row)
+    rng = random.Random(seed)
+    return [row for intent in sorted(by_intent) for row in rng.sample(by_intent[intent], min(per_intent, len(by_intent[intent])))]
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    return {"p50": float(np.percentile(values, 50)), "p95": float(np.percentile(values, 95))} if values else {}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--per-intent", type=int, default=10, help="test requests per intent (0: the whole split)")
+    parser.add_argument("--slm-url", help="a vLLM server instead of the embedded SLM")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    section_text = {s.title: s.text for s in load_policy_sections()}
+    started = time.perf_counter()
+    slm = load_slm(SLMSettings.from_env(url=args.slm_url))
+    llm = FakeListChatModel(responses=["I'm sorry to hear that. A colleague will look into it today."])
+    parts = CustomerSupportParts(data_dir=tempfile.mkdtemp(prefix="cs-bench-"), slm=slm, llm=llm)
+    graph = compose(parts)
+    load_s = time.perf_counter() - started
+    rows = sample(args.per_intent)
+    run_turn(graph, "track order 10001", thread_id="warm-up")  # first-call costs (tokenizer caches) are not per request
+
+    latencies: dict[str, list[float]] = defaultdict(list)
+    route_right = intent_right = zero_llm = 0
+    knowledge_right = knowledge_total = 0
+    taken = Counter()
+    started = time.perf_counter()
+    for number, row in enumerate(rows):
+        turn = run_turn(graph, row.text, thread_id=f"bench-{number}")
+        expected = ROUTES[row.intent]
+        route_right += turn.route == expected
+        intent_right += turn.intent == row.intent
+        zero_llm += turn.llm_calls == 0
+        taken[(expected, turn.route)] += 1
+        latencies[turn.route].append(turn.latency_ms)
+        if expected == "knowledge":
+            knowledge_total += 1
+            knowledge_right += turn.response == section_text[SECTION_OF_INTENT[row.intent]]
+    elapsed = time.perf_counter() - started
+
+    every = [ms for values in latencies.values() for ms in values]
+    report = {
+        "backend": "vllm" if args.slm_url else "embedded",
+        "requests": len(rows),
+        "route_accuracy": route_right / len(rows),
+        "intent_accuracy": intent_right / len(rows),
+        "zero_llm_share": zero_llm / len(rows),
+        "knowledge_section_accuracy": knowledge_right / knowledge_total if knowledge_total else None,
+        "latency_ms": percentiles(every),
+        "latency_ms_by_route": {route: percentiles(values) | {"n": len(values)} for route, values in sorted(latencies.items())},
+        "requests_per_second": len(rows) / elapsed,
+        "load_s": load_s,
+        "routes_taken": {f"{expected}->{route}": n for (expected, route), n in sorted(taken.items())},
+    }
+    if args.json:
+        print(json.dumps(report))
+        return
+    print(f"backend {report['backend']}, {len(rows)} test requests, graph loaded in {load_s:.1f} s")
+    print(f"route accuracy      {100 * report['route_accuracy']:.2f}%   intent accuracy {100 * report['intent_accuracy']:.2f}%")
+    print(f"zero LLM calls      {100 * report['zero_llm_share']:.2f}% of requests")
+    if knowledge_total:
+        print(f"knowledge answers   {100 * report['knowledge_section_accuracy']:.2f}% the intent's own policy section")
+    print(f"latency             p50 {report['latency_ms']['p50']:.0f} ms, p95 {report['latency_ms']['p95']:.0f} ms; "
+          f"{report['requests_per_second']:.2f} requests/s")  # fmt: skip
+    for route, figures in report["latency_ms_by_route"].items():
+        print(f"  {route:<10} n={figures['n']:<4} p50 {figures['p50']:.0f} ms, p95 {figures['p95']:.0f} ms")
+    print("expected -> taken: " + ", ".join(f"{k} {v}" for k, v in report["routes_taken"].items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Example graphs built from the agentgraph nodes (installed as ``agentgraph.graphs``)."""

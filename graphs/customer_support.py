@@ -1,0 +1,485 @@
+"""The example customer-support graph: all six control-layer nodes and the LLM, composed.
+
+The router (the trained classifier, with its calibrated gate and out-of-scope
+detector) sends each request down one of four paths:
+
+- ``lookup`` (track an order or a refund, invoices, delivery times): the schema
+  enforcer extracts order, invoice and amount; a read tool looks them up in
+  the store; the answer is a template filled with what it found.
+- ``action`` (cancel or change an order, change the delivery address, refund,
+  delete the account): the schema enforcer, then the consequence modeler
+  before the write tool runs. Cancellations and change requests are
+  retry-safe under idempotency keys; refunds and account deletion wait for a
+  person's approval (an ``interrupt``). A write never guesses its target: with
+  no order number the customer is shown their recent orders and asked.
+- ``knowledge`` (refund policy, payment methods, delivery options, fees,
+  account how-tos): the store's policy documents (``graphs/policies``) are
+  retrieved by embedding similarity and cut by the context pruner (a
+  cross-encoder) to the section that answers.
+- ``escalate`` (complaints, asking for a person, out of scope, low
+  confidence): the LLM, or a human-handoff ticket when none is configured.
+
+Every reply passes the output validator (schema, PII, length, no internal
+leakage) before it leaves; a reply that still fails is held for a person.
+The LLM is called only on the escalation path (and by the schema enforcer
+when the SLM and its repair fail).
+
+Example:
+    >>> import tempfile
+    >>> from agentgraph.graphs.customer_support import build_customer_support_graph
+    >>> from agentgraph.running import run_turn
+    >>> graph = build_customer_support_graph(data_dir=tempfile.mkdtemp())
+    >>> turn = run_turn(graph, "Where is my order 10001?", thread_id="doc-1")
+    >>> turn.route, turn.llm_calls, "10001" in turn.response
+    ('lookup', 0, True)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cache, cached_property
+from importlib.resources import files
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, AnyMessage, ToolMessage
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.message import add_messages
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.prebuilt import ToolNode
+from pydantic import BaseModel
+
+from agentgraph.checkpointing import state_serializer
+from agentgraph.classifier import IntentClassifier, SentenceEncoder, customer_support_router_path
+from agentgraph.cross_encoder import customer_support_cross_encoder
+from agentgraph.decisions import DecisionLog, SQLiteDecisionLog
+from agentgraph.graphs.shop import DEMO_CUSTOMER, Shop
+from agentgraph.idempotency import IdempotencyStore, SQLiteIdempotencyStore
+from agentgraph.llm import HumanHandoff, default_llm
+from agentgraph.nodes.consequence import ConsequencePolicy, create_guarded_tool_node
+from agentgraph.nodes.context_pruner import KeptChunk, Reranker, create_context_pruner
+from agentgraph.nodes.output_validator import (
+    ValidationReport,
+    create_output_validator,
+    length_check,
+    pattern_check,
+    pii_check,
+    schema_check,
+)
+from agentgraph.nodes.router import ClassifierStrategy, RouterState, create_escalation_node, create_router, route_of
+from agentgraph.nodes.schema_enforcer import create_schema_enforcer
+from agentgraph.prompting import load_prompt
+from agentgraph.slm import SLM, load_slm
+from agentgraph.slm.models import cache_dir
+from agentgraph.support_schema import SupportTicket
+
+Route = Literal["lookup", "action", "knowledge", "escalate"]
+
+ROUTES: dict[str, Route] = {
+    **dict.fromkeys(["track_order", "track_refund", "check_invoice", "get_invoice", "delivery_period"], "lookup"),
+    **dict.fromkeys(["cancel_order", "change_order", "change_shipping_address", "get_refund", "delete_account"], "action"),
+    **dict.fromkeys(
+        ["check_refund_policy", "check_payment_methods", "delivery_options", "check_cancellation_fee",
+         "place_order", "payment_issue", "create_account", "edit_account", "switch_account", "recover_password",
+         "registration_problems", "newsletter_subscription", "set_up_shipping_address", "review",
+         "contact_customer_service"],
+        "knowledge",
+    ),  # fmt: skip
+    **dict.fromkeys(["complaint", "contact_human_agent"], "escalate"),
+}
+"""Every one of the 27 Bitext intents, to the path that serves it."""
+
+TOOL_OF_INTENT: dict[str, str] = {
+    "track_order": "get_order_status",
+    "delivery_period": "get_order_status",
+    "track_refund": "get_refund_status",
+    "check_invoice": "get_invoice",
+    "get_invoice": "get_invoice",
+    "cancel_order": "cancel_order",
+    "change_order": "request_order_change",
+    "change_shipping_address": "request_address_change",
+    "get_refund": "issue_refund",
+    "delete_account": "delete_account",
+}
+READ_TOOLS = ("get_order_status", "list_orders", "get_invoice", "get_refund_status")
+
+CONSEQUENCE_POLICY = ConsequencePolicy(
+    tools={
+        "cancel_order": "retry_safe",
+        "request_order_change": "retry_safe",
+        "request_address_change": "retry_safe",
+        "issue_refund": "irreversible",
+        "delete_account": "irreversible",
+    }
+)
+"""The operator's table for the write tools: the store's own annotations can only make a call more cautious."""
+
+_ASK_FOR_ORDER = {
+    "cancel_order": "cancel",
+    "request_order_change": "change",
+    "request_address_change": "send to a new address",
+    "issue_refund": "refund",
+}
+
+FORBIDDEN_IN_REPLIES = {
+    "stack_trace": r"Traceback \(most recent call last\)",
+    "sql": r"\b(?:SELECT|INSERT|UPDATE|DELETE)\b[^.]{0,80}\b(?:FROM|INTO|SET)\b",
+    "internal_path": r"(?:/usr/|/home/|site-packages|\.py\b)",
+}
+"""What must never reach a customer: internals a failing tool or model could leak."""
+
+
+class SupportReply(BaseModel):
+    """What the graph sends the customer."""
+
+    text: str
+    handoff_ticket: str | None = None
+
+
+STATE_SCHEMAS = (SupportTicket, SupportReply)
+"""The graph's own types in state, for a checkpointer's serializer (see :mod:`agentgraph.checkpointing`)."""
+
+
+class CustomerSupportState(RouterState, total=False):
+    """The graph's state: the router's keys plus each path's."""
+
+    customer_id: str
+    ticket: SupportTicket | None
+    handoff: HumanHandoff | None
+    messages: Annotated[list[AnyMessage], add_messages]
+    query: str
+    chunks: list[dict[str, Any]]
+    context: list[KeptChunk]
+    draft: SupportReply
+    reply: SupportReply | None
+    validation: ValidationReport
+    response: str
+
+
+@dataclass(frozen=True)
+class PolicySection:
+    """One ``##`` section of a policy document: the unit retrieval returns."""
+
+    document: str
+    title: str
+    text: str
+
+
+def load_policy_sections(folder: Path | None = None) -> list[PolicySection]:
+    """The store's policy documents (``graphs/policies/*.md``), one entry per ``##`` section."""
+    sources = sorted(Path(folder).glob("*.md")) if folder else sorted(
+        (entry for entry in files("agentgraph.graphs").joinpath("policies").iterdir() if entry.name.endswith(".md")),
+        key=lambda entry: entry.name,
+    )  # fmt: skip
+    sections = []
+    for source in sources:
+        text = source.read_text(encoding="utf-8")
+        document = re.search(r"^# (.+)$", text, re.MULTILINE)[1]
+        for title, body in re.findall(r"^## ([^\n]+)\n(.*?)(?=^## |\Z)", text, re.MULTILINE | re.DOTALL):
+            sections.append(PolicySection(document=document, title=title.strip(), text=" ".join(body.split())))
+    return sections
+
+
+class PolicyRetriever:
+    """Policy sections by embedding similarity (all-MiniLM-L6-v2): the candidates the context pruner reranks."""
+
+    def __init__(self, sections: list[PolicySection], encoder: SentenceEncoder) -> None:
+        self.sections = sections
+        self.encoder = encoder
+        self._embeddings = encoder.encode([f"{s.title}. {s.text}" for s in sections])
+
+    def search(self, query: str, k: int) -> list[dict[str, Any]]:
+        similarity = self._embeddings @ self.encoder.encode_one(query)
+        best = np.argsort(-similarity)[:k]
+        return [
+            {"text": self.sections[i].text, "title": self.sections[i].title, "document": self.sections[i].document,
+             "similarity": float(similarity[i])}
+            for i in best
+        ]  # fmt: skip
+
+
+class CustomerSupportParts:
+    """What the graph is made of, loaded once: the models, the store and the durable stores.
+
+    Everything durable lives in ``data_dir`` (default ``cache_dir()/customer-support``):
+    ``shop.db`` (the store), ``idempotency.db``, ``decisions.db`` (the decision log,
+    the training data of tomorrow) and ``checkpoints.db`` (threads and pending approvals).
+    ``llm`` answers escalations; ``extraction_llm`` (often the same model; it must support
+    ``with_structured_output``) is the schema enforcer's fallback after the SLM and its repair.
+    """
+
+    def __init__(
+        self,
+        *,
+        data_dir: str | os.PathLike[str] | None = None,
+        slm: SLM | None = None,
+        llm: BaseChatModel | None = None,
+        extraction_llm: BaseChatModel | None = None,
+        decision_log: DecisionLog | None = None,
+        idempotency_store: IdempotencyStore | None = None,
+        router_path: str | os.PathLike[str] | None = None,
+        reranker: Reranker | None = None,
+    ) -> None:
+        self.data_dir = Path(data_dir) if data_dir is not None else cache_dir() / "customer-support"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.slm = slm if slm is not None else load_slm()
+        self.llm = llm
+        self.extraction_llm = extraction_llm
+        self.shop = Shop(self.data_dir / "shop.db")
+        self.decision_log = decision_log if decision_log is not None else SQLiteDecisionLog(self.data_dir / "decisions.db")
+        self.idempotency_store = idempotency_store or SQLiteIdempotencyStore(self.data_dir / "idempotency.db")
+        self.classifier = IntentClassifier.load(router_path or customer_support_router_path())
+        self.reranker = reranker or Reranker(customer_support_cross_encoder())
+
+    @cached_property
+    def retriever(self) -> PolicyRetriever:
+        return PolicyRetriever(load_policy_sections(), self.classifier.encoder)
+
+    @property
+    def checkpoints_path(self) -> Path:
+        """Where a durable checkpointer for this data dir keeps threads (see :func:`sqlite_checkpointer`)."""
+        return self.data_dir / "checkpoints.db"
+
+
+def build_customer_support_graph(
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    slm: SLM | None = None,
+    llm: BaseChatModel | None = None,
+    extraction_llm: BaseChatModel | None = None,
+    checkpointer: BaseCheckpointSaver | None = None,
+    decision_log: DecisionLog | None = None,
+    idempotency_store: IdempotencyStore | None = None,
+    router_path: str | os.PathLike[str] | None = None,
+    reranker: Reranker | None = None,
+    candidates: int = 6,
+) -> CompiledStateGraph:
+    """The compiled customer-support graph.
+
+    Args:
+        data_dir: where the store and the durable logs live (see :class:`CustomerSupportParts`).
+        slm: the small model (default: :func:`agentgraph.slm.load_slm`, embedded unless AGENTGRAPH_SLM_URL is set).
+        llm: the escalation LLM; None means escalations end in a human-handoff ticket.
+        extraction_llm: the schema enforcer's fallback (``with_structured_output``); None hands
+            an extraction the SLM could not make to a person.
+        checkpointer: threads, resumes and pending approvals (default: in memory; pass a durable one,
+            e.g. ``sqlite_checkpointer(path, *STATE_SCHEMAS)``, to resume across processes).
+        decision_log, idempotency_store: defaults are SQLite files in ``data_dir``.
+        router_path: a saved :class:`~agentgraph.classifier.IntentClassifier` (default: the trained example one).
+        reranker: the context pruner's cross-encoder (default: the one trained from the customer-support data).
+        candidates: policy sections retrieved for the pruner to rerank.
+    """
+    parts = CustomerSupportParts(
+        data_dir=data_dir, slm=slm, llm=llm, extraction_llm=extraction_llm, decision_log=decision_log,
+        idempotency_store=idempotency_store,
+        router_path=router_path, reranker=reranker,
+    )  # fmt: skip
+    return compose(parts, checkpointer=checkpointer, candidates=candidates)
+
+
+def compose(
+    parts: CustomerSupportParts, *, checkpointer: BaseCheckpointSaver | None = None, candidates: int = 6
+) -> CompiledStateGraph:
+    """Wire the nodes over ``parts`` (several graphs, e.g. with different checkpointers, can share them)."""
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    log = parts.decision_log
+    tools = {tool.name: tool for tool in parts.shop.tools()}
+    router = create_router(ClassifierStrategy(parts.classifier), routes=ROUTES, goto=False, decision_log=log)
+    extract = create_schema_enforcer(
+        parts.slm, SupportTicket, llm=parts.extraction_llm, decision_log=log, output_key="ticket"
+    )
+    read_tools = ToolNode([tools[name] for name in READ_TOOLS])
+    guarded_tools = create_guarded_tool_node(
+        [tool for name, tool in tools.items() if name not in READ_TOOLS],
+        idempotency_store=parts.idempotency_store,
+        policy=CONSEQUENCE_POLICY,
+        slm=parts.slm,
+        llm=parts.llm,
+        decision_log=log,
+    )
+    escalate = create_escalation_node(
+        parts.llm, system=load_prompt("support_escalation").render(), decision_log=log
+    )
+    prune = create_context_pruner(parts.reranker, top_k=1, token_budget=400, decision_log=log)
+    validate = create_output_validator(
+        [schema_check(SupportReply), pii_check(), length_check(min_chars=1, max_chars=1500),
+         pattern_check(FORBIDDEN_IN_REPLIES)],
+        decision_log=log, input_key="draft", output_key="reply",
+    )  # fmt: skip
+
+    def retrieve(state: CustomerSupportState) -> dict[str, Any]:
+        return {"query": state["text"], "chunks": parts.retriever.search(state["text"], candidates)}
+
+    builder = StateGraph(CustomerSupportState)
+    builder.add_node("router", router)
+    builder.add_node("extract", extract)
+    builder.add_node("plan_tool_call", plan_tool_call)
+    builder.add_node("read_tools", read_tools)
+    builder.add_node("guarded_tools", guarded_tools)
+    builder.add_node("retrieve", retrieve)
+    builder.add_node("prune", prune)
+    builder.add_node("escalate", escalate)
+    builder.add_node("answer", answer)
+    builder.add_node("validate", validate)
+    builder.add_node("deliver", deliver)
+    builder.add_edge(START, "router")
+    builder.add_conditional_edges(
+        "router", route_of, {"lookup": "extract", "action": "extract", "knowledge": "retrieve", "escalate": "escalate"}
+    )
+    builder.add_edge("extract", "plan_tool_call")
+    builder.add_conditional_edges("plan_tool_call", tool_node_for, ["read_tools", "guarded_tools", "answer"])
+    builder.add_edge("read_tools", "answer")
+    builder.add_edge("guarded_tools", "answer")
+    builder.add_edge("retrieve", "prune")
+    builder.add_edge("prune", "answer")
+    builder.add_edge("escalate", "answer")
+    builder.add_edge("answer", "validate")
+    builder.add_edge("validate", "deliver")
+    builder.add_edge("deliver", END)
+    if checkpointer is None:
+        checkpointer = InMemorySaver(serde=state_serializer(*STATE_SCHEMAS))
+    return builder.compile(checkpointer=checkpointer, name="customer-support")
+
+
+def plan_tool_call(state: CustomerSupportState, config: RunnableConfig) -> dict[str, Any]:
+    """The tool call that serves the request, made from the intent and the extracted ticket.
+
+    A write is never aimed at a guessed order: without an order number the call is
+    ``list_orders``, and the answer asks which order. A handed-off extraction means the
+    request goes to a person (its ticket is in ``handoff``).
+    """
+    if state.get("handoff") is not None:
+        return {"messages": []}
+    ticket = state.get("ticket") or SupportTicket()
+    customer = state.get("customer_id") or DEMO_CUSTOMER
+    tool = TOOL_OF_INTENT[state["intent"]]
+    arguments: dict[str, Any] = {"customer_id": customer}
+    if tool in _ASK_FOR_ORDER and ticket.order_id is None:
+        tool = "list_orders"
+    elif tool != "delete_account":
+        arguments["order_id"] = ticket.order_id
+        if tool == "get_invoice":
+            arguments["invoice_id"] = ticket.invoice_id
+        if tool == "issue_refund":
+            arguments["amount"] = ticket.refund_amount
+    call = {"name": tool, "args": arguments, "id": f"call_{uuid.uuid4().hex[:12]}", "type": "tool_call"}
+    return {"messages": [AIMessage("", tool_calls=[call])]}
+
+
+def tool_node_for(state: CustomerSupportState) -> Literal["read_tools", "guarded_tools", "answer"]:
+    last = state["messages"][-1] if state.get("messages") else None
+    if state.get("handoff") is not None or not isinstance(last, AIMessage) or not last.tool_calls:
+        return "answer"
+    return "read_tools" if last.tool_calls[0]["name"] in READ_TOOLS else "guarded_tools"
+
+
+def answer(state: CustomerSupportState) -> dict[str, Any]:
+    """The reply, by path: a template over the tool's result, the policy section kept, or the escalation."""
+    route = state["route"]
+    if route == "escalate":
+        result = state["escalation"]
+        if isinstance(result, HumanHandoff):
+            return {"draft": handoff_reply(result)}
+        return {"draft": SupportReply(text=result.text)}
+    if route == "knowledge":
+        kept = state.get("context") or []
+        if not kept:
+            return {"draft": SupportReply(text="I could not find that in our policies; a colleague will follow up.")}
+        return {"draft": SupportReply(text=kept[0].text)}
+    if state.get("handoff") is not None:
+        return {"draft": handoff_reply(state["handoff"])}
+    return {"draft": SupportReply(text=tool_reply(state["messages"][-1], state["intent"]))}
+
+
+def handoff_reply(handoff: HumanHandoff) -> SupportReply:
+    return SupportReply(
+        text=f"I have passed your request to a colleague, who will get back to you. Your ticket is {handoff.ticket_id}.",
+        handoff_ticket=handoff.ticket_id,
+    )
+
+
+def tool_reply(message: ToolMessage, intent: str) -> str:
+    """A customer-facing sentence from a tool's result (JSON) or its error."""
+    if message.status == "error":
+        return error_reply(message)
+    result = json.loads(message.content)
+    match message.name:
+        case "get_order_status":
+            return order_status_reply(result)
+        case "list_orders":
+            verb = _ASK_FOR_ORDER[TOOL_OF_INTENT[intent]]
+            if not result:
+                return "I could not find any orders on your account."
+            listed = "; ".join(f"{o['id']} ({o['status']}, placed {o['placed_on']}, {o['total']:.2f} EUR)" for o in result)
+            return f"Which order should I {verb}? Your recent orders: {listed}. Reply with its order number."
+        case "get_invoice":
+            return (f"Invoice #{result['id']} for order {result['order_id']} was issued on {result['issued_on']}: "
+                    f"{result['amount']:.2f} EUR, {result['status']}. A PDF copy is under Account, Orders, Invoice.")  # fmt: skip
+        case "get_refund_status":
+            return (f"Your refund of {result['amount']:.2f} EUR for order {result['order_id']}, requested on "
+                    f"{result['requested_on']}, is {result['status']}.")  # fmt: skip
+        case "cancel_order":
+            return (f"Order {result['order_id']} is cancelled. The full amount goes back to your payment method "
+                    "within 5 business days.")  # fmt: skip
+        case "request_order_change" | "request_address_change":
+            what = "change its items" if result["kind"] == "order" else "enter the new delivery address"
+            return f"Order {result['order_id']} is on hold, and we have e-mailed you a link to {what}."
+        case "issue_refund":
+            return (f"A refund of {result['amount']:.2f} EUR for order {result['order_id']} is approved. It reaches "
+                    "your payment method within 5 business days.")  # fmt: skip
+        case "delete_account":
+            return "Your account is deleted. Invoices are kept for 10 years, as the law requires."
+    raise ValueError(f"no reply template for tool {message.name!r}")
+
+
+def order_status_reply(order: Mapping[str, Any]) -> str:
+    where = {
+        "processing": f"is being prepared and should arrive by {order['estimated_delivery']}",
+        "shipped": f"has shipped with {order['carrier']} and should arrive by {order['estimated_delivery']}",
+        "delivered": f"was delivered to {order['shipping_city']}",
+        "cancelled": "was cancelled",
+    }[order["status"]]
+    return f"Order {order['id']} ({order['items']}) {where}."
+
+
+def error_reply(message: ToolMessage) -> str:
+    flags = message.response_metadata or {}
+    if flags.get("error") == "rejected":
+        return "Our team reviewed this request and did not approve it, so nothing was changed."
+    if flags.get("retry_blocked"):
+        return "I could not confirm that this went through, so I have not repeated it; a colleague will check."
+    reason = message.content.removeprefix("Error: ").split("\n")[0]
+    return f"Sorry, I could not do that: {reason}."
+
+
+def deliver(state: CustomerSupportState) -> dict[str, Any]:
+    """The validated reply, or, when validation flagged it, a holding message (the draft waits for a person)."""
+    reply = state.get("reply")
+    if reply is None:
+        return {"response": "Thanks for your message. A colleague is reviewing the answer and will reply shortly."}
+    return {"response": reply.text}
+
+
+@cache
+def _server_parts() -> CustomerSupportParts:
+    llm = default_llm()
+    return CustomerSupportParts(llm=llm, extraction_llm=llm)
+
+
+def make_graph(config: RunnableConfig | None = None) -> CompiledStateGraph:
+    """For ``langgraph dev`` (``langgraph.json``): the graph with the default SLM and the LLM from the environment.
+
+    The server calls this for every run, so the models and stores are loaded once per process;
+    the server brings its own persistence, so no checkpointer is set.
+    """
+    return compose(_server_parts()).builder.compile(name="customer-support")  # recompiled without a checkpointer

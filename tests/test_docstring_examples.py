@@ -1,0 +1,30 @@
+"""Every docstring example in the library and the example graphs runs as written."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+import pkgutil
+
+import pytest
+
+import agentgraph
+
+MODULES = sorted(
+    info.name for info in pkgutil.walk_packages(agentgraph.__path__, "agentgraph.") if not info.name.endswith("__main__")
+)
+# Examples that load a model, train one or run a graph on one.
+LOADS_MODELS = {
+    "agentgraph.checkpointing", "agentgraph.cross_encoder", "agentgraph.graphs.customer_support",
+    "agentgraph.nodes.context_pruner", "agentgraph.nodes.loop", "agentgraph.nodes.router",
+    "agentgraph.nodes.schema_enforcer", "agentgraph.slm.base", "agentgraph.slm.embedded", "agentgraph.slm.factory",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n in LOADS_MODELS else n for n in MODULES]
+)
+def test_docstring_examples_run(name):
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE, verbose=False)
+    assert result.failed == 0, f"{result.failed} of {result.attempted} docstring examples of {name} failed (see stdout)"
