@@ -82,6 +82,9 @@ def main() -> None:
     parser.add_argument("--json-samples", type=int, default=30)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--throughput-requests", type=int, default=48, help="requests per throughput figure")
+    parser.add_argument(
+        "--timeout", type=float, default=600.0, help="vLLM request timeout, s: a CPU server answers 16 concurrent choices in minutes"
+    )
     parser.add_argument("--json", dest="json_out", help="also write the figures to this file")
     args = parser.parse_args()
 
@@ -107,7 +110,7 @@ def main() -> None:
             url = server.start()
             start_s = time.perf_counter() - started
         try:
-            remote = VLLMSLM(url)
+            remote = VLLMSLM(url, timeout_s=args.timeout)
             report["vllm"] = {"server_start_s": start_s, **measure(remote, texts, intents, labels, args.json_samples)}
             print(json.dumps({"vllm": report["vllm"]}, indent=2), flush=True)
             report["vllm"][f"throughput_{args.concurrency}_concurrent"] = throughput(

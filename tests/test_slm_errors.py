@@ -155,6 +155,7 @@ def test_serve_command_line_has_cpu_defaults(tmp_path):
         "--port 8011",
         "--enforce-eager",
         "--dtype float32",
+        "--block-size 32",
         "--gpu-memory-utilization 0.15",
         "--enable-lora",
         "--lora-modules router=/adapters/router",

@@ -111,6 +111,10 @@ def vllm_command(settings: ServeSettings, python: str, folder: Path, port: int) 
         # Eager mode starts in ~1 min instead of several; float32 is what the embedded backend
         # computes in, so both give the same answers, and CPUs without AMX run it faster than bf16.
         command += ["--enforce-eager", "--dtype", "float32"]
+        # Prefix-cache hits land on whole KV blocks, 128 tokens by default on CPU: every prompt
+        # VLLMSLM.choose sends (shared prompt + a label's first tokens) would recompute up to 127
+        # tokens of the shared prompt. 32 is the smallest block the CPU attention kernel takes.
+        command += ["--block-size", "32"]
     if settings.lora_modules:
         command += ["--enable-lora", "--max-lora-rank", str(settings.max_lora_rank), "--lora-modules"]
         command += [f"{name}={path}" for name, path in settings.lora_modules.items()]

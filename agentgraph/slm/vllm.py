@@ -1,8 +1,10 @@
 """The vLLM backend: the same SLM contract over a vLLM server's OpenAI-compatible API.
 
 - ``choose`` tokenizes through the server's ``/tokenize`` (its chat template) and
-  scores every label continuation exactly, walking the labels' token trie with
-  ``logprob_token_ids`` requests that the server's prefix cache makes cheap.
+  scores every label continuation exactly: one prompt per node of the labels' token
+  trie, all sent at once, each reading the next-token log-probs it needs with
+  ``logprob_token_ids``; the server's prefix cache computes the shared prompt once
+  (``agentgraph slm serve`` sets the block size that keeps the rest small on CPU).
 - ``structured`` uses vLLM structured outputs (``structured_outputs: {"json": schema}``). Start
   the server with ``--structured-outputs-config '{"disable_any_whitespace": true}'`` (``agentgraph
   slm serve`` does) for the compact JSON the embedded backend decodes: with free whitespace a
@@ -13,8 +15,8 @@ Start a server with ``agentgraph slm serve``.
 
 Example:
     >>> from agentgraph.slm import VLLMSLM
-    >>> slm = VLLMSLM("http://127.0.0.1:8000")  # model name read from /v1/models
-    >>> slm.choose("Where is my parcel?", ["track_order", "cancel_order"]).label
+    >>> slm = VLLMSLM("http://127.0.0.1:8000")  # model name read from /v1/models  # doctest: +SKIP
+    >>> slm.choose("Where is my parcel?", ["track_order", "cancel_order"]).label  # doctest: +SKIP
     'track_order'
 """
 
@@ -22,12 +24,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
 
 from agentgraph.errors import MalformedResponseError, SLMError, SLMTimeoutError, SLMUnavailableError
 from agentgraph.slm.base import SLM, ChatMessage, GenerationResult, TokenLogprob, Usage
+
+# The most ``logprob_token_ids`` vLLM takes in one request (vllm.sampling_params.MAX_LOGPROB_TOKEN_IDS).
+_MAX_LOGPROB_TOKEN_IDS = 128
 
 
 class VLLMSLM(SLM):
@@ -78,40 +84,22 @@ class VLLMSLM(SLM):
     def _score_continuations(
         self, prefix: list[int], continuations: Mapping[str, list[int]]
     ) -> tuple[dict[str, float], Usage]:
-        """Walk the token trie of the continuations, one batched request per depth.
+        """Read the next-token log-probs after every node of the continuations' token trie.
 
-        At depth d every distinct continuation prefix is one prompt (the server's prefix
-        cache makes each cost a few tokens) and ``logprob_token_ids`` asks for exactly
-        the next tokens the labels need. ``prompt_logprobs`` would do it in one request but
-        disables the prefix cache and computes every prompt position: 50-100x slower on CPU.
+        Each node (a path the continuations share) is one prompt, prefix + path, and
+        ``logprob_token_ids`` asks for exactly the tokens that follow it: the last
+        position's log-probs are always computed, so the result is exact whatever the
+        prefix cache served. All nodes go to the server at once (usually one request), so
+        it schedules them together and its prefix cache computes the shared prompt once;
+        each node then costs its path plus the prompt's last, partial cache block.
+        ``prompt_logprobs`` would need one prompt per continuation but turns prefix-cache
+        reads off and computes every prompt position: twice the tokens for 27 labels.
         """
         started = time.perf_counter()
-        step_logprobs: dict[tuple[int, ...], float] = {}  # path + next token -> log P(next | prefix + path)
-        for depth in range(max(map(len, continuations.values()))):
-            paths = sorted({tuple(ids[:depth]) for ids in continuations.values() if len(ids) > depth})
-            wanted = sorted({ids[depth] for ids in continuations.values() if len(ids) > depth})
-            reply = self._post(
-                "/v1/completions",
-                {
-                    "model": self.model_name,
-                    "prompt": [prefix + list(path) for path in paths],
-                    "max_tokens": 1,
-                    "temperature": 0.0,
-                    "logprobs": 1,
-                    "logprob_token_ids": wanted,
-                    "return_tokens_as_token_ids": True,
-                },
-            )
-            choices = sorted(_field(reply, "choices", list), key=lambda c: c["index"])
-            if len(choices) != len(paths):
-                raise MalformedResponseError(f"sent {len(paths)} prompts, got {len(choices)} choices")
-            for path, choice in zip(paths, choices):
-                top = _field(_field(choice, "logprobs", dict), "top_logprobs", list)
-                try:
-                    for token in wanted:
-                        step_logprobs[(*path, token)] = float(top[0][f"token_id:{token}"])
-                except (IndexError, KeyError, TypeError, ValueError) as exc:
-                    raise MalformedResponseError(f"logprobs lack the requested token ids: {exc!r}") from exc
+        reads = _trie_reads(continuations)
+        with ThreadPoolExecutor(len(reads)) as pool:
+            replies = list(pool.map(lambda read: self._next_token_logprobs(prefix, *read), reads))
+        step_logprobs = {step: logprob for reply in replies for step, logprob in reply.items()}
         scores = {
             label: sum(step_logprobs[tuple(ids[: depth + 1])] for depth in range(len(ids)))
             for label, ids in continuations.items()
@@ -123,6 +111,35 @@ class VLLMSLM(SLM):
             completion_tokens=max(map(len, continuations.values())),
         )
         return scores, usage
+
+    def _next_token_logprobs(
+        self, prefix: list[int], paths: list[tuple[int, ...]], tokens: list[int]
+    ) -> dict[tuple[int, ...], float]:
+        """path + token -> log P(token | prefix + path), for every path and token: one request."""
+        reply = self._post(
+            "/v1/completions",
+            {
+                "model": self.model_name,
+                "prompt": [prefix + list(path) for path in paths],
+                "max_tokens": 1,
+                "temperature": 0.0,
+                "logprobs": 1,
+                "logprob_token_ids": tokens,
+                "return_tokens_as_token_ids": True,
+            },
+        )
+        choices = sorted(_field(reply, "choices", list), key=lambda c: c["index"])
+        if len(choices) != len(paths):
+            raise MalformedResponseError(f"sent {len(paths)} prompts, got {len(choices)} choices")
+        step_logprobs = {}
+        for path, choice in zip(paths, choices):
+            top = _field(_field(choice, "logprobs", dict), "top_logprobs", list)
+            try:
+                for token in tokens:
+                    step_logprobs[(*path, token)] = float(top[0][f"token_id:{token}"])
+            except (IndexError, KeyError, TypeError, ValueError) as exc:
+                raise MalformedResponseError(f"logprobs lack the requested token ids: {exc!r}") from exc
+        return step_logprobs
 
     def _generate_json(
         self, messages: list[dict[str, str]], prompt_ids: list[int], json_schema: dict, max_tokens: int
@@ -186,6 +203,28 @@ class VLLMSLM(SLM):
         except httpx.TransportError as exc:
             raise SLMUnavailableError(self.base_url, exc) from exc
         return _decode(response)
+
+
+def _trie_reads(continuations: Mapping[str, list[int]]) -> list[tuple[list[tuple[int, ...]], list[int]]]:
+    """The token trie of ``continuations`` as requests: (node paths, tokens to read after them).
+
+    A node's children are read in chunks of at most ``_MAX_LOGPROB_TOKEN_IDS`` and the nodes
+    packed, in trie order, into as few requests as that limit allows: one for a few dozen labels.
+    """
+    children: dict[tuple[int, ...], set[int]] = {}
+    for ids in continuations.values():
+        for depth, token in enumerate(ids):
+            children.setdefault(tuple(ids[:depth]), set()).add(token)
+    reads: list[tuple[list[tuple[int, ...]], set[int]]] = []
+    for path, tokens in sorted(children.items()):
+        ordered = sorted(tokens)
+        for start in range(0, len(ordered), _MAX_LOGPROB_TOKEN_IDS):
+            chunk = set(ordered[start : start + _MAX_LOGPROB_TOKEN_IDS])
+            if not reads or len(reads[-1][1] | chunk) > _MAX_LOGPROB_TOKEN_IDS:
+                reads.append(([], set()))
+            reads[-1][0].append(path)
+            reads[-1][1].update(chunk)
+    return [(paths, sorted(tokens)) for paths, tokens in reads]
 
 
 def _decode(response: httpx.Response) -> dict[str, Any]:
