@@ -154,6 +154,10 @@ def test_a_rejected_account_deletion_never_runs(graph, parts):
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="the trained reranker ranks 'Payment problems' above 'Payment methods' (cross-encoder recipe: issue 3)",
+)
 def test_a_knowledge_question_is_answered_from_the_policy_section_the_pruner_keeps(graph):
     turn = run_turn(graph, "which payment methods can I use?", thread_id="knowledge-1")
 
