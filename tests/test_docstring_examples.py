@@ -9,9 +9,13 @@ import pkgutil
 import pytest
 
 import agentgraph
+import agentgraph.graphs
 
+# agentgraph.graphs (and agentgraph.prompts) install from their own folders, so they are walked on their own.
+PACKAGES = [(agentgraph.__path__, "agentgraph."), (agentgraph.graphs.__path__, "agentgraph.graphs.")]
 MODULES = sorted(
-    info.name for info in pkgutil.walk_packages(agentgraph.__path__, "agentgraph.") if not info.name.endswith("__main__")
+    {info.name for path, prefix in PACKAGES for info in pkgutil.walk_packages(path, prefix)}
+    - {"agentgraph.__main__"}
 )
 # Examples that load a model, train one or run a graph on one.
 LOADS_MODELS = {
