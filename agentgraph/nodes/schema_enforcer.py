@@ -35,10 +35,10 @@ Example:
     ...     text: str
     ...     ticket: SupportTicket | None
     ...     handoff: object
-    >>> graph = StateGraph(State)
-    >>> graph.add_node("extract", create_schema_enforcer(TransformersSLM(), SupportTicket, output_key="ticket"))
-    >>> graph.add_edge(START, "extract")
-    >>> result = graph.compile().invoke({"text": "how can I cancel purchase 113542617735902?"})
+    >>> builder = StateGraph(State)
+    >>> extract = create_schema_enforcer(TransformersSLM(), SupportTicket, output_key="ticket")
+    >>> graph = builder.add_node("extract", extract).add_edge(START, "extract").compile()
+    >>> result = graph.invoke({"text": "how can I cancel purchase 113542617735902?"})
     >>> result["ticket"].order_id, result["handoff"]
     ('113542617735902', None)
 """
