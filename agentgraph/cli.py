@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from agentgraph.errors import AgentGraphError
 
-COMMAND_MODULES = ("agentgraph.commands.run", "agentgraph.commands.slm", "agentgraph.commands.eval")
+COMMAND_MODULES = ("agentgraph.commands.run", "agentgraph.commands.slm", "agentgraph.commands.eval", "agentgraph.commands.distill")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,15 +17,17 @@ Example:
 from __future__ import annotations
 
 import csv
+import json
 import os
 import random
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel
 
-from agentgraph.errors import AgentGraphError
+from agentgraph.errors import AgentGraphError, DatasetError
 
 _DEFAULT_CSV = Path(__file__).resolve().parents[1].parent / "shared/data/bitext-customer-support/train.csv"
 SPLIT_FRACTIONS = {"train": 0.45, "dev": 0.10, "test": 0.45}
@@ -85,3 +87,24 @@ def split_customer_support(
             splits[name].extend(group[start:end])
             start = end
     return splits
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The rows of a CSV file, or the objects of a JSONL file (by its ``.jsonl`` suffix)."""
+    if not path.is_file():
+        raise DatasetError(f"no data file at {path}")
+    with path.open(encoding="utf-8", newline="") as handle:
+        if path.suffix != ".jsonl":
+            return list(csv.DictReader(handle))
+        records = []
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DatasetError(f"{path}, line {number}: not JSON ({exc}); write one object per line") from exc
+            if not isinstance(record, dict):
+                raise DatasetError(f"{path}, line {number}: a JSON object per line is needed, not {type(record).__name__}")
+            records.append(record)
+        return records

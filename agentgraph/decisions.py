@@ -17,7 +17,6 @@ Example:
 from __future__ import annotations
 
 import operator
-import sqlite3
 import threading
 import uuid
 from collections.abc import Iterator
@@ -27,6 +26,8 @@ from typing import Annotated, Any, Protocol, TypedDict
 
 from langchain_core.runnables import RunnableConfig
 from pydantic import BaseModel, Field
+
+from agentgraph.storage import connect_sqlite
 
 
 class Decision(BaseModel):
@@ -102,12 +103,7 @@ class SQLiteDecisionLog:
 
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA busy_timeout = 5000")
-        if self.path != ":memory:":
-            self._conn.execute("PRAGMA journal_mode = WAL")
+        self._conn = connect_sqlite(self.path)
         self._conn.execute(
             "CREATE TABLE IF NOT EXISTS decisions ("
             " id TEXT PRIMARY KEY, timestamp TEXT NOT NULL, node TEXT NOT NULL, kind TEXT NOT NULL,"

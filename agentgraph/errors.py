@@ -115,3 +115,7 @@ class NoToolCallsError(AgentGraphError, ValueError):
 
 class ApprovalResponseError(AgentGraphError, ValueError):
     """A human approval was resumed with a payload the pending request does not allow."""
+
+
+class DatasetError(AgentGraphError):
+    """The data asked for cannot make a dataset (missing, empty or malformed)."""

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 import threading
 import time
 import uuid
@@ -56,6 +55,7 @@ from agentgraph.errors import (
     IdempotencyKeyReuseError,
     IdempotencyOutcomeUnknownError,
 )
+from agentgraph.storage import connect_sqlite
 
 KeyStatus = Literal["in_flight", "completed", "failed"]
 
@@ -308,11 +308,7 @@ class SQLiteIdempotencyStore(SQLIdempotencyStore):
     def __init__(self, path: str | Path, **options: Any) -> None:
         super().__init__(**options)
         self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30.0)
-        if self.path != ":memory:":
-            self._conn.execute("PRAGMA journal_mode = WAL")
+        self._conn = connect_sqlite(self.path, busy_timeout_s=30.0)
         self._conn.execute(_SCHEMA)
 
     @contextmanager

@@ -6,7 +6,7 @@ passages: reference responses written for other requests of its own intent
 (relevant) and of other intents, half of those from the same category (hard).
 Both rankers order the same pools:
 
-- cross-encoder: ``customer_support_cross_encoder()`` (trained on first use);
+- cross-encoder: the example graph's, ``support_reranker_folder()`` (trained on first use);
 - bi-encoder: cosine similarity of the packaged all-MiniLM-L6-v2 embeddings.
 
 Printed: nDCG@5 and recall@5 for each, the cross-encoder's training time,
@@ -18,7 +18,6 @@ Run: ``python benchmarks/context_pruner.py [--queries 300] [--relevant 4]``
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import random
 import statistics
@@ -27,8 +26,9 @@ from collections import defaultdict
 
 import numpy as np
 
-from agentgraph.cross_encoder import TRAINING_INFO, customer_support_cross_encoder, packaged_minilm
+from agentgraph.cross_encoder import packaged_minilm, training_info
 from agentgraph.datasets import SupportRequest, load_customer_support, split_customer_support
+from agentgraph.graphs.customer_support import support_reranker_folder
 from agentgraph.nodes.context_pruner import Reranker, create_context_pruner
 
 POOL_SIZE = 20
@@ -90,9 +90,10 @@ def main() -> None:
     print(f"held-out pools: {len(pools)} queries x {POOL_SIZE} passages, {args.relevant} relevant each (test split)")
 
     started = time.perf_counter()
-    folder = customer_support_cross_encoder()
-    info = json.loads((folder / TRAINING_INFO).read_text(encoding="utf-8"))
-    print(f"cross-encoder: {folder} ({info['pairs']} pairs, trained in {info['training_seconds']} s; "
+    folder = support_reranker_folder()
+    info = training_info(folder)
+    print(f"cross-encoder: {folder} (recipe {info['recipe']}, {info['pairs']} pairs, trained in "
+          f"{info['training_seconds']} s, {info['training_cpu_seconds']} s of CPU; "
           f"ready in {time.perf_counter() - started:.1f} s now)")
     reranker = Reranker(folder, device="cpu")
 

@@ -31,28 +31,15 @@ import numpy as np
 from langchain_core.language_models import FakeListChatModel
 
 from agentgraph.datasets import load_customer_support, split_customer_support
-from agentgraph.graphs.customer_support import ROUTES, CustomerSupportParts, compose, load_policy_sections
+from agentgraph.graphs.customer_support import (
+    POLICY_SECTION_OF_INTENT,
+    ROUTES,
+    CustomerSupportParts,
+    compose,
+    load_policy_sections,
+)
 from agentgraph.running import run_turn
 from agentgraph.slm import SLMSettings, load_slm
-
-SECTION_OF_INTENT = {
-    "check_refund_policy": "Refund policy",
-    "check_payment_methods": "Payment methods",
-    "delivery_options": "Delivery options",
-    "check_cancellation_fee": "Cancellation fees",
-    "place_order": "Placing an order",
-    "payment_issue": "Payment problems",
-    "create_account": "Creating an account",
-    "edit_account": "Editing your account",
-    "switch_account": "Account plans",
-    "recover_password": "Forgotten password",
-    "registration_problems": "Registration problems",
-    "newsletter_subscription": "Newsletter",
-    "set_up_shipping_address": "Shipping addresses",
-    "review": "Reviews and feedback",
-    "contact_customer_service": "Contacting customer service",
-}
-"""The policy section written to answer each knowledge intent."""
 
 
 def sample(per_intent: int, seed: int = 7):
@@ -102,7 +89,7 @@ def main() -> None:
         latencies[turn.route].append(turn.latency_ms)
         if expected == "knowledge":
             knowledge_total += 1
-            knowledge_right += turn.response == section_text[SECTION_OF_INTENT[row.intent]]
+            knowledge_right += turn.response == section_text[POLICY_SECTION_OF_INTENT[row.intent]]
     elapsed = time.perf_counter() - started
 
     every = [ms for values in latencies.values() for ms in values]

@@ -38,9 +38,10 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache, cached_property
 from importlib.resources import files
@@ -60,7 +61,14 @@ from pydantic import BaseModel
 
 from agentgraph.checkpointing import state_serializer
 from agentgraph.classifier import IntentClassifier, SentenceEncoder, customer_support_router_path
-from agentgraph.cross_encoder import customer_support_cross_encoder
+from agentgraph.cross_encoder import (
+    TRAINING_SEED,
+    RelevancePair,
+    TrainingSettings,
+    cached_cross_encoder,
+    support_relevance_pairs,
+)
+from agentgraph.datasets import SupportRequest, load_customer_support, split_customer_support
 from agentgraph.decisions import DecisionLog, SQLiteDecisionLog
 from agentgraph.graphs.shop import DEMO_CUSTOMER, Shop
 from agentgraph.idempotency import IdempotencyStore, SQLiteIdempotencyStore
@@ -189,6 +197,75 @@ def load_policy_sections(folder: Path | None = None) -> list[PolicySection]:
     return sections
 
 
+POLICY_SECTION_OF_INTENT: dict[str, str] = {
+    "check_refund_policy": "Refund policy",
+    "check_payment_methods": "Payment methods",
+    "delivery_options": "Delivery options",
+    "check_cancellation_fee": "Cancellation fees",
+    "place_order": "Placing an order",
+    "payment_issue": "Payment problems",
+    "create_account": "Creating an account",
+    "edit_account": "Editing your account",
+    "switch_account": "Account plans",
+    "recover_password": "Forgotten password",
+    "registration_problems": "Registration problems",
+    "newsletter_subscription": "Newsletter",
+    "set_up_shipping_address": "Shipping addresses",
+    "review": "Reviews and feedback",
+    "contact_customer_service": "Contacting customer service",
+}
+"""The policy section written to answer each knowledge intent."""
+
+
+def policy_relevance_pairs(
+    rows: Sequence[SupportRequest],
+    sections: Sequence[PolicySection],
+    *,
+    per_intent: int = 40,
+    negatives_per_query: int = 3,
+    seed: int = TRAINING_SEED,
+) -> list[RelevancePair]:
+    """Requests of the knowledge intents against the store's own policy sections.
+
+    For up to ``per_intent`` requests of each intent in
+    :data:`POLICY_SECTION_OF_INTENT` (sampled with ``seed``): the section
+    written for it is relevant; ``negatives_per_query`` other sections are not,
+    the first from the same document, where sections are hardest to tell apart
+    ("Payment methods" against "Payment problems").
+    """
+    by_title = {section.title: section for section in sections}
+    rng = random.Random(seed)
+    pairs: list[RelevancePair] = []
+    for intent, title in POLICY_SECTION_OF_INTENT.items():
+        answer = by_title[title]
+        same_document = [s for s in sections if s.document == answer.document and s is not answer]
+        elsewhere = [s for s in sections if s.document != answer.document]
+        requests = [row for row in rows if row.intent == intent]
+        for request in rng.sample(requests, min(per_intent, len(requests))):
+            negatives = rng.sample(same_document, min(1, len(same_document)))
+            negatives += rng.sample(elsewhere, negatives_per_query - len(negatives))
+            pairs.append(RelevancePair(query=request.text, passage=answer.text, label=1.0))
+            pairs += [RelevancePair(query=request.text, passage=s.text, label=0.0) for s in negatives]
+    return pairs
+
+
+def support_reranker_folder(*, settings: TrainingSettings | None = None) -> Path:
+    """The context pruner's cross-encoder, trained on first use and cached (:func:`cached_cross_encoder`).
+
+    Trained on the fixed-seed train split only (the test split stays held out
+    for the benchmarks): 1,200 requests against reference responses (relevant:
+    one of the same intent; three of other intents are not) and up to 600
+    requests against the policy sections (:func:`policy_relevance_pairs`), so
+    it ranks the passages this graph retrieves, not only Bitext's. A reranker
+    trained on the responses alone put "Payment problems" above "Payment
+    methods" for "which payment methods can I use?".
+    """
+    train = split_customer_support(load_customer_support())["train"]
+    pairs = support_relevance_pairs(train, max_queries=1200, negatives_per_query=3)
+    pairs += policy_relevance_pairs(train, load_policy_sections())
+    return cached_cross_encoder("customer-support", pairs, settings=settings)
+
+
 class PolicyRetriever:
     """Policy sections by embedding similarity (all-MiniLM-L6-v2): the candidates the context pruner reranks."""
 
@@ -238,7 +315,7 @@ class CustomerSupportParts:
         self.decision_log = decision_log if decision_log is not None else SQLiteDecisionLog(self.data_dir / "decisions.db")
         self.idempotency_store = idempotency_store or SQLiteIdempotencyStore(self.data_dir / "idempotency.db")
         self.classifier = IntentClassifier.load(router_path or customer_support_router_path())
-        self.reranker = reranker or Reranker(customer_support_cross_encoder())
+        self.reranker = reranker or Reranker(support_reranker_folder())
 
     @cached_property
     def retriever(self) -> PolicyRetriever:

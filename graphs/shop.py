@@ -44,6 +44,8 @@ from typing import Annotated, Any
 
 from langchain_core.tools import BaseTool, InjectedToolArg, StructuredTool, ToolException
 
+from agentgraph.storage import connect_sqlite
+
 DEMO_CUSTOMER = "C1001"
 """The customer the CLI acts for unless told otherwise; orders 10001 and 48213 are theirs."""
 
@@ -95,12 +97,9 @@ class Shop:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._conn = connect_sqlite(self.path)
         self._conn.row_factory = sqlite3.Row
-        self._conn.execute("PRAGMA busy_timeout = 5000")
-        self._conn.execute("PRAGMA journal_mode = WAL")
         self._conn.executescript(_SCHEMA)
         with self._transaction() as db:
             if db.execute("SELECT COUNT(*) FROM customers").fetchone()[0] == 0:

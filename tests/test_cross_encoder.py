@@ -7,16 +7,22 @@ import statistics
 
 import pytest
 
+from agentgraph import cross_encoder
 from agentgraph.cross_encoder import (
+    RECIPE,
     TRAINING_INFO,
     RelevancePair,
     TrainingSettings,
+    cached_cross_encoder,
+    pairs_digest,
+    ranking_lists,
     support_relevance_pairs,
     train_cross_encoder,
+    training_info,
 )
 from agentgraph.nodes.context_pruner import Reranker
 
-from _tiny_reranker import tiny_reranker_folder  # noqa: F401  (a session fixture)
+from _tiny_reranker import TINY_NEGATIVES, TINY_QUERIES, tiny_reranker_folder  # noqa: F401  (a session fixture)
 
 
 def test_pairs_hold_one_positive_of_the_same_intent_and_negatives_of_other_intents(support_splits):
@@ -35,33 +41,78 @@ def test_pairs_hold_one_positive_of_the_same_intent_and_negatives_of_other_inten
     assert support_relevance_pairs(train, max_queries=50, negatives_per_query=3) == pairs  # fixed seed
 
 
+def test_pairs_are_ranked_per_query_and_queries_with_nothing_to_rank_are_left_out():
+    pairs = [
+        RelevancePair(query="refund", passage="Refunds take five days.", label=1.0),
+        RelevancePair(query="parcel", passage="Track it under Orders.", label=1.0),
+        RelevancePair(query="refund", passage="Our newsletter is weekly.", label=0.0),
+        RelevancePair(query="parcel", passage="Track it in the app.", label=1.0),
+        RelevancePair(query="refund", passage="Invoices are in Billing.", label=0.0),
+    ]
+    refund_passages = ["Refunds take five days.", "Our newsletter is weekly.", "Invoices are in Billing."]
+    assert ranking_lists(pairs) == [("refund", refund_passages, [1.0, 0.0, 0.0])]  # parcel's passages are all relevant
+
+
 def test_training_refuses_pairs_it_cannot_learn_from(tmp_path):
     with pytest.raises(ValueError, match="at least one"):
         train_cross_encoder([], output_dir=tmp_path / "model")
     only_positive = [RelevancePair(query="q", passage="p", label=1.0)]
     with pytest.raises(ValueError, match="both relevant and irrelevant"):
         train_cross_encoder(only_positive, output_dir=tmp_path / "model")
+    # Both labels, but never for the same query: no query has passages to rank against each other.
+    one_label_per_query = [
+        RelevancePair(query="q1", passage="p", label=1.0),
+        RelevancePair(query="q2", passage="p", label=0.0),
+    ]
+    with pytest.raises(ValueError, match="both relevant and irrelevant"):
+        train_cross_encoder(one_label_per_query, output_dir=tmp_path / "model")
     assert not (tmp_path / "model").exists()
 
 
+def test_a_cached_reranker_is_reused_only_when_its_recipe_settings_and_pairs_match(tmp_path, monkeypatch):
+    monkeypatch.setenv("AGENTGRAPH_CACHE_DIR", str(tmp_path))
+    trained: list[tuple[int, TrainingSettings]] = []
+
+    def record_training(pairs, *, output_dir, settings):
+        trained.append((len(pairs), settings))
+        output_dir.mkdir(parents=True, exist_ok=True)
+        info = {"recipe": RECIPE, "pairs_sha256": pairs_digest(pairs), "settings": settings.model_dump()}
+        (output_dir / TRAINING_INFO).write_text(json.dumps(info), encoding="utf-8")
+        return output_dir
+
+    monkeypatch.setattr(cross_encoder, "train_cross_encoder", record_training)
+    pairs = [RelevancePair(query="refund", passage="Refunds take five days.", label=1.0),
+             RelevancePair(query="refund", passage="Our newsletter is weekly.", label=0.0)]  # fmt: skip
+    folder = cached_cross_encoder("shop", pairs)  # nothing cached: trains
+    assert folder == tmp_path / "artifacts" / "cross-encoder" / "shop"
+    assert cached_cross_encoder("shop", pairs) == folder and len(trained) == 1  # cached: reused
+    cached_cross_encoder("shop", pairs, settings=TrainingSettings(epochs=2))  # other settings: retrained
+    cached_cross_encoder("shop", pairs[:1] + pairs, settings=TrainingSettings(epochs=2))  # other pairs: retrained
+    stale = {**training_info(folder), "recipe": "cls-bce/1"}
+    (folder / TRAINING_INFO).write_text(json.dumps(stale), encoding="utf-8")
+    cached_cross_encoder("shop", pairs[:1] + pairs, settings=TrainingSettings(epochs=2))  # another recipe: retrained
+    assert trained == [(2, TrainingSettings()), (2, TrainingSettings(epochs=2))] + [(3, TrainingSettings(epochs=2))] * 2
+
+
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="known defect (issue 3 open): BCE fine-tuning of MiniLM's CLS head learns only the base rate in "
-    "the steps a CPU affords; a listwise loss per query (1 positive, 3 negatives) learned in probes and is next",
-)
 def test_a_small_fine_tune_learns_intent_relevance(tiny_reranker_folder, support_splits):
-    info = json.loads((tiny_reranker_folder / TRAINING_INFO).read_text())
-    assert info["pairs"] == 3 * 60 and info["relevant_pairs"] == 60
-    assert info["settings"] == TrainingSettings(max_length=64, epochs=2, learning_rate=1e-4).model_dump()
-    # Held out: dev-split pairs the model never saw. A relevant passage must outscore an irrelevant one on average.
-    held_out = support_relevance_pairs(support_splits["dev"], max_queries=40, negatives_per_query=1, seed=3)
+    info = training_info(tiny_reranker_folder)
+    assert info["recipe"] == RECIPE and info["settings"] == TrainingSettings().model_dump()
+    assert info["queries"] == TINY_QUERIES and info["pairs"] == TINY_QUERIES * (1 + TINY_NEGATIVES)
+    # Held out: dev-split requests the model never saw, each with a response of its own intent and one of
+    # another intent in the same category (the hardest kind). Chance ranks the relevant one first half the
+    # time, and 28 of 40 or more with probability under 1%; the fine-tune ranked it first in 32 of 40.
+    dev_pairs = support_relevance_pairs(support_splits["dev"], max_queries=40, negatives_per_query=1, seed=3)
     reranker = Reranker(tiny_reranker_folder, device="cpu")
-    scores = [reranker.score(pair.query, [pair.passage])[0] for pair in held_out]
-    relevant = [s for s, p in zip(scores, held_out) if p.label == 1.0]
-    irrelevant = [s for s, p in zip(scores, held_out) if p.label == 0.0]
-    assert all(0.0 <= s <= 1.0 for s in scores)
-    assert statistics.fmean(relevant) > statistics.fmean(irrelevant) + 0.05
+    relevant_first, relevant, irrelevant = [], [], []
+    for query, passages, labels in ranking_lists(dev_pairs):
+        scored = sorted(zip(reranker.score(query, passages), labels), reverse=True)
+        relevant_first.append(scored[0][1] == 1.0)
+        relevant += [score for score, label in scored if label]
+        irrelevant += [score for score, label in scored if not label]
+    assert all(0.0 <= score <= 1.0 for score in relevant + irrelevant)
+    assert statistics.fmean(relevant_first) >= 0.7
+    assert statistics.fmean(relevant) > statistics.fmean(irrelevant) + 0.1
 
 
 def test_a_missing_model_is_a_clear_error(tmp_path):

@@ -23,9 +23,11 @@ from agentgraph.graphs.customer_support import (
     ROUTES,
     STATE_SCHEMAS,
     TOOL_OF_INTENT,
+    POLICY_SECTION_OF_INTENT,
     CustomerSupportParts,
     compose,
     load_policy_sections,
+    policy_relevance_pairs,
 )
 from agentgraph.graphs.shop import DEMO_CUSTOMER, Shop, ShopError
 from agentgraph.running import run_turn
@@ -39,12 +41,28 @@ def test_every_intent_of_the_data_has_a_route_and_every_lookup_or_action_a_tool(
     assert not any(TOOL_OF_INTENT[i] in READ_TOOLS for i, r in ROUTES.items() if r == "action")
 
 
-def test_the_policy_documents_hold_a_section_for_every_knowledge_topic():
-    titles = {section.title for section in load_policy_sections()}
+def test_the_policy_documents_hold_a_section_for_every_knowledge_intent():
+    sections = load_policy_sections()
 
-    assert {"Refund policy", "Payment methods", "Delivery options", "Cancellation fees", "Creating an account",
-            "Forgotten password", "Newsletter", "Reviews and feedback"} <= titles  # fmt: skip
-    assert all(section.text and "##" not in section.text for section in load_policy_sections())
+    assert set(POLICY_SECTION_OF_INTENT) == {intent for intent, route in ROUTES.items() if route == "knowledge"}
+    assert set(POLICY_SECTION_OF_INTENT.values()) <= {section.title for section in sections}
+    assert all(section.text and "##" not in section.text for section in sections)
+
+
+def test_the_reranker_learns_the_policy_sections_with_a_same_document_section_as_the_hardest_negative(support_splits):
+    sections = {section.text: section for section in load_policy_sections()}
+    pairs = policy_relevance_pairs(support_splits["train"], list(sections.values()), per_intent=5)
+
+    assert len(pairs) == len(POLICY_SECTION_OF_INTENT) * 5 * 4
+    intent_of = {row.text: row.intent for row in support_splits["train"]}
+    for start in range(0, len(pairs), 4):
+        relevant, *irrelevant = pairs[start : start + 4]
+        answer = sections[relevant.passage]
+        assert relevant.label == 1.0 and answer.title == POLICY_SECTION_OF_INTENT[intent_of[relevant.query]]
+        assert [pair.label for pair in irrelevant] == [0.0] * 3 and {pair.query for pair in irrelevant} == {relevant.query}
+        assert sections[irrelevant[0].passage].document == answer.document != sections[irrelevant[1].passage].document
+        assert answer.text not in {pair.passage for pair in irrelevant}
+    assert policy_relevance_pairs(support_splits["train"], list(sections.values()), per_intent=5) == pairs  # fixed seed
 
 
 def test_the_store_is_seeded_with_the_readme_orders_and_writes_once_per_key(tmp_path):
@@ -154,10 +172,6 @@ def test_a_rejected_account_deletion_never_runs(graph, parts):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="the trained reranker ranks 'Payment problems' above 'Payment methods' (cross-encoder recipe: issue 3)",
-)
 def test_a_knowledge_question_is_answered_from_the_policy_section_the_pruner_keeps(graph):
     turn = run_turn(graph, "which payment methods can I use?", thread_id="knowledge-1")
 

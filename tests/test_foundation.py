@@ -11,7 +11,7 @@ from langchain_core.messages import AIMessage
 from agentgraph.datasets import load_customer_support, split_customer_support
 from agentgraph.decisions import Decision, JSONLDecisionLog, SQLiteDecisionLog, open_decision_log
 from agentgraph.errors import EmptyInputError
-from agentgraph.llm import HumanHandoff, LLMSettings, default_llm, escalate
+from agentgraph.llm import HumanHandoff, default_llm, escalate
 from agentgraph.text import clean_text, require_text, truncate_to_tokens
 
 

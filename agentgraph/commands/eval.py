@@ -11,11 +11,10 @@ rate, the most frequent confusions and latency p50/p95.
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 from pathlib import Path
 
-from agentgraph.errors import AgentGraphError
+from agentgraph.datasets import read_records
+from agentgraph.errors import DatasetError
 
 TEXT_COLUMNS = ("text", "instruction", "request")
 LABEL_COLUMNS = ("label", "intent")
@@ -35,19 +34,13 @@ def register(groups: argparse._SubParsersAction) -> None:
 
 def read_labelled(path: Path, *, text_column: str | None = None, label_column: str | None = None) -> list[tuple[str, str]]:
     """``(text, label)`` rows of a CSV or JSONL file (JSONL when the name ends in ``.jsonl``)."""
-    if not path.is_file():
-        raise AgentGraphError(f"no data file at {path}")
-    with path.open(encoding="utf-8", newline="") as handle:
-        if path.suffix == ".jsonl":
-            records = [json.loads(line) for line in handle if line.strip()]
-        else:
-            records = list(csv.DictReader(handle))
+    records = read_records(path)
     if not records:
-        raise AgentGraphError(f"{path} holds no rows")
+        raise DatasetError(f"{path} holds no rows")
     text_key = text_column or next((c for c in TEXT_COLUMNS if c in records[0]), None)
     label_key = label_column or next((c for c in LABEL_COLUMNS if c in records[0]), None)
     if text_key not in records[0] or label_key not in records[0]:
-        raise AgentGraphError(
+        raise DatasetError(
             f"{path} needs a text column ({text_column or ' or '.join(TEXT_COLUMNS)}) and a label column "
             f"({label_column or ' or '.join(LABEL_COLUMNS)}); it has {sorted(records[0])}"
         )
@@ -62,7 +55,7 @@ def _eval_router(args: argparse.Namespace) -> int:
     classifier = IntentClassifier.load(args.router or customer_support_router_path())
     unknown = sorted({label for _, label in rows} - set(classifier.labels) - {OUT_OF_SCOPE})
     if unknown:
-        raise AgentGraphError(f"labels {unknown} are unknown to the router; use {OUT_OF_SCOPE} for requests that should escalate")
+        raise DatasetError(f"labels {unknown} are unknown to the router; use {OUT_OF_SCOPE} for requests that should escalate")
     result = evaluate_router(Router([ClassifierStrategy(classifier)]), rows)
     if args.json:
         print(result.model_dump_json())

@@ -18,9 +18,9 @@ lost without a trace. No cross-encoder ships on PyPI: train one with
 
 Example:
     >>> from langgraph.graph import START, StateGraph
-    >>> from agentgraph.cross_encoder import customer_support_cross_encoder
+    >>> from agentgraph.graphs.customer_support import support_reranker_folder
     >>> from agentgraph.nodes.context_pruner import ContextPrunerState, Reranker, create_context_pruner
-    >>> pruner = create_context_pruner(Reranker(customer_support_cross_encoder()), top_k=2, token_budget=200)
+    >>> pruner = create_context_pruner(Reranker(support_reranker_folder()), top_k=2, token_budget=200)
     >>> builder = StateGraph(ContextPrunerState)
     >>> _ = builder.add_node("prune", pruner).add_edge(START, "prune")
     >>> result = builder.compile().invoke({"query": "I want my money back", "chunks": [

@@ -1,0 +1,48 @@
+"""Distillation: from the frontier LLM's logged calls to training data for a small model.
+
+- :mod:`agentgraph.distill.traces` records every LLM call a graph makes
+  (:class:`LLMCallRecorder`) in a trace store (:class:`SQLiteTraceStore`) that
+  also holds the SLM decisions, and takes each call's outcome later.
+- :mod:`agentgraph.distill.dataset` curates a training set for one role from
+  accepted calls and labelled files (``agentgraph distill dataset``).
+
+Example:
+    >>> from agentgraph.distill import DatasetConfig, SQLiteTraceStore
+    >>> DatasetConfig(role="route").step_types
+    ['route']
+    >>> list(SQLiteTraceStore(":memory:").calls())
+    []
+"""
+
+from agentgraph.distill.dataset import (
+    CuratedDataset,
+    DatasetConfig,
+    DatasetError,
+    Example,
+    Source,
+    SupportExtraction,
+    build_dataset,
+    customer_support_examples,
+    file_examples,
+    trace_examples,
+    write_dataset,
+)
+from agentgraph.distill.traces import LLMCall, LLMCallRecorder, SQLiteTraceStore, TraceNotFoundError
+
+__all__ = [
+    "CuratedDataset",
+    "DatasetConfig",
+    "DatasetError",
+    "Example",
+    "LLMCall",
+    "LLMCallRecorder",
+    "SQLiteTraceStore",
+    "Source",
+    "SupportExtraction",
+    "TraceNotFoundError",
+    "build_dataset",
+    "customer_support_examples",
+    "file_examples",
+    "trace_examples",
+    "write_dataset",
+]

@@ -1,0 +1,368 @@
+"""The trace store: every frontier-LLM call a graph makes, with its outcome, beside every SLM decision.
+
+:class:`LLMCallRecorder` is a langchain-core callback handler: pass it in a
+run's config (``graph.invoke(inputs, config={"callbacks": [recorder]})``) and
+each chat-model call anywhere in the graph is written to a
+:class:`SQLiteTraceStore` as an :class:`LLMCall`: the prompt (messages in
+OpenAI format), the output (text and tool calls), the node (LangGraph's
+``langgraph_node`` metadata), the step type, latency, token counts, model and
+thread.
+
+The step type (``route``, ``extract``, ``plan``, ``escalate``, ...) says what a
+call was for, and so what a distilled model could learn from it. It is taken,
+first match wins, from the call's metadata key ``agentgraph_step_type``, a tag
+``step:<type>`` (``llm.with_config(tags=["step:route"])``), the recorder's
+``step_types`` (node name to step type) or its ``default_step_type``.
+
+A call's outcome comes later, from whoever can judge it (the customer, a
+reviewer, a check): :meth:`SQLiteTraceStore.mark` sets ``accepted`` to True or
+False by call id; until then it is None and the call is no training data. A
+call that failed is stored as rejected, with its error.
+
+SLM decisions stay in the decision log (:mod:`agentgraph.decisions`). The store
+is a :class:`~agentgraph.decisions.DecisionLog` itself, by default kept in the
+same SQLite file, so one file (one ``--traces`` path) holds both: give the store
+to nodes as their ``decision_log``, or give it another log to read from.
+
+Example:
+    >>> from langchain_core.language_models import FakeListChatModel
+    >>> from agentgraph.distill.traces import LLMCallRecorder, SQLiteTraceStore
+    >>> store = SQLiteTraceStore(":memory:")
+    >>> llm = FakeListChatModel(responses=["track_order"])
+    >>> _ = llm.invoke("where is my parcel?", config={"callbacks": [LLMCallRecorder(store)], "tags": ["step:route"]})
+    >>> call = next(store.calls())
+    >>> call.step_type, call.messages, call.output, call.accepted
+    ('route', [{'role': 'user', 'content': 'where is my parcel?'}], 'track_order', None)
+    >>> store.mark(call.id, accepted=True).accepted
+    True
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, convert_to_openai_messages
+from langchain_core.outputs import ChatGeneration, LLMResult
+from pydantic import BaseModel, Field
+
+from agentgraph.decisions import Decision, DecisionLog, SQLiteDecisionLog
+from agentgraph.errors import AgentGraphError
+from agentgraph.storage import connect_sqlite
+
+STEP_TYPE_KEY = "agentgraph_step_type"
+"""Run-config metadata key that names a call's step type."""
+STEP_TAG_PREFIX = "step:"
+"""A run tag ``step:<type>`` names a call's step type when the metadata does not."""
+
+
+class TraceNotFoundError(AgentGraphError, KeyError):
+    """No call with the given id is in the store."""
+
+    def __init__(self, call_id: str, path: str) -> None:
+        super().__init__(
+            f"no LLM call {call_id!r} in the trace store {path}; list the ids with SQLiteTraceStore.calls()"
+        )
+        self.call_id = call_id
+
+    def __str__(self) -> str:  # KeyError would print the message quoted
+        return str(self.args[0])
+
+
+class LLMCall(BaseModel):
+    """One frontier-LLM call: what it was asked, what it answered, where, for what, at what cost, and how it went."""
+
+    id: str = Field(default_factory=lambda: uuid.uuid4().hex, description="the callback run id (hex) when recorded")
+    timestamp: datetime = Field(default_factory=lambda: datetime.now(UTC), description="when the call started")
+    node: str | None = Field(default=None, description="the LangGraph node that made the call")
+    step_type: str | None = Field(default=None, description="what the call was for: route, extract, plan, escalate, ...")
+    messages: list[dict[str, Any]] = Field(description="the prompt, as OpenAI-format chat messages")
+    output: str | None = Field(default=None, description="the answer's text")
+    tool_calls: list[dict[str, Any]] = Field(default_factory=list, description="the answer's tool calls: name and args")
+    error: str | None = Field(default=None, description="why the call failed, if it did")
+    latency_ms: float = 0.0
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    model: str | None = None
+    thread_id: str | None = None
+    accepted: bool | None = Field(default=None, description="the outcome: True accepted, False rejected, None not known yet")
+    tags: list[str] = Field(default_factory=list)
+    metadata: dict[str, Any] = Field(default_factory=dict, description="the run's metadata, JSON-safe values only")
+
+    @property
+    def input_text(self) -> str | None:
+        """The text of the last user message: what the request was, without the instructions around it."""
+        for message in reversed(self.messages):
+            if message.get("role") == "user":
+                return message_text(message)
+        return None
+
+
+def message_text(message: Mapping[str, Any]) -> str:
+    """The text of an OpenAI-format message, its text parts joined when its content is a list."""
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    parts = [part.get("text", "") for part in content or [] if isinstance(part, Mapping) and part.get("type") == "text"]
+    return "\n".join(parts)
+
+
+class SQLiteTraceStore:
+    """LLM calls in a SQLite table; SLM decisions through a :class:`~agentgraph.decisions.DecisionLog`.
+
+    Args:
+        path: the SQLite file (``":memory:"`` for a throwaway store).
+        decision_log: where decisions are written and read; default a
+            :class:`~agentgraph.decisions.SQLiteDecisionLog` on the same file.
+
+    Safe across threads and processes (WAL mode, a busy timeout), like the decision log.
+    """
+
+    def __init__(self, path: str | Path, *, decision_log: DecisionLog | None = None) -> None:
+        self.path = str(path)
+        self._conn = connect_sqlite(self.path)
+        # ``accepted`` lives in its own column (NULL: no outcome yet) and never in ``record``, so marking
+        # a call is one UPDATE and there is one source of truth for it.
+        self._conn.execute(
+            "CREATE TABLE IF NOT EXISTS llm_calls ("
+            " id TEXT PRIMARY KEY, timestamp TEXT NOT NULL, node TEXT, step_type TEXT, thread_id TEXT,"
+            " accepted INTEGER, record TEXT NOT NULL)"
+        )
+        self._conn.execute("CREATE INDEX IF NOT EXISTS llm_calls_step ON llm_calls (step_type, timestamp)")
+        self._conn.execute("CREATE INDEX IF NOT EXISTS llm_calls_thread ON llm_calls (thread_id)")
+        self._lock = threading.Lock()
+        self.decision_log: DecisionLog = decision_log if decision_log is not None else SQLiteDecisionLog(self.path)
+
+    def record_call(self, call: LLMCall) -> LLMCall:
+        """Store ``call`` (a call already stored under its id is replaced); returns it."""
+        with self._lock:
+            self._conn.execute(
+                "INSERT OR REPLACE INTO llm_calls (id, timestamp, node, step_type, thread_id, accepted, record)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    call.id,
+                    call.timestamp.isoformat(),
+                    call.node,
+                    call.step_type,
+                    call.thread_id,
+                    None if call.accepted is None else int(call.accepted),
+                    call.model_dump_json(exclude={"accepted"}),
+                ),
+            )
+        return call
+
+    def calls(
+        self,
+        *,
+        node: str | None = None,
+        step_type: str | None = None,
+        thread_id: str | None = None,
+        pending: bool | None = None,
+    ) -> Iterator[LLMCall]:
+        """Stored calls in the order they started, filtered by node, step type, thread and (``pending``) outcome."""
+        query = (
+            "SELECT accepted, record FROM llm_calls WHERE (? IS NULL OR node = ?) AND (? IS NULL OR step_type = ?)"
+            " AND (? IS NULL OR thread_id = ?) AND (? IS NULL OR (accepted IS NULL) = ?) ORDER BY timestamp, id"
+        )
+        with self._lock:
+            rows = self._conn.execute(
+                query, (node, node, step_type, step_type, thread_id, thread_id, pending, pending)
+            ).fetchall()
+        for accepted, record in rows:
+            yield LLMCall.model_validate_json(record).model_copy(update={"accepted": None if accepted is None else bool(accepted)})
+
+    def get(self, call_id: str) -> LLMCall:
+        """The call stored under ``call_id``; :class:`TraceNotFoundError` when there is none."""
+        with self._lock:
+            row = self._conn.execute("SELECT accepted, record FROM llm_calls WHERE id = ?", (call_id,)).fetchone()
+        if row is None:
+            raise TraceNotFoundError(call_id, self.path)
+        accepted, record = row
+        return LLMCall.model_validate_json(record).model_copy(update={"accepted": None if accepted is None else bool(accepted)})
+
+    def mark(self, call_id: str, *, accepted: bool | None) -> LLMCall:
+        """Set the outcome of one call (None: back to no outcome); returns the updated call."""
+        with self._lock:
+            updated = self._conn.execute(
+                "UPDATE llm_calls SET accepted = ? WHERE id = ?", (None if accepted is None else int(accepted), call_id)
+            ).rowcount
+        if not updated:
+            raise TraceNotFoundError(call_id, self.path)
+        return self.get(call_id)
+
+    def mark_thread(self, thread_id: str, *, accepted: bool, node: str | None = None) -> int:
+        """Set the outcome of every call of a thread (optionally of one node) that has none yet; returns how many.
+
+        Calls already judged keep their outcome: a later verdict on the whole
+        conversation should not overturn one given on a single answer.
+        """
+        with self._lock:
+            return self._conn.execute(
+                "UPDATE llm_calls SET accepted = ? WHERE thread_id = ? AND (? IS NULL OR node = ?) AND accepted IS NULL",
+                (int(accepted), thread_id, node, node),
+            ).rowcount
+
+    # The DecisionLog protocol, so nodes can be given the store as their decision_log.
+    def record(self, decision: Decision) -> None:
+        self.decision_log.record(decision)
+
+    def decisions(self, *, node: str | None = None, kind: str | None = None) -> Iterator[Decision]:
+        return self.decision_log.decisions(node=node, kind=kind)
+
+    def close(self) -> None:
+        self._conn.close()
+        close = getattr(self.decision_log, "close", None)
+        if close is not None:
+            close()
+
+
+class LLMCallRecorder(BaseCallbackHandler):
+    """Writes every chat-model (and completion-model) call of a run to a trace store.
+
+    Args:
+        store: where the calls go.
+        step_types: node name to step type, for calls whose run names none.
+        default_step_type: the step type of a call nothing else names one for.
+
+    Use it as ``graph.invoke(inputs, config={"callbacks": [recorder]})``; it
+    follows the run into every node, subgraph and model call. Calls are keyed by
+    their run id, which becomes the stored call's id.
+    """
+
+    def __init__(
+        self,
+        store: SQLiteTraceStore,
+        *,
+        step_types: Mapping[str, str] | None = None,
+        default_step_type: str | None = None,
+    ) -> None:
+        self.store = store
+        self.step_types = dict(step_types or {})
+        self.default_step_type = default_step_type
+        self._pending: dict[UUID, tuple[LLMCall, float]] = {}  # run id -> (call so far, perf_counter at start)
+        self._lock = threading.Lock()
+
+    def on_chat_model_start(
+        self,
+        serialized: dict[str, Any],
+        messages: list[list[BaseMessage]],
+        *,
+        run_id: UUID,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        # One run is one prompt: langchain-core starts a run per prompt of a batch.
+        self._start(run_id, convert_to_openai_messages(messages[0]), tags, metadata, kwargs.get("invocation_params"))
+
+    def on_llm_start(
+        self,
+        serialized: dict[str, Any],
+        prompts: list[str],
+        *,
+        run_id: UUID,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._start(
+            run_id, convert_to_openai_messages([HumanMessage(prompts[0])]), tags, metadata, kwargs.get("invocation_params")
+        )
+
+    def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
+        pending = self._finish(run_id)
+        if pending is None:
+            return
+        call, started = pending
+        generation = response.generations[0][0] if response.generations and response.generations[0] else None
+        message = generation.message if isinstance(generation, ChatGeneration) else None
+        usage = (message.usage_metadata if isinstance(message, AIMessage) else None) or {}
+        token_usage = (response.llm_output or {}).get("token_usage") or {}
+        model = (message.response_metadata.get("model_name") if message is not None else None) or (
+            response.llm_output or {}
+        ).get("model_name")
+        update: dict[str, Any] = {
+            "output": None if generation is None else str(message.text) if message is not None else generation.text,
+            "tool_calls": [
+                {"name": call["name"], "args": call["args"]} for call in getattr(message, "tool_calls", None) or []
+            ],
+            "prompt_tokens": usage.get("input_tokens", token_usage.get("prompt_tokens")),
+            "completion_tokens": usage.get("output_tokens", token_usage.get("completion_tokens")),
+            "latency_ms": (time.perf_counter() - started) * 1000,
+        }
+        if model:
+            update["model"] = model
+        self.store.record_call(call.model_copy(update=update))
+
+    def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        pending = self._finish(run_id)
+        if pending is None:
+            return
+        call, started = pending
+        # A failed call has no answer to learn from: it is rejected now rather than left waiting for an outcome.
+        self.store.record_call(
+            call.model_copy(
+                update={
+                    "error": f"{type(error).__name__}: {error}",
+                    "accepted": False,
+                    "latency_ms": (time.perf_counter() - started) * 1000,
+                }
+            )
+        )
+
+    def step_type_of(self, node: str | None, tags: Sequence[str], metadata: Mapping[str, Any]) -> str | None:
+        """The step type of a call: metadata, then a ``step:`` tag, then the node's mapping, then the default."""
+        if metadata.get(STEP_TYPE_KEY):
+            return str(metadata[STEP_TYPE_KEY])
+        tagged = [tag[len(STEP_TAG_PREFIX) :] for tag in tags if tag.startswith(STEP_TAG_PREFIX)]
+        if tagged:
+            # Tags accumulate from the outside in; the innermost (last) one is the most specific.
+            return tagged[-1]
+        return self.step_types.get(node or "", self.default_step_type)
+
+    def _start(
+        self,
+        run_id: UUID,
+        messages: list[dict[str, Any]],
+        tags: list[str] | None,
+        metadata: dict[str, Any] | None,
+        invocation_params: Mapping[str, Any] | None,
+    ) -> None:
+        metadata = metadata or {}
+        tags = list(tags or [])
+        node = metadata.get("langgraph_node")
+        params = invocation_params or {}
+        call = LLMCall(
+            id=run_id.hex,
+            node=node,
+            step_type=self.step_type_of(node, tags, metadata),
+            messages=messages,
+            model=metadata.get("ls_model_name") or params.get("model") or params.get("model_name"),
+            thread_id=metadata.get("thread_id"),
+            tags=tags,
+            metadata={key: value for key, value in metadata.items() if _json_safe(value)},
+        )
+        with self._lock:
+            self._pending[run_id] = (call, time.perf_counter())
+
+    def _finish(self, run_id: UUID) -> tuple[LLMCall, float] | None:
+        with self._lock:
+            return self._pending.pop(run_id, None)
+
+
+def _json_safe(value: Any) -> bool:
+    """Whether a metadata value stores as JSON as it is (LangGraph adds tuples and versions; those are kept too)."""
+    if value is None or isinstance(value, str | int | float | bool):
+        return True
+    if isinstance(value, list | tuple):
+        return all(_json_safe(item) for item in value)
+    if isinstance(value, Mapping):
+        return all(isinstance(key, str) and _json_safe(item) for key, item in value.items())
+    return False
