@@ -69,7 +69,8 @@ from agentgraph.cross_encoder import (
     support_relevance_pairs,
 )
 from agentgraph.datasets import SupportRequest, load_customer_support, split_customer_support
-from agentgraph.decisions import DecisionLog, SQLiteDecisionLog
+from agentgraph.decisions import DecisionLog
+from agentgraph.distill.traces import LLMCallRecorder, SQLiteTraceStore
 from agentgraph.graphs.shop import DEMO_CUSTOMER, Shop
 from agentgraph.idempotency import IdempotencyStore, SQLiteIdempotencyStore
 from agentgraph.llm import HumanHandoff, default_llm
@@ -197,6 +198,9 @@ def load_policy_sections(folder: Path | None = None) -> list[PolicySection]:
     return sections
 
 
+LLM_STEP_TYPES = {"escalate": "escalate", "extract": "extract", "guarded_tools": "classify_tool"}
+"""What the LLM does in each node that may call it: the step type its recorded calls are distilled as."""
+
 POLICY_SECTION_OF_INTENT: dict[str, str] = {
     "check_refund_policy": "Refund policy",
     "check_payment_methods": "Payment methods",
@@ -288,8 +292,10 @@ class CustomerSupportParts:
     """What the graph is made of, loaded once: the models, the store and the durable stores.
 
     Everything durable lives in ``data_dir`` (default ``cache_dir()/customer-support``):
-    ``shop.db`` (the store), ``idempotency.db``, ``decisions.db`` (the decision log,
-    the training data of tomorrow) and ``checkpoints.db`` (threads and pending approvals).
+    ``shop.db`` (the store), ``idempotency.db``, ``decisions.db`` (a
+    :class:`~agentgraph.distill.traces.SQLiteTraceStore`: the nodes' decisions and the
+    LLM's calls, the training data of tomorrow; pass ``llm_call_recorder`` in a run's
+    callbacks to record the calls) and ``checkpoints.db`` (threads and pending approvals).
     ``llm`` answers escalations; ``extraction_llm`` (often the same model; it must support
     ``with_structured_output``) is the schema enforcer's fallback after the SLM and its repair.
     """
@@ -312,7 +318,9 @@ class CustomerSupportParts:
         self.llm = llm
         self.extraction_llm = extraction_llm
         self.shop = Shop(self.data_dir / "shop.db")
-        self.decision_log = decision_log if decision_log is not None else SQLiteDecisionLog(self.data_dir / "decisions.db")
+        self.trace_store = SQLiteTraceStore(self.data_dir / "decisions.db", decision_log=decision_log)
+        self.decision_log: DecisionLog = self.trace_store
+        self.llm_call_recorder = LLMCallRecorder(self.trace_store, step_types=LLM_STEP_TYPES)
         self.idempotency_store = idempotency_store or SQLiteIdempotencyStore(self.data_dir / "idempotency.db")
         self.classifier = IntentClassifier.load(router_path or customer_support_router_path())
         self.reranker = reranker or Reranker(support_reranker_folder())

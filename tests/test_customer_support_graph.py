@@ -197,12 +197,17 @@ def test_the_llm_answers_escalations_and_its_reply_is_validated_before_it_leaves
     llm = GenericFakeChatModel(messages=iter([AIMessage("I'm sorry. Write to me at dana.lee@example.com and I will fix it.")]))
     with_llm = CustomerSupportParts(data_dir=parts.data_dir, slm=parts.slm, llm=llm)  # no extraction fallback
 
-    turn = run_turn(compose(with_llm), "I want to file a complaint, your service is terrible", thread_id="complaint-1")
+    turn = run_turn(compose(with_llm), "I want to file a complaint, your service is terrible", thread_id="complaint-1",
+                    callbacks=[with_llm.llm_call_recorder])  # fmt: skip
 
     assert (turn.route, turn.intent, turn.llm_calls) == ("escalate", "complaint", 1)
     assert turn.response == "I'm sorry. Write to me at [EMAIL] and I will fix it."
     [validation] = [d for d in turn.decisions if d.kind == "validate"]
     assert validation.outcome == "redacted"
+    # The call is in the trace store for distillation, waiting for an outcome before it is training data.
+    [call] = with_llm.trace_store.calls(thread_id="complaint-1")
+    assert (call.node, call.step_type, call.accepted) == ("escalate", "escalate", None)
+    assert call.output.startswith("I'm sorry.") and "terrible" in call.messages[-1]["content"]
 
 
 @pytest.mark.slow

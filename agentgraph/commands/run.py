@@ -95,6 +95,7 @@ class _Session:
         slm = load_slm(SLMSettings.from_env(url=args.slm_url, model=args.slm_model))
         llm = default_llm()
         parts = CustomerSupportParts(data_dir=args.data_dir, slm=slm, llm=llm, extraction_llm=llm)
+        self.llm_call_recorder = parts.llm_call_recorder  # every LLM call into the trace store, for distillation
         self._checkpointer = sqlite_checkpointer(parts.checkpoints_path, *STATE_SCHEMAS)
         self.graph = compose(parts, checkpointer=self._checkpointer)
         self.tracer = DecisionTracingHandler() if args.trace or tracing_configured() else None
@@ -108,7 +109,7 @@ class _Session:
         while True:
             result = run_turn(
                 self.graph, message, resume=resume, thread_id=self.thread_id, customer_id=self.customer_id,
-                callbacks=[self.tracer] if self.tracer else None,
+                callbacks=[self.llm_call_recorder, *([self.tracer] if self.tracer else [])],
                 metadata=trace_metadata(session_id=self.thread_id, user_id=self.customer_id),
             )  # fmt: skip
             self._print(result)
