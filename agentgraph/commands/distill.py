@@ -9,6 +9,16 @@ it scrubs PII, de-duplicates, clusters, splits and balances
 (:mod:`agentgraph.distill.dataset`), writes ``train.jsonl``, ``dev.jsonl``,
 ``test.jsonl`` and ``manifest.json`` into DIR and prints what each step did;
 ``--json`` prints the manifest instead.
+
+``agentgraph distill train --role route --data DIR --out MODEL [--epochs N] [--max-minutes M] [--resume]``
+fine-tunes the SLM (default: the packaged SmolLM2-135M-Instruct) on that
+dataset (:mod:`agentgraph.distill.train`) with a progress bar and resumable
+checkpoints, and writes a model folder with its manifest.
+
+``agentgraph distill gate --model MODEL [--data DIR] [--threshold 0.92] [--limit N] [--promote] [--json]``
+evaluates it with the real router on the held-out test split against the base
+model and, with ``--promote``, records the decision in its manifest, exiting
+with status 2 when agreement is below the threshold (:mod:`agentgraph.distill.gate`).
 """
 
 from __future__ import annotations
@@ -26,7 +36,7 @@ ROLES = ("route", "extract")
 
 
 def register(groups: argparse._SubParsersAction) -> None:
-    distill = groups.add_parser("distill", help="distil the LLM's work into a small model: dataset")
+    distill = groups.add_parser("distill", help="distil the LLM's work into a small model: dataset, train, gate")
     commands = distill.add_subparsers(dest="distill_command", required=True, metavar="DISTILL_COMMAND")
     dataset = commands.add_parser("dataset", help="curate train/dev/test splits for one role from traces and labelled files")
     dataset.add_argument("--role", choices=ROLES, required=True, help="route: a label per input; extract: a JSON object")
@@ -50,6 +60,42 @@ def register(groups: argparse._SubParsersAction) -> None:
     dataset.add_argument("--label-field", help="the key of a JSON target that holds its class (default: intent)")
     dataset.add_argument("--json", action="store_true", help="print the manifest as JSON")
     dataset.set_defaults(handler=_dataset)
+
+    train = commands.add_parser("train", help="fine-tune the SLM for one role on a curated dataset")
+    train.add_argument("--role", choices=ROLES, required=True, help="route: pick a label; extract: fill a pydantic schema")
+    train.add_argument("--schema", help="extract: the pydantic model as module:Class (default: SupportExtraction)")
+    train.add_argument("--data", type=Path, required=True, help="a dataset folder written by `agentgraph distill dataset`")
+    train.add_argument("--out", type=Path, required=True, help="the model folder to write (weights, tokenizer, manifest.json)")
+    train.add_argument("--base", help="a local model folder to start from (default: the packaged SmolLM2-135M-Instruct)")
+    train.add_argument("--epochs", type=float, help="passes over the train split (default 2)")
+    train.add_argument("--batch-size", type=int, help="examples per step (default 8)")
+    train.add_argument("--lr", dest="learning_rate", type=float, help="peak learning rate (default 1e-4)")
+    train.add_argument("--labels", dest="label_style", choices=("codes", "names", "descriptions"),
+                       help="the label set the model is shown (default names; codes: one-token codes, a shorter prompt that needs more steps)")  # fmt: skip
+    train.add_argument("--max-minutes", type=float, help="stop training after this much time and write the model")
+    train.add_argument("--checkpoint-every", type=int, help="steps between resumable checkpoints (default 50)")
+    train.add_argument("--eval-every", type=int, help="steps between learning-curve points on dev (default: start and end)")
+    train.add_argument("--seed", type=int, help="training seed (default 0)")
+    train.add_argument("--threads", dest="num_threads", type=int, help="torch threads (default: torch's)")
+    train.add_argument("--bf16", action="store_true", default=None, help="bf16 autocast for the forward pass")
+    train.add_argument("--resume", action="store_true", help="continue the unfinished run in --out from its last checkpoint")
+    train.add_argument("--overwrite", action="store_true", help="delete what --out holds and start over")
+    train.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    train.set_defaults(handler=_train)
+
+    gate = commands.add_parser("gate", help="evaluate a distilled model on held-out data against the base model; --promote")
+    gate.add_argument("--model", type=Path, required=True, help="a model folder written by `agentgraph distill train`")
+    gate.add_argument("--data", type=Path, help="the dataset folder (default: the one the model was trained on)")
+    gate.add_argument("--threshold", type=float, default=0.92, help="agreement needed to promote (default 0.92)")
+    gate.add_argument("--limit", type=int, help="the first N test rows (default: all)")
+    gate.add_argument("--dev-limit", type=int, help="dev rows to fit calibration and gate on (default: all)")
+    gate.add_argument("--base-limit", type=int, help="test rows for the base model (default: as --limit)")
+    gate.add_argument("--no-base", action="store_true", help="skip the base model")
+    gate.add_argument("--target-accuracy", type=float, default=0.995, help="selective accuracy the gate aims for on dev")
+    gate.add_argument("--max-rejection", type=float, default=0.1, help="most of dev the gate may reject (default 0.1)")
+    gate.add_argument("--promote", action="store_true", help="record the decision in the manifest; exit 2 when refused")
+    gate.add_argument("--json", action="store_true", help="print the report as JSON")
+    gate.set_defaults(handler=_gate)
 
 
 def _dataset(args: argparse.Namespace) -> int:
@@ -132,4 +178,108 @@ def summary_lines(manifest: dict[str, Any], *, out: Path) -> list[str]:
         lines.append(f"{split:<11} {summary['examples']} examples, {count} classes, sha256 {summary['sha256'][:16]}")
     lines.append(f"sha256      {manifest['sha256']}")
     lines.append(f"wrote       {out}/{{train,dev,test}}.jsonl")
+    return lines
+
+
+def _train(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from agentgraph.distill.train import DistillSettings, train_router_slm
+
+    options = {
+        "epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.learning_rate,
+        "label_style": args.label_style, "max_minutes": args.max_minutes, "checkpoint_every": args.checkpoint_every,
+        "eval_every": args.eval_every, "seed": args.seed, "num_threads": args.num_threads, "bf16": args.bf16,
+    }  # fmt: skip
+    try:
+        settings = DistillSettings(**{k: v for k, v in options.items() if v is not None})
+    except ValidationError as exc:
+        raise AgentGraphError(f"invalid options: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}") from exc
+    if args.role == "route":
+        result = train_router_slm(
+            args.data, output_dir=args.out, base=args.base, settings=settings, resume=args.resume, overwrite=args.overwrite
+        )
+    else:
+        from agentgraph.distill.extract import import_schema, train_extractor_slm
+
+        schema = import_schema(args.schema) if args.schema else None
+        result = train_extractor_slm(args.data, output_dir=args.out, schema=schema, base=args.base, settings=settings,
+                                     resume=args.resume, overwrite=args.overwrite)  # fmt: skip
+    manifest = result.manifest
+    if args.json:
+        print(json.dumps(manifest, indent=2, sort_keys=True))
+        return 0
+    for point in manifest["learning_curve"]:
+        accuracy = "-" if point["dev_accuracy"] is None else f"{point['dev_accuracy']:.3f}"
+        loss = "-" if point["loss"] is None else f"{point['loss']:.4f}"
+        print(f"step {point['step']:>5}  examples {point['examples']:>6}  {point['train_seconds']:>7.0f} s  loss {loss:>7}  dev accuracy {accuracy}")
+    stopped = " (stopped at the time limit)" if manifest["stopped_early"] else ""
+    print(f"trained     {manifest['steps']}/{manifest['total_steps']} steps in {manifest['training_seconds'] / 60:.1f} min "
+          f"({manifest['cpu_seconds'] / 60:.1f} CPU min){stopped}")  # fmt: skip
+    print(f"dataset     sha256 {manifest['dataset']['sha256']}")
+    print(f"wrote       {result.output_dir} (serve it with TransformersSLM or vLLM; gate it with `agentgraph distill gate`)")
+    return 0
+
+
+def _gate(args: argparse.Namespace) -> int:
+    from agentgraph.distill.gate import gate_router, promote
+    from agentgraph.distill.train import read_manifest
+
+    if read_manifest(args.model).get("role") == "extract":
+        from agentgraph.distill.extract import gate_extractor
+
+        report = gate_extractor(args.model, args.data, threshold=args.threshold, limit=args.limit, base=not args.no_base,
+                                base_limit=args.base_limit)  # fmt: skip
+        print(report.model_dump_json(indent=2) if args.json else "\n".join(extraction_gate_lines(report)))
+        if args.promote:
+            promote(args.model, report)
+            print(f"promoted    {args.model}")
+        return 0
+    report = gate_router(
+        args.model, args.data, threshold=args.threshold, limit=args.limit, dev_limit=args.dev_limit,
+        base=not args.no_base, base_limit=args.base_limit, target_accuracy=args.target_accuracy,
+        max_rejection=args.max_rejection,
+    )  # fmt: skip
+    if args.json:
+        print(report.model_dump_json(indent=2))
+    else:
+        print("\n".join(gate_lines(report)))
+    if args.promote:
+        promote(args.model, report)  # raises PromotionRefusedError (exit 2) when refused
+        print(f"promoted    {args.model}")
+    return 0
+
+
+def gate_lines(report: Any) -> list[str]:
+    """The gate report as the command prints it: one line per model, then the decision."""
+
+    def pct(value: float | None) -> str:
+        return "-" if value is None else f"{100 * value:.2f}%"
+
+    lines = [f"data        {report.data_dir} (dev {report.dev_rows}, test {report.test_rows}; sha256 {report.dataset_sha256[:16]})"]
+    for name, side in (("student", report.student), ("base", report.base)):
+        if side is None:
+            continue
+        e = side.evaluation
+        lines.append(
+            f"{name:<11} {side.model}: accuracy {pct(e.accuracy)}, coverage {pct(e.coverage)} at gate "
+            f"{side.gate_threshold:.3f}, selective accuracy {pct(e.selective_accuracy)}, "
+            f"latency p50 {e.latency_ms_p50:.0f} ms p95 {e.latency_ms_p95:.0f} ms ({e.in_scope} rows)"
+        )
+    lines.append(f"decision    {report.decision}: {report.reason}")
+    return lines
+
+
+def extraction_gate_lines(report: Any) -> list[str]:
+    lines = [f"data        {report.data_dir} (test {report.test_rows}; sha256 {report.dataset_sha256[:16]})"]
+    for name, e in (("student", report.student), ("base", report.base)):
+        if e is None:
+            continue
+        with_entity = "-" if e.entity_exact_match_with_entity is None else f"{100 * e.entity_exact_match_with_entity:.2f}%"
+        lines.append(
+            f"{name:<11} schema-valid {100 * e.schema_valid:.2f}%, entity exact match {100 * e.entity_exact_match:.2f}% "
+            f"({with_entity} of rows with an entity), exact match {100 * e.exact_match:.2f}%, intent "
+            f"{100 * e.intent_accuracy:.2f}%, latency p50 {e.latency_ms_p50:.0f} ms p95 {e.latency_ms_p95:.0f} ms ({e.rows} rows)"
+        )
+    lines.append(f"decision    {report.decision}: {report.reason}")
     return lines

@@ -1,0 +1,271 @@
+"""The extraction role: fine-tune and gate an SLM that fills a pydantic schema (``distill train --role extract``).
+
+Training prompts are built as :meth:`SLM.structured <agentgraph.slm.SLM.structured>`
+builds them (the schema-first instruction as the system message, the request
+as the user message, the model's chat template); the target is the teacher's
+object as compact JSON (the form the JSON grammar decodes to), then
+end-of-turn. The long system message is the same for every example, so the
+shared-prefix training of :func:`~agentgraph.distill.train.fine_tune` computes
+it once per batch. The learning curve reports teacher-forced exact match on a
+dev subset: the share of examples whose every target token is the model's top
+choice, which is exactly the share greedy decoding reproduces.
+
+:func:`gate_extractor` decodes the held-out split with ``SLM.structured``
+(JSON-schema-constrained) and reports the schema-valid rate, exact match of
+the entity fields and of the intent, and latency, for the artifact and the base
+model; :func:`~agentgraph.distill.gate.promote` takes its report like the router's.
+
+Example:
+    >>> from agentgraph.distill.dataset import SupportExtraction
+    >>> from agentgraph.distill.extract import compact_json, entity_fields
+    >>> compact_json(SupportExtraction, {"intent": "track_order", "order_id": "12345"})[:46]
+    '{"intent":"track_order","account_type":null,"d'
+    >>> entity_fields(SupportExtraction)[:2]
+    ['account_type', 'delivery_city']
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from agentgraph.distill.gate import GateVerdict, promotion_decision
+from agentgraph.distill.train import (
+    MANIFEST,
+    DistillError,
+    DistillSettings,
+    Encoded,
+    TrainingJob,
+    TrainResult,
+    _prepare_output,
+    _TokenizerSLM,
+    fine_tune,
+    read_manifest,
+)
+from agentgraph.slm.base import json_schema_instruction, to_messages
+
+
+def schema_path(schema: type[BaseModel]) -> str:
+    return f"{schema.__module__}:{schema.__qualname__}"
+
+
+def import_schema(path: str) -> type[BaseModel]:
+    """The pydantic model at ``module:Class``."""
+    module, _, name = path.partition(":")
+    try:
+        schema = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise DistillError(f"cannot import the schema {path!r} ({exc}); give it as module:Class") from exc
+    if not (isinstance(schema, type) and issubclass(schema, BaseModel)):
+        raise DistillError(f"{path} is not a pydantic model")
+    return schema
+
+
+def compact_json(schema: type[BaseModel], target: Any) -> str:
+    """``target`` validated by ``schema`` as compact JSON, fields in schema order, nulls kept."""
+    return schema.model_validate(target).model_dump_json()
+
+
+def entity_fields(schema: type[BaseModel], label_field: str = "intent") -> list[str]:
+    return [name for name in schema.model_fields if name != label_field]
+
+
+class ExtractPromptEncoder:
+    """Prompt and target ids as ``SLM.structured`` sends the prompt and the grammar lets the model answer."""
+
+    def __init__(self, tokenizer: Any, schema: type[BaseModel]) -> None:
+        self.slm = _TokenizerSLM(tokenizer)
+        self.schema = schema
+        self.instruction = json_schema_instruction(schema)
+
+    def prompt_ids(self, text: str) -> list[int]:
+        from agentgraph.text import require_text
+
+        messages = to_messages(require_text(text, what="request"), self.instruction)
+        return self.slm.tokenize_chat(messages, add_generation_prompt=True)
+
+    def target_ids(self, target: Any) -> list[int]:
+        probe = [{"role": "user", "content": "?"}]
+        prefix = self.slm.tokenize_chat(probe, add_generation_prompt=True)
+        full = self.slm.tokenize_chat([*probe, {"role": "assistant", "content": compact_json(self.schema, target)}],
+                                      add_generation_prompt=False)  # fmt: skip
+        return full[len(prefix) :]
+
+    def encode(self, text: str, target: Any) -> Encoded:
+        return Encoded(self.prompt_ids(text), self.target_ids(target))
+
+
+def load_extract_rows(folder: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, list[tuple[str, Any]]]]:
+    """The manifest and ``(input, target object)`` rows per split of an extract-role dataset folder."""
+    import json
+
+    folder = Path(folder)
+    if not (folder / MANIFEST).is_file():
+        raise DistillError(
+            f"{folder} holds no dataset manifest; build one with "
+            "`agentgraph distill dataset --role extract --customer-support --out DIR`"
+        )
+    manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    if manifest.get("role") != "extract":
+        raise DistillError(f"{folder} is a {manifest.get('role')!r} dataset; extraction needs one built with --role extract")
+    splits = {}
+    for split in ("train", "dev", "test"):
+        path = folder / f"{split}.jsonl"
+        if not path.is_file():
+            raise DistillError(f"{path} is missing; rebuild the dataset with `agentgraph distill dataset`")
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        splits[split] = [(row["input"], row["target"]) for row in rows]
+    if not splits["train"]:
+        raise DistillError(f"{folder}/train.jsonl is empty: there is nothing to train on")
+    return manifest, splits
+
+
+def teacher_forced_exact(model: Any, rows: Sequence[Encoded]) -> float:
+    """Share of ``rows`` whose every target token is the model's argmax given the tokens before it."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    hits = 0
+    try:
+        with torch.inference_mode():
+            for row in rows:
+                logits = model(input_ids=torch.tensor([row.input_ids]), logits_to_keep=len(row.target) + 1).logits[0]
+                predicted = logits[:-1].argmax(-1).tolist()  # position t predicts token t + 1
+                hits += predicted == row.target
+    finally:
+        model.train(was_training)
+    return hits / len(rows)
+
+
+def train_extractor_slm(
+    dataset_dir: str | os.PathLike[str],
+    *,
+    output_dir: str | os.PathLike[str],
+    schema: type[BaseModel] | None = None,
+    base: str | os.PathLike[str] | None = None,
+    settings: DistillSettings | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    on_step=None,
+) -> TrainResult:
+    """Fine-tune ``base`` to fill ``schema`` (default: :class:`~agentgraph.distill.dataset.SupportExtraction`)."""
+    from transformers import AutoTokenizer
+
+    from agentgraph.distill.dataset import SupportExtraction
+    from agentgraph.distill.train import stratified_rows
+    from agentgraph.slm.models import prepare_model_folder
+
+    schema = schema or SupportExtraction
+    settings = settings or DistillSettings()
+    output = _prepare_output(output_dir, resume=resume, overwrite=overwrite)
+    manifest, splits = load_extract_rows(dataset_dir)
+    base_folder = prepare_model_folder(base)
+    tokenizer = AutoTokenizer.from_pretrained(base_folder)
+    encoder = ExtractPromptEncoder(tokenizer, schema)
+    try:
+        train = [encoder.encode(text, target) for text, target in splits["train"]]
+    except ValueError as exc:
+        raise DistillError(f"a train target does not fit {schema_path(schema)}: {exc}") from exc
+    labelled = [(text, str(target.get("intent"))) for text, target in splits["dev"]]
+    chosen = {text for text, _ in stratified_rows(labelled, settings.eval_examples)}
+    eval_rows = [encoder.encode(text, target) for text, target in splits["dev"] if text in chosen]
+    job = TrainingJob(
+        role="extract", dataset_folder=Path(dataset_dir), dataset_sha256=manifest["sha256"], base_folder=base_folder,
+        tokenizer=tokenizer, train=train, evaluate=(lambda model: teacher_forced_exact(model, eval_rows)) if eval_rows else None,
+        manifest={"schema": schema_path(schema), "schema_json": schema.model_json_schema()},
+    )  # fmt: skip
+    return fine_tune(job, output, settings, resume=resume, on_step=on_step)
+
+
+class ExtractionEvaluation(BaseModel):
+    rows: int
+    schema_valid: float = Field(description="share of outputs that validate against the schema")
+    exact_match: float = Field(description="every field equal to the target")
+    entity_exact_match: float = Field(description="every entity field (all but the intent) equal to the target")
+    entity_exact_match_with_entity: float | None = Field(description="the same, over rows whose target has an entity")
+    intent_accuracy: float
+    latency_ms_p50: float
+    latency_ms_p95: float
+
+
+def evaluate_extractor(slm: Any, schema: type[BaseModel], rows: Sequence[tuple[str, Any]], *, max_tokens: int = 256) -> ExtractionEvaluation:
+    """Decode each request with ``slm.structured`` and compare with its target."""
+    from agentgraph.errors import StructuredOutputError
+
+    fields = entity_fields(schema)
+    valid, exact, entity, entity_rows, intent, latencies = 0, 0, 0, [], 0, []
+    for text, target in rows:
+        expected = schema.model_validate(target).model_dump()
+        started = time.perf_counter()
+        try:
+            got = slm.structured(text, schema, max_tokens=max_tokens).value.model_dump()
+        except StructuredOutputError:
+            got = None
+        latencies.append((time.perf_counter() - started) * 1000)
+        has_entity = any(expected[name] is not None for name in fields)
+        same_entities = got is not None and all(got[name] == expected[name] for name in fields)
+        valid += got is not None
+        exact += got == expected
+        entity += same_entities
+        intent += got is not None and got.get("intent") == expected.get("intent")
+        if has_entity:
+            entity_rows.append(same_entities)
+    n = len(rows)
+    return ExtractionEvaluation(
+        rows=n, schema_valid=valid / n, exact_match=exact / n, entity_exact_match=entity / n,
+        entity_exact_match_with_entity=float(np.mean(entity_rows)) if entity_rows else None, intent_accuracy=intent / n,
+        latency_ms_p50=float(np.percentile(latencies, 50)), latency_ms_p95=float(np.percentile(latencies, 95)),
+    )  # fmt: skip
+
+
+class ExtractionGateReport(GateVerdict):
+    """What :func:`gate_extractor` measured; ``agreement`` is the entity exact match."""
+
+    student: ExtractionEvaluation
+    base: ExtractionEvaluation | None
+
+    def promotion_figures(self) -> dict[str, Any]:
+        return {"schema_valid": self.student.schema_valid, "exact_match": self.student.exact_match}
+
+
+def gate_extractor(
+    model_dir: str | os.PathLike[str],
+    data_dir: str | os.PathLike[str] | None = None,
+    *,
+    threshold: float = 0.92,
+    limit: int | None = None,
+    base: bool | str | os.PathLike[str] = True,
+    base_limit: int | None = None,
+) -> ExtractionGateReport:
+    """Evaluate an extraction artifact on its held-out split (and the base model on the same rows)."""
+    from agentgraph.slm import TransformersSLM
+
+    manifest = read_manifest(model_dir)
+    if manifest.get("role") != "extract":
+        raise DistillError(f"{model_dir} was trained for role {manifest.get('role')!r}; gate it with the router gate")
+    schema = import_schema(manifest["schema"])
+    folder = data_dir or manifest["dataset"]["folder"]
+    data_manifest, splits = load_extract_rows(folder)
+    test = splits["test"][:limit] if limit is not None else splits["test"]
+    if not test:
+        raise DistillError(f"{folder} has no test rows; the gate needs some")
+    student = evaluate_extractor(TransformersSLM(model_dir), schema, test)
+    base_eval = None
+    if base is not False:
+        base_slm = TransformersSLM(manifest["base_model"] if base is True else base)
+        base_eval = evaluate_extractor(base_slm, schema, test[:base_limit] if base_limit is not None else test)
+    matches = data_manifest["sha256"] == manifest["dataset"]["sha256"]
+    decision, reason = promotion_decision(agreement=student.entity_exact_match, threshold=threshold, dataset_matches=matches)
+    return ExtractionGateReport(
+        model_dir=str(model_dir), data_dir=str(folder), dataset_sha256=data_manifest["sha256"], dataset_matches=matches,
+        test_rows=len(test), student=student, base=base_eval, agreement=student.entity_exact_match, threshold=threshold,
+        decision=decision, reason=reason,
+    )  # fmt: skip

@@ -1,0 +1,114 @@
+"""Distillation benchmark: customer-support dataset -> fine-tuned SmolLM2-135M router -> gate against the base model.
+
+Run: ``python benchmarks/distill.py [--work DIR] [--epochs 2] [--max-minutes 20] [--eval-every 25] [--json]``
+
+1. Dataset: ``agentgraph distill dataset --role route --customer-support``
+   (its test split is the fixed test split of the Bitext data, 2,029 rows);
+   built once into ``WORK/data`` and reused.
+2. Train: full fine-tuning of the packaged SmolLM2-135M-Instruct on the train
+   split (:func:`~agentgraph.distill.train.train_router_slm`), printing the
+   learning curve: accuracy on a stratified dev subset every ``--eval-every``
+   steps, against training minutes (evaluation time not counted).
+3. Gate: the real router (:class:`~agentgraph.nodes.router.SLMStrategy` on the
+   artifact through :class:`~agentgraph.slm.TransformersSLM`), calibrator and
+   gate fitted on dev, on the whole test split: accuracy, coverage at the
+   gate, selective accuracy, latency; the base model with the standard router
+   prompt on the first ``--base-rows`` test rows (it is about three times slower).
+
+Targets (issue 6): >= 98% test accuracy and >= 99.5% selective accuracy at
+>= 90% coverage, within 20 minutes of CPU training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from agentgraph.distill.gate import gate_router
+from agentgraph.distill.train import DistillSettings, train_router_slm
+
+
+def build_dataset(folder: Path) -> Path:
+    if not (folder / "manifest.json").is_file():
+        subprocess.run(
+            [sys.executable, "-m", "agentgraph.cli", "distill", "dataset", "--role", "route", "--customer-support",
+             "--out", str(folder)], check=True,
+        )  # fmt: skip
+    return folder
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "agentgraph-distill-bench")
+    parser.add_argument("--epochs", type=float, default=2.0)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--labels", choices=("codes", "names", "descriptions"), default="names")
+    parser.add_argument("--max-minutes", type=float, default=20.0, help="training time limit")
+    parser.add_argument("--eval-every", type=int, default=25, help="steps between learning-curve points")
+    parser.add_argument("--eval-examples", type=int, default=108, help="dev requests per learning-curve point")
+    parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--dev-limit", type=int, help="dev rows to fit calibration and gate on (default: all)")
+    parser.add_argument("--limit", type=int, help="test rows for the distilled model (default: all 2,029)")
+    parser.add_argument("--base-rows", type=int, default=300, help="test rows for the base model (0: skip it)")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted training run in WORK/model")
+    parser.add_argument("--gate-only", action="store_true", help="gate the model already in WORK/model")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    data = build_dataset(args.work / "data")
+    model = args.work / "model"
+    settings = DistillSettings(
+        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, label_style=args.labels,
+        max_minutes=args.max_minutes, eval_every=args.eval_every, eval_examples=args.eval_examples, bf16=args.bf16,
+        num_threads=args.threads,
+    )  # fmt: skip
+    if not args.gate_only:
+        train_router_slm(data, output_dir=model, settings=settings, resume=args.resume, overwrite=not args.resume)
+    manifest = json.loads((model / "manifest.json").read_text())
+
+    started = time.perf_counter()
+    report = gate_router(
+        model, data, limit=args.limit, dev_limit=args.dev_limit, base=args.base_rows > 0,
+        base_limit=args.base_rows or None,
+    )  # fmt: skip
+    gate_seconds = time.perf_counter() - started
+    result = {
+        "train": {key: manifest[key] for key in ("steps", "total_steps", "stopped_early", "training_seconds", "cpu_seconds",
+                                                 "torch_threads", "prompt_tokens", "settings")},
+        "learning_curve": manifest["learning_curve"],
+        "gate": report.model_dump(mode="json"),
+        "gate_seconds": round(gate_seconds, 1),
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"dataset     {data} (train {manifest['dataset']['train_examples']}, sha256 {manifest['dataset']['sha256'][:16]})")
+    print(f"prompt      {manifest['prompt_tokens']['mean']} tokens on average, {manifest['prompt_tokens']['shared']} shared")
+    print("learning curve (dev subset):")
+    for point in manifest["learning_curve"]:
+        loss = "-" if point["loss"] is None else f"{point['loss']:.4f}"
+        acc = "-" if point["dev_accuracy"] is None else f"{100 * point['dev_accuracy']:.1f}%"
+        print(f"  step {point['step']:>4}  examples {point['examples']:>5}  {point['train_seconds'] / 60:5.1f} min  loss {loss:>7}  dev {acc}")
+    print(f"training    {manifest['steps']}/{manifest['total_steps']} steps, {manifest['training_seconds'] / 60:.1f} min wall, "
+          f"{manifest['cpu_seconds'] / 60:.1f} CPU min on {manifest['torch_threads']} threads"
+          + (" (time limit reached)" if manifest["stopped_early"] else ""))  # fmt: skip
+    for name, side in (("student", report.student), ("base", report.base)):
+        if side is None:
+            continue
+        e = side.evaluation
+        print(f"{name:<11} accuracy {100 * e.accuracy:.2f}%  coverage {100 * e.coverage:.2f}%  selective accuracy "
+              f"{100 * (e.selective_accuracy or 0):.2f}%  latency p50 {e.latency_ms_p50:.0f} ms p95 {e.latency_ms_p95:.0f} ms  "
+              f"({e.in_scope} test rows, gate {side.gate_threshold:.3f})")  # fmt: skip
+    print(f"decision    {report.decision}: {report.reason}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
