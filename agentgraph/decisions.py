@@ -36,7 +36,9 @@ class Decision(BaseModel):
     id: str = Field(default_factory=lambda: uuid.uuid4().hex)
     timestamp: datetime = Field(default_factory=lambda: datetime.now(UTC))
     node: str = Field(description="the node's name, e.g. 'router'")
-    kind: str = Field(description="what was decided: route, extract, validate, prune, evaluate, classify_tool, llm_call")
+    kind: str = Field(
+        description="what was decided: route, extract, validate, prune, evaluate, classify_tool, llm_call, shadow"
+    )
     input: Any = Field(description="what the decision was made on")
     output: Any = Field(default=None, description="the decision: a route, an object, a verdict")
     confidence: float | None = Field(default=None, description="calibrated where the node calibrates")

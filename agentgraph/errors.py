@@ -119,3 +119,7 @@ class ApprovalResponseError(AgentGraphError, ValueError):
 
 class DatasetError(AgentGraphError):
     """The data asked for cannot make a dataset (missing, empty or malformed)."""
+
+
+class ConfigError(AgentGraphError, ValueError):
+    """A setting (an environment variable, a command-line option) holds a value agentgraph cannot use."""

@@ -68,6 +68,11 @@ def default_llm(settings: LLMSettings | None = None) -> BaseChatModel | None:
     )
 
 
+def llm_name(llm: BaseChatModel) -> str:
+    """The model a chat model calls, for decision records (its class name when it names none)."""
+    return getattr(llm, "model_name", None) or getattr(llm, "model", None) or type(llm).__name__
+
+
 class HumanHandoff(BaseModel):
     """What an escalation ends in when no LLM can take it: a ticket for a person."""
 

@@ -21,8 +21,13 @@ detector) sends each request down one of four paths:
 
 Every reply passes the output validator (schema, PII, length, no internal
 leakage) before it leaves; a reply that still fails is held for a person.
-The LLM is called only on the escalation path (and by the schema enforcer
-when the SLM and its repair fail).
+By default the LLM is called only on the escalation path (and by the schema
+enforcer when the SLM and its repair fail). Configuration switches the router
+and the schema enforcer (nodes ``router`` and ``extract``) to teacher, auto or
+student mode (:data:`DEFAULT_MODES`, :mod:`agentgraph.modes`) and turns on
+shadow evaluation (:mod:`agentgraph.shadow`), without a change of code:
+``AGENTGRAPH_MODES="router=teacher"``, ``AGENTGRAPH_SHADOW_RATE=0.05``, or the
+``modes`` and ``shadow`` arguments.
 
 Example:
     >>> import tempfile
@@ -60,7 +65,12 @@ from langgraph.prebuilt import ToolNode
 from pydantic import BaseModel
 
 from agentgraph.checkpointing import state_serializer
-from agentgraph.classifier import IntentClassifier, SentenceEncoder, customer_support_router_path
+from agentgraph.classifier import (
+    CUSTOMER_SUPPORT_INTENTS,
+    IntentClassifier,
+    SentenceEncoder,
+    customer_support_router_path,
+)
 from agentgraph.cross_encoder import (
     TRAINING_SEED,
     RelevancePair,
@@ -74,6 +84,7 @@ from agentgraph.distill.traces import LLMCallRecorder, SQLiteTraceStore
 from agentgraph.graphs.shop import DEMO_CUSTOMER, Shop
 from agentgraph.idempotency import IdempotencyStore, SQLiteIdempotencyStore
 from agentgraph.llm import HumanHandoff, default_llm
+from agentgraph.modes import Mode, NodeModes
 from agentgraph.nodes.consequence import ConsequencePolicy, create_guarded_tool_node
 from agentgraph.nodes.context_pruner import KeptChunk, Reranker, create_context_pruner
 from agentgraph.nodes.output_validator import (
@@ -84,9 +95,17 @@ from agentgraph.nodes.output_validator import (
     pii_check,
     schema_check,
 )
-from agentgraph.nodes.router import ClassifierStrategy, RouterState, create_escalation_node, create_router, route_of
+from agentgraph.nodes.router import (
+    ClassifierStrategy,
+    LLMStrategy,
+    RouterState,
+    create_escalation_node,
+    create_router,
+    route_of,
+)
 from agentgraph.nodes.schema_enforcer import create_schema_enforcer
 from agentgraph.prompting import load_prompt
+from agentgraph.shadow import ShadowConfig, ShadowEvaluator
 from agentgraph.slm import SLM, load_slm
 from agentgraph.slm.models import cache_dir
 from agentgraph.support_schema import SupportTicket
@@ -198,6 +217,11 @@ def load_policy_sections(folder: Path | None = None) -> list[PolicySection]:
     return sections
 
 
+DEFAULT_MODES: dict[str, Mode] = {"router": "student", "extract": "auto"}
+"""The nodes with modes, and each one's mode unless configured: the router escalates what its classifier
+cannot route (the LLM answers those requests, it does not route them); the schema enforcer asks the LLM
+when the SLM and its repair fail."""
+
 LLM_STEP_TYPES = {"escalate": "escalate", "extract": "extract", "guarded_tools": "classify_tool"}
 """What the LLM does in each node that may call it: the step type its recorded calls are distilled as."""
 
@@ -296,8 +320,13 @@ class CustomerSupportParts:
     :class:`~agentgraph.distill.traces.SQLiteTraceStore`: the nodes' decisions and the
     LLM's calls, the training data of tomorrow; pass ``llm_call_recorder`` in a run's
     callbacks to record the calls) and ``checkpoints.db`` (threads and pending approvals).
-    ``llm`` answers escalations; ``extraction_llm`` (often the same model; it must support
-    ``with_structured_output``) is the schema enforcer's fallback after the SLM and its repair.
+    ``llm`` answers escalations and is the router's teacher (``with_structured_output``) in
+    teacher and auto mode and for shadow evaluation; ``extraction_llm`` (often the same model;
+    it must support ``with_structured_output``) is the schema enforcer's fallback after the
+    SLM and its repair, and its teacher. ``modes`` sets the mode of ``router`` and ``extract``
+    (default: ``AGENTGRAPH_MODES``, else :data:`DEFAULT_MODES`); ``shadow`` the share of
+    small-model answers the teacher checks (default: ``AGENTGRAPH_SHADOW_RATE``, else none),
+    its calls recorded in the trace store. A teacher mode without its LLM hands requests to a person.
     """
 
     def __init__(
@@ -311,7 +340,11 @@ class CustomerSupportParts:
         idempotency_store: IdempotencyStore | None = None,
         router_path: str | os.PathLike[str] | None = None,
         reranker: Reranker | None = None,
+        modes: NodeModes | None = None,
+        shadow: ShadowConfig | None = None,
     ) -> None:
+        self.modes = (modes if modes is not None else NodeModes.from_env()).check_nodes(DEFAULT_MODES)
+        shadow = shadow if shadow is not None else ShadowConfig.from_env()
         self.data_dir = Path(data_dir) if data_dir is not None else cache_dir() / "customer-support"
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.slm = slm if slm is not None else load_slm()
@@ -321,6 +354,7 @@ class CustomerSupportParts:
         self.trace_store = SQLiteTraceStore(self.data_dir / "decisions.db", decision_log=decision_log)
         self.decision_log: DecisionLog = self.trace_store
         self.llm_call_recorder = LLMCallRecorder(self.trace_store, step_types=LLM_STEP_TYPES)
+        self.shadow = ShadowEvaluator(shadow, callbacks=[self.llm_call_recorder]) if shadow.rate > 0 else None
         self.idempotency_store = idempotency_store or SQLiteIdempotencyStore(self.data_dir / "idempotency.db")
         self.classifier = IntentClassifier.load(router_path or customer_support_router_path())
         self.reranker = reranker or Reranker(support_reranker_folder())
@@ -328,6 +362,14 @@ class CustomerSupportParts:
     @cached_property
     def retriever(self) -> PolicyRetriever:
         return PolicyRetriever(load_policy_sections(), self.classifier.encoder)
+
+    def mode_of(self, node: str) -> Mode:
+        return self.modes.mode_of(node, default=DEFAULT_MODES[node])
+
+    def close(self) -> None:
+        """Finish the shadow comparisons under way (their teacher calls run in the background)."""
+        if self.shadow is not None:
+            self.shadow.close()
 
     @property
     def checkpoints_path(self) -> Path:
@@ -347,6 +389,8 @@ def build_customer_support_graph(
     router_path: str | os.PathLike[str] | None = None,
     reranker: Reranker | None = None,
     candidates: int = 6,
+    modes: NodeModes | None = None,
+    shadow: ShadowConfig | None = None,
 ) -> CompiledStateGraph:
     """The compiled customer-support graph.
 
@@ -362,11 +406,12 @@ def build_customer_support_graph(
         router_path: a saved :class:`~agentgraph.classifier.IntentClassifier` (default: the trained example one).
         reranker: the context pruner's cross-encoder (default: the one trained from the customer-support data).
         candidates: policy sections retrieved for the pruner to rerank.
+        modes: the mode of ``router`` and ``extract`` (default: ``AGENTGRAPH_MODES``, else :data:`DEFAULT_MODES`).
+        shadow: the share of small-model answers the LLM checks too (default: ``AGENTGRAPH_SHADOW_RATE``).
     """
     parts = CustomerSupportParts(
         data_dir=data_dir, slm=slm, llm=llm, extraction_llm=extraction_llm, decision_log=decision_log,
-        idempotency_store=idempotency_store,
-        router_path=router_path, reranker=reranker,
+        idempotency_store=idempotency_store, router_path=router_path, reranker=reranker, modes=modes, shadow=shadow,
     )  # fmt: skip
     return compose(parts, checkpointer=checkpointer, candidates=candidates)
 
@@ -379,10 +424,15 @@ def compose(
 
     log = parts.decision_log
     tools = {tool.name: tool for tool in parts.shop.tools()}
-    router = create_router(ClassifierStrategy(parts.classifier), routes=ROUTES, goto=False, decision_log=log)
+    router = create_router(
+        ClassifierStrategy(parts.classifier), routes=ROUTES, goto=False, decision_log=log,
+        mode=parts.mode_of("router"), shadow=parts.shadow,
+        teacher=LLMStrategy(parts.llm, CUSTOMER_SUPPORT_INTENTS) if parts.llm is not None else None,
+    )  # fmt: skip
     extract = create_schema_enforcer(
-        parts.slm, SupportTicket, llm=parts.extraction_llm, decision_log=log, output_key="ticket"
-    )
+        parts.slm, SupportTicket, llm=parts.extraction_llm, decision_log=log, output_key="ticket",
+        mode=parts.mode_of("extract"), shadow=parts.shadow,
+    )  # fmt: skip
     read_tools = ToolNode([tools[name] for name in READ_TOOLS])
     guarded_tools = create_guarded_tool_node(
         [tool for name, tool in tools.items() if name not in READ_TOOLS],

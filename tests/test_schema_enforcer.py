@@ -10,11 +10,11 @@ import logging
 from typing import Any
 
 import pytest
-from langchain_core.language_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import START, StateGraph
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
+from scripted_llm import scripted_llm, tool_call
 
 from agentgraph.decisions import DecisionState, SQLiteDecisionLog
 from agentgraph.errors import EmptyInputError
@@ -25,25 +25,8 @@ from agentgraph.support_schema import SupportTicket
 pytestmark = pytest.mark.slow
 
 
-class ToolCallingFakeChatModel(GenericFakeChatModel):
-    """Scripted replies; binding tools is accepted, so ``with_structured_output`` works on it."""
-
-    def bind_tools(self, tools, **kwargs):
-        return self
-
-
-def scripted_llm(*replies: AIMessage | Exception) -> ToolCallingFakeChatModel:
-    def script():
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
-            yield reply
-
-    return ToolCallingFakeChatModel(messages=script())
-
-
 def ticket_call(**args: Any) -> AIMessage:
-    return AIMessage("", tool_calls=[{"name": "SupportTicket", "args": args, "id": "call-1"}])
+    return tool_call("SupportTicket", **args)
 
 
 class Ticket(BaseModel):

@@ -15,6 +15,9 @@ a thread in a new process.
 
 ``--slm-url`` uses a vLLM server instead of the embedded model; the LLM for
 escalations comes from ``AGENTGRAPH_LLM_*`` (none: a human-handoff ticket);
+``--mode NODE=MODE`` (repeatable, over ``AGENTGRAPH_MODES``) runs ``router`` or
+``extract`` as ``teacher``, ``auto`` or ``student`` (see :mod:`agentgraph.modes`);
+``--shadow-rate`` sends that share of small-model answers to the LLM too;
 ``--trace`` (or LANGFUSE_PUBLIC_KEY/SECRET_KEY in the environment) sends a
 Langfuse trace per turn.
 """
@@ -46,6 +49,10 @@ def register(groups: argparse._SubParsersAction) -> None:
     run.add_argument("--data-dir", type=Path, help="store, logs and threads (default: ~/.cache/agentgraph/customer-support)")
     run.add_argument("--json", action="store_true", help="print each turn as one JSON object")
     run.add_argument("--trace", action="store_true", help="trace to Langfuse (needs LANGFUSE_* credentials)")
+    run.add_argument("--mode", action="append", default=[], metavar="NODE=MODE",
+                     help="run router or extract as teacher, auto or student (repeatable; env AGENTGRAPH_MODES)")
+    run.add_argument("--shadow-rate", type=float, metavar="RATE",
+                     help="share of small-model answers the LLM checks too (env AGENTGRAPH_SHADOW_RATE; default 0)")
     run.set_defaults(handler=_run)
 
 
@@ -81,9 +88,11 @@ class _Session:
 
     def __init__(self, args: argparse.Namespace) -> None:
         from agentgraph.checkpointing import sqlite_checkpointer
-        from agentgraph.graphs.customer_support import STATE_SCHEMAS, CustomerSupportParts, compose
+        from agentgraph.graphs.customer_support import DEFAULT_MODES, STATE_SCHEMAS, CustomerSupportParts, compose
         from agentgraph.graphs.shop import DEMO_CUSTOMER
         from agentgraph.llm import default_llm
+        from agentgraph.modes import NodeModes
+        from agentgraph.shadow import ShadowConfig
         from agentgraph.slm import SLMSettings, load_slm
         from agentgraph.tracing import DecisionTracingHandler, tracing_configured
 
@@ -92,12 +101,17 @@ class _Session:
         self.args = args
         self.thread_id = args.thread or uuid.uuid4().hex
         self.customer_id = args.customer or DEMO_CUSTOMER
+        # Settings first: a bad mode or rate is reported before any model loads.
+        modes = NodeModes.from_env().overridden_by(NodeModes.parse(args.mode)).check_nodes(DEFAULT_MODES)
+        shadow = ShadowConfig.checked(rate=args.shadow_rate) if args.shadow_rate is not None else None
         slm = load_slm(SLMSettings.from_env(url=args.slm_url, model=args.slm_model))
         llm = default_llm()
-        parts = CustomerSupportParts(data_dir=args.data_dir, slm=slm, llm=llm, extraction_llm=llm)
-        self.llm_call_recorder = parts.llm_call_recorder  # every LLM call into the trace store, for distillation
-        self._checkpointer = sqlite_checkpointer(parts.checkpoints_path, *STATE_SCHEMAS)
-        self.graph = compose(parts, checkpointer=self._checkpointer)
+        self.parts = CustomerSupportParts(
+            data_dir=args.data_dir, slm=slm, llm=llm, extraction_llm=llm, modes=modes, shadow=shadow
+        )
+        self.llm_call_recorder = self.parts.llm_call_recorder  # every LLM call into the trace store, for distillation
+        self._checkpointer = sqlite_checkpointer(self.parts.checkpoints_path, *STATE_SCHEMAS)
+        self.graph = compose(self.parts, checkpointer=self._checkpointer)
         self.tracer = DecisionTracingHandler() if args.trace or tracing_configured() else None
         # Approvals are asked on stdin (a terminal, or answers piped in); --json output never prompts.
         self.ask = not args.json
@@ -152,6 +166,7 @@ class _Session:
             print(f"\n{result.response}")
 
     def close(self) -> None:
+        self.parts.close()
         self._checkpointer.conn.close()
         if self.tracer is not None:
             from langfuse import get_client

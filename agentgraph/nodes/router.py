@@ -1,6 +1,6 @@
 """The router: send each request down one route, or escalate it when unsure or out of scope.
 
-Three strategies, alone or chained in one node (tried in order):
+Three small-model strategies, alone or chained in one node (tried in order):
 
 - :class:`RuleStrategy`: regular expressions or predicates mapped to labels;
   deterministic, confidence 1.0, abstains when nothing matches.
@@ -19,11 +19,22 @@ proposal at all, sends the request to the escalation route. Labels map to
 routes through ``routes`` (27 intents can share 4 paths); the label itself goes
 into the state as ``intent``.
 
+The teacher, :class:`LLMStrategy` (the frontier LLM choosing a label through
+``with_structured_output``), takes part by the node's mode
+(:mod:`agentgraph.modes`): in ``student`` mode (the default) it never routes;
+in ``auto`` mode it routes what the strategies leave below the gate (an
+out-of-scope verdict still escalates), and its recorded calls are the next
+training data; in ``teacher`` mode it routes alone. A teacher that fails, or is
+missing, escalates the request instead. With a
+:class:`~agentgraph.shadow.ShadowEvaluator`, a sample of the routes the
+strategies accepted is also put to the teacher in the background.
+
 The node emits ``Command(goto=route)``, or a plain update for a conditional
 edge with :func:`route_of`. Its :class:`~agentgraph.decisions.Decision` (input,
-route, confidence, strategy, latency, escalated, model) goes into the state and
-into ``decision_log``. :func:`create_escalation_node` is the node to escalate
-to: the LLM, or a :class:`~agentgraph.llm.HumanHandoff` when there is none.
+route, confidence, strategy, latency, escalated, model, and the mode in its
+metadata) goes into the state and into ``decision_log``.
+:func:`create_escalation_node` is the node to escalate to: the LLM, or a
+:class:`~agentgraph.llm.HumanHandoff` when there is none.
 
 Example:
     >>> from langgraph.graph import END, START, StateGraph
@@ -48,45 +59,61 @@ Example:
     >>> result = graph.invoke({"text": "What's the weather in Lisbon tomorrow?"})
     >>> result["route"], result["escalation_reason"], result["escalation"].kind
     ('escalate', 'out_of_scope', 'human_handoff')
+
+    Teacher mode with no LLM configured escalates every request, and says why:
+
+    >>> teacher_mode = create_router(ClassifierStrategy(IntentClassifier.load(customer_support_router_path())),
+    ...                              mode="teacher", teacher=None)
+    >>> update = teacher_mode({"text": "I want to cancel order 12345"}, {})
+    >>> update.goto, update.update["escalation_reason"], update.update["decisions"][0].metadata["mode"]
+    ('escalate', 'no_teacher', 'teacher')
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import cached_property
 from typing import Any, Literal, Protocol
 
 import numpy as np
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage
-from langchain_core.runnables import RunnableConfig
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.runnables import Runnable, RunnableConfig
 from langgraph.types import Command
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
 
 from agentgraph.calibration import AnyCalibrator, TemperatureScaling, selective_threshold
 from agentgraph.classifier import IntentClassifier
 from agentgraph.decisions import Decision, DecisionLog, DecisionState, log_decision, thread_id_of
+from agentgraph.distill.traces import STEP_TAG_PREFIX
 from agentgraph.errors import EmptyInputError
-from agentgraph.llm import HumanHandoff, escalate
+from agentgraph.llm import HumanHandoff, escalate, llm_name
+from agentgraph.modes import Mode
 from agentgraph.prompting import load_prompt
+from agentgraph.shadow import ShadowEvaluator
 from agentgraph.slm import SLM
 from agentgraph.text import require_text, truncate_to_tokens
+
+logger = logging.getLogger(__name__)
 
 ESCALATE = "escalate"
 OUT_OF_SCOPE = "__oos__"
 """The label of a request that should escalate, in evaluation data."""
 
-EscalationReason = Literal["out_of_scope", "below_gate", "no_proposal"]
+EscalationReason = Literal["out_of_scope", "below_gate", "no_proposal", "no_teacher", "teacher_failed"]
 
 
 class RouteProposal(BaseModel):
     """What one strategy proposes for one request."""
 
     label: str
-    confidence: float = Field(description="calibrated probability that the label is right")
+    confidence: float | None = Field(description="calibrated probability that the label is right; None: not measured")
     in_scope: bool = True
     strategy: str
     model: str | None = None
@@ -249,6 +276,90 @@ class SLMStrategy:
         return self
 
 
+def label_probability(reply: AIMessage, label: str) -> float | None:
+    """The probability of ``label`` in a JSON reply, from the token log-probs the provider returned (None without them).
+
+    Reads OpenAI's format (``response_metadata["logprobs"]["content"]``): the
+    tokens that spell the label inside its JSON string. A tool-call reply has
+    no content log-probs, so its confidence stays unknown.
+    """
+    tokens = ((reply.response_metadata or {}).get("logprobs") or {}).get("content") or []
+    text, spans = "", []
+    for token in tokens:
+        spans.append((len(text), len(text) + len(token["token"]), token["logprob"]))
+        text += token["token"]
+    quoted = json.dumps(label)
+    at = text.find(quoted)
+    if at < 0:
+        return None
+    start, end = at + 1, at + len(quoted) - 1
+    return math.exp(sum(logprob for first, last, logprob in spans if first < end and last > start))
+
+
+class LLMStrategy:
+    """The teacher: the frontier LLM picks one label (or out of scope) through ``with_structured_output``.
+
+    The reply's schema has one field, ``intent``, whose type is the label set
+    plus :data:`OUT_OF_SCOPE`, so the answer cannot leave it; the request is
+    the user message alone (prompt ``router_teacher`` is the system message),
+    so a traced call is a training example as it stands. Its calls carry the
+    step type ``route`` (tag ``step:route``) for the
+    :class:`~agentgraph.distill.traces.LLMCallRecorder`. Confidence is the
+    label's token probability when the provider returns log-probs (e.g.
+    ``ChatOpenAI(logprobs=True)`` with JSON-schema output), else None: it is
+    measured, never asked for, and the teacher is not gated.
+
+    Args:
+        llm: a chat model that supports ``with_structured_output``.
+        labels: ``{label: description}`` or the labels alone.
+    """
+
+    name = "llm"
+    max_input_tokens = None
+
+    def __init__(
+        self, llm: BaseChatModel, labels: Mapping[str, str | None] | Sequence[str], *, prompt_version: int | None = None
+    ) -> None:
+        self.llm = llm
+        self.labels = dict(labels) if isinstance(labels, Mapping) else dict.fromkeys(labels)
+        self.model = llm_name(llm)
+        self.prompt = load_prompt("router_teacher", prompt_version)
+        self.system = self.prompt.render(labels=self.labels, out_of_scope=OUT_OF_SCOPE)
+        self.choice = create_model(
+            "RouteChoice",
+            __doc__="The intent of the customer's request.",
+            intent=(Literal[(*self.labels, OUT_OF_SCOPE)], Field(description="one intent from the list")),
+        )
+
+    @cached_property
+    def structured(self) -> Runnable:
+        # Built on first use, so a router that never asks its teacher accepts any chat model.
+        return self.llm.with_structured_output(self.choice, include_raw=True).with_config(
+            tags=[f"{STEP_TAG_PREFIX}route"]
+        )
+
+    def count_tokens(self, text: str) -> int:
+        return 0
+
+    def propose(self, text: str, config: RunnableConfig | None = None) -> RouteProposal:
+        """The LLM's label for ``text``; raises when the call fails or its reply is not one of the labels."""
+        reply = self.structured.invoke([SystemMessage(self.system), HumanMessage(text)], config)
+        if reply["parsing_error"] is not None:
+            raise reply["parsing_error"]
+        if reply["parsed"] is None:
+            raise ValueError(f"the LLM did not answer with a {self.choice.__name__}: {reply['raw'].content!r}")
+        label = reply["parsed"].intent
+        return RouteProposal(
+            label=label,
+            confidence=label_probability(reply["raw"], label),
+            in_scope=label != OUT_OF_SCOPE,
+            strategy=self.name,
+            model=self.model,
+            threshold=0.0,
+            details={"prompt": self.prompt.id},
+        )
+
+
 class ConfidenceGate(BaseModel):
     """Minimum calibrated confidence to accept a proposal.
 
@@ -279,6 +390,7 @@ class RoutingDecision(BaseModel):
     model: str | None = None
     escalated: bool
     reason: EscalationReason | None = None
+    teacher_error: str | None = Field(default=None, description="why the teacher could not answer, when it failed")
     truncated: bool = False
     input_chars: int
     attempts: list[RouteProposal]
@@ -293,6 +405,10 @@ class Router:
         routes: ``{label: route}``; a label not in it routes to ``default_route``, or to itself when that is None.
         gate: the confidence gate (default: each strategy's fitted threshold).
         escalation_route: where out-of-scope and unsure requests go.
+        mode: ``student``: the strategies alone; ``auto``: the teacher routes what they leave below the
+            gate (out of scope still escalates); ``teacher``: the teacher alone (see :mod:`agentgraph.modes`).
+        teacher: the :class:`LLMStrategy` of ``auto`` and ``teacher``. Without one, or when it fails, the
+            request escalates (reason ``no_teacher`` in teacher mode, ``teacher_failed``), as in student mode.
     """
 
     def __init__(
@@ -303,6 +419,8 @@ class Router:
         default_route: str | None = None,
         gate: ConfidenceGate | None = None,
         escalation_route: str = ESCALATE,
+        mode: Mode = "student",
+        teacher: LLMStrategy | None = None,
     ) -> None:
         if not strategies:
             raise ValueError("a router needs at least one strategy")
@@ -311,6 +429,11 @@ class Router:
         self.default_route = default_route
         self.gate = gate or ConfidenceGate()
         self.escalation_route = escalation_route
+        self.mode = mode
+        self.teacher = teacher
+        if teacher is None and mode != "student":
+            escalates = "every request" if mode == "teacher" else "what its strategies leave below the gate"
+            logger.warning("a router in %s mode has no teacher: %s escalates", mode, escalates)
 
     def route_of_label(self, label: str) -> str:
         return self.routes.get(label, self.default_route or label)
@@ -320,9 +443,12 @@ class Router:
         return tuple(dict.fromkeys([*(self.route_of_label(label) for label in labels), self.escalation_route]))
 
     def fit_to_budgets(self, text: str) -> tuple[str, bool]:
-        """``text`` cut (at a word boundary, with a logged warning) so that every strategy can read all of it."""
+        """``text`` cut (at a word boundary, with a logged warning) so that every strategy can read all of it.
+
+        In teacher mode no strategy reads it, and the text stays whole.
+        """
         truncated = False
-        for strategy in self.strategies:
+        for strategy in self.strategies if self.mode != "teacher" else ():
             if strategy.max_input_tokens is not None:
                 text, cut = truncate_to_tokens(text, max_tokens=strategy.max_input_tokens, count_tokens=strategy.count_tokens)
                 truncated = truncated or cut
@@ -334,31 +460,58 @@ class Router:
         cleaned = require_text(text, what="request")
         routed, truncated = self.fit_to_budgets(cleaned)
         attempts: list[RouteProposal] = []
-        reason: EscalationReason = "no_proposal"
-        for strategy in self.strategies:
-            proposal = strategy.propose(routed)
-            if proposal is None:
-                continue
-            attempts.append(proposal)
-            if not proposal.in_scope:
-                # The label set itself does not fit the request: a later strategy would choose among the same labels.
-                reason = "out_of_scope"
-                break
-            route = self.route_of_label(proposal.label)
-            if proposal.confidence >= self.gate.threshold(proposal, route):
-                return RoutingDecision(
-                    text=routed, route=route, label=proposal.label, confidence=proposal.confidence,
-                    strategy=proposal.strategy, model=proposal.model, escalated=False, truncated=truncated,
-                    input_chars=len(cleaned), attempts=attempts, latency_ms=(time.perf_counter() - started) * 1000,
-                )
-            reason = "below_gate"
+        accepted, reason, teacher_error = None, "no_proposal", None
+        if self.mode != "teacher":
+            accepted, reason = self._student_verdict(routed, attempts)
+        # Out of scope means the label set does not fit the request: the teacher would choose among the same labels.
+        if accepted is None and (self.mode == "teacher" or (self.mode == "auto" and reason != "out_of_scope")):
+            accepted, reason, teacher_error = self._teacher_verdict(routed, attempts, reason)
+        if accepted is not None:
+            return RoutingDecision(
+                text=routed, route=self.route_of_label(accepted.label), label=accepted.label,
+                confidence=accepted.confidence, strategy=accepted.strategy, model=accepted.model, escalated=False,
+                truncated=truncated, input_chars=len(cleaned), attempts=attempts,
+                latency_ms=(time.perf_counter() - started) * 1000,
+            )
         last = attempts[-1] if attempts else None
         return RoutingDecision(
             text=routed, route=self.escalation_route, label=None, confidence=last.confidence if last else None,
             strategy=last.strategy if last else None, model=last.model if last else None, escalated=True,
-            reason=reason, truncated=truncated, input_chars=len(cleaned), attempts=attempts,
-            latency_ms=(time.perf_counter() - started) * 1000,
+            reason=reason, teacher_error=teacher_error, truncated=truncated, input_chars=len(cleaned),
+            attempts=attempts, latency_ms=(time.perf_counter() - started) * 1000,
         )
+
+    def _student_verdict(
+        self, text: str, attempts: list[RouteProposal]
+    ) -> tuple[RouteProposal | None, EscalationReason | None]:
+        """The first proposal of the strategies that passes the gate, or None and why none did."""
+        reason: EscalationReason = "no_proposal"
+        for strategy in self.strategies:
+            proposal = strategy.propose(text)
+            if proposal is None:
+                continue
+            attempts.append(proposal)
+            if not proposal.in_scope:
+                # A later strategy would choose among the same labels.
+                return None, "out_of_scope"
+            if proposal.confidence >= self.gate.threshold(proposal, self.route_of_label(proposal.label)):
+                return proposal, None
+            reason = "below_gate"
+        return None, reason
+
+    def _teacher_verdict(
+        self, text: str, attempts: list[RouteProposal], student_reason: EscalationReason
+    ) -> tuple[RouteProposal | None, EscalationReason | None, str | None]:
+        """The teacher's proposal (not gated: it is what the student learns from), or None, why, and its error."""
+        if self.teacher is None:
+            return None, "no_teacher" if self.mode == "teacher" else student_reason, None
+        try:
+            proposal = self.teacher.propose(text)
+        except Exception as exc:  # a provider error or an answer outside the labels alike: the request escalates
+            logger.warning("the router's teacher failed, escalating: %s", exc)
+            return None, "teacher_failed", f"{type(exc).__name__}: {exc}"
+        attempts.append(proposal)
+        return (proposal, None, None) if proposal.in_scope else (None, "out_of_scope", None)
 
 
 class RouterState(DecisionState, total=False):
@@ -399,6 +552,9 @@ def create_router(
     goto: bool = True,
     decision_log: DecisionLog | None = None,
     name: str = "router",
+    mode: Mode = "student",
+    teacher: LLMStrategy | None = None,
+    shadow: ShadowEvaluator | None = None,
 ) -> Callable[[dict[str, Any], RunnableConfig], Command | dict[str, Any]]:
     """A LangGraph node that routes ``state[input_key]`` (a string or messages) to one route.
 
@@ -411,15 +567,21 @@ def create_router(
         goto: return ``Command(goto=route)``; with False, a plain update to pair with :func:`route_of`.
         decision_log: where each :class:`~agentgraph.decisions.Decision` is also written.
         name: the node name in decision records.
+        mode: ``student`` (the strategies alone, below the gate escalates), ``auto`` (the teacher routes
+            what the strategies leave below the gate) or ``teacher`` (the teacher alone); see :class:`Router`.
+        teacher: the LLM strategy of ``auto`` and ``teacher``, and the teacher of ``shadow``.
+        shadow: compares a sample of the strategies' accepted routes with the teacher's, in the background
+            (decisions of kind ``shadow`` in ``decision_log``).
 
     Writes ``route``, ``intent`` (the label; None when escalated), ``route_confidence``,
-    ``escalation_reason`` and one record under ``decisions``. Empty input raises
-    :class:`~agentgraph.errors.EmptyInputError` after logging a ``rejected`` record.
+    ``escalation_reason`` and one record under ``decisions`` (its ``metadata["mode"]`` says the mode).
+    Empty input raises :class:`~agentgraph.errors.EmptyInputError` after logging a ``rejected`` record.
     """
     router = Router(
         [strategies] if hasattr(strategies, "propose") else list(strategies),
-        routes=routes, default_route=default_route, gate=gate, escalation_route=escalation_route,
-    )
+        routes=routes, default_route=default_route, gate=gate, escalation_route=escalation_route, mode=mode,
+        teacher=teacher,
+    )  # fmt: skip
 
     def route_request(state: dict[str, Any], config: RunnableConfig) -> Command | dict[str, Any]:
         raw = request_text(state.get(input_key))
@@ -428,8 +590,9 @@ def create_router(
         except EmptyInputError:
             log_decision(
                 decision_log,
-                Decision(node=name, kind="route", input=raw, outcome="rejected", thread_id=thread_id_of(config)),
-            )
+                Decision(node=name, kind="route", input=raw, outcome="rejected", thread_id=thread_id_of(config),
+                         metadata={"mode": mode}),
+            )  # fmt: skip
             raise
         decision = Decision(
             node=name,
@@ -444,12 +607,19 @@ def create_router(
             latency_ms=verdict.latency_ms,
             thread_id=thread_id_of(config),
             metadata={
+                "mode": mode,
                 "truncated": verdict.truncated,
                 "input_chars": verdict.input_chars,
                 "attempts": [attempt.model_dump() for attempt in verdict.attempts],
+                "teacher_error": verdict.teacher_error,
             },
         )
         log_decision(decision_log, decision)
+        if shadow is not None and teacher is not None and not verdict.escalated and verdict.strategy != teacher.name:
+            shadow.evaluate(
+                decision, verdict.label, lambda shadow_config: teacher.propose(verdict.text, shadow_config).label,
+                teacher_model=teacher.model, decision_log=decision_log,
+            )  # fmt: skip
         update = {
             "route": verdict.route,
             "intent": verdict.label,

@@ -15,6 +15,12 @@ instance:
 4. ``handoff``: a :class:`~agentgraph.llm.HumanHandoff` carrying the input and
    every failed attempt.
 
+The node's mode (:mod:`agentgraph.modes`) picks the rungs: ``auto`` (the
+default) climbs them all; ``teacher`` asks the LLM alone (rung 3, then 4), so
+every extraction is a recorded LLM call; ``student`` never asks the LLM (rungs
+1, 2 and 4). With a :class:`~agentgraph.shadow.ShadowEvaluator`, a sample of
+the SLM's valid instances is also put to the LLM in the background.
+
 The grammar guarantees well-formed JSON of the right shape; what it cannot
 express (a value that must occur in the input, a cross-field rule) is checked
 by the schema's own validators. Every candidate is validated with the
@@ -36,11 +42,15 @@ Example:
     ...     ticket: SupportTicket | None
     ...     handoff: object
     >>> builder = StateGraph(State)
-    >>> extract = create_schema_enforcer(TransformersSLM(), SupportTicket, output_key="ticket")
+    >>> slm = TransformersSLM()
+    >>> extract = create_schema_enforcer(slm, SupportTicket, output_key="ticket")
     >>> graph = builder.add_node("extract", extract).add_edge(START, "extract").compile()
     >>> result = graph.invoke({"text": "how can I cancel purchase 113542617735902?"})
     >>> result["ticket"].order_id, result["handoff"]
     ('113542617735902', None)
+    >>> teacher_mode = create_schema_enforcer(slm, SupportTicket, mode="teacher")  # and no LLM configured
+    >>> teacher_mode({"text": "cancel order 4587345"}, {})["handoff"].reason
+    'schema_enforcer: no valid SupportTicket after no attempt (no LLM is configured)'
 """
 
 from __future__ import annotations
@@ -58,9 +68,12 @@ from langchain_core.runnables import RunnableConfig
 from pydantic import BaseModel, Field, ValidationError, ValidationInfo
 
 from agentgraph.decisions import Decision, DecisionLog, log_decision, thread_id_of
+from agentgraph.distill.traces import STEP_TAG_PREFIX
 from agentgraph.errors import EmptyInputError, SLMError, StructuredOutputError
-from agentgraph.llm import HumanHandoff
+from agentgraph.llm import HumanHandoff, llm_name
+from agentgraph.modes import Mode
 from agentgraph.prompting import load_prompt
+from agentgraph.shadow import ShadowEvaluator
 from agentgraph.slm import SLM
 from agentgraph.slm.base import json_schema_instruction
 from agentgraph.text import clean_text, require_text, truncate_to_tokens
@@ -138,10 +151,6 @@ def _elapsed_ms(started: float) -> float:
     return (time.perf_counter() - started) * 1000
 
 
-def _llm_name(llm: BaseChatModel) -> str:
-    return getattr(llm, "model_name", None) or getattr(llm, "model", None) or type(llm).__name__
-
-
 def create_schema_enforcer(
     slm: SLM,
     schema: type[ModelT],
@@ -156,6 +165,8 @@ def create_schema_enforcer(
     max_tokens: int = 256,
     prompt_version: int | None = None,
     max_input_tokens: int | None = None,
+    mode: Mode = "auto",
+    shadow: ShadowEvaluator | None = None,
 ) -> Callable[[Mapping[str, Any], RunnableConfig], dict[str, Any]]:
     """A LangGraph node that turns ``state[input_key]`` into a valid ``schema`` instance.
 
@@ -174,12 +185,21 @@ def create_schema_enforcer(
         max_tokens: the most tokens one SLM answer may take.
         prompt_version: pin a version of the ``schema_enforcer`` prompt (default: the newest).
         max_input_tokens: cap text plus context below what the SLM's context leaves (bounds latency).
+        mode: ``auto``: the whole ladder; ``teacher``: the LLM alone (the SLM is not asked), then the
+            handoff; ``student``: the SLM and its repair, then the handoff (the LLM is never asked).
+            See :mod:`agentgraph.modes`; the decision's ``metadata["mode"]`` records it.
+        shadow: sends a sample of the SLM's valid instances to the LLM too, in the background
+            (decisions of kind ``shadow`` in ``decision_log``).
 
     Input longer than the SLM's context budget is cut (at a word boundary, with a
-    logged warning); empty input raises :class:`~agentgraph.errors.EmptyInputError`
-    after its decision is logged.
+    logged warning; not in teacher mode, where the SLM does not read it); empty input
+    raises :class:`~agentgraph.errors.EmptyInputError` after its decision is logged.
     """
-    structured_llm = llm.with_structured_output(schema, include_raw=True) if llm is not None else None
+    structured_llm = (
+        llm.with_structured_output(schema, include_raw=True).with_config(tags=[f"{STEP_TAG_PREFIX}extract"])
+        if llm is not None
+        else None
+    )
     prompt = load_prompt("schema_enforcer", prompt_version)
     instruction = json_schema_instruction(schema)
 
@@ -253,13 +273,17 @@ def create_schema_enforcer(
                 if not failing or set(failing) <= set(nulled):
                     return None, attempt
 
+    def llm_instance(message: str, validation_context: dict[str, str], config: RunnableConfig | None = None) -> ModelT:
+        """The LLM's valid instance for ``message``; raises when the call fails or its answer is not valid."""
+        reply = structured_llm.invoke([SystemMessage(instruction), HumanMessage(message)], config)
+        if reply["parsing_error"] is not None:
+            raise reply["parsing_error"]
+        return schema.model_validate(reply["parsed"].model_dump(), context=validation_context)
+
     def ask_llm(message: str, validation_context: dict[str, str]) -> tuple[ModelT | None, ExtractionAttempt]:
         started = time.perf_counter()
         try:
-            reply = structured_llm.invoke([SystemMessage(instruction), HumanMessage(message)])
-            if reply["parsing_error"] is not None:
-                raise reply["parsing_error"]
-            value = schema.model_validate(reply["parsed"].model_dump(), context=validation_context)
+            value = llm_instance(message, validation_context)
         except Exception as exc:  # a provider error or an invalid reply alike: the request goes to a person
             logger.warning("%s: the LLM fallback failed: %s", name, exc)
             return None, ExtractionAttempt(strategy="llm", error=describe_error(exc), latency_ms=_elapsed_ms(started))
@@ -274,24 +298,27 @@ def create_schema_enforcer(
                 return value, attempt
         return ask_slm("slm_repair", render(text, context, rejected.output, rejected.error), validation_context)
 
-    def extract(text: str, context: str) -> Extraction[ModelT]:
-        validation_context = {"source_text": f"{context}\n\n{text}" if context else text}
-        message = render(text, context)
-        value, attempt = ask_slm("slm", message, validation_context)
-        attempts = [attempt]
-        if value is None and attempt.output is not None:
-            value, attempt = repair(attempt, text, context, validation_context)
+    def extract(text: str, context: str, message: str, validation_context: dict[str, str]) -> Extraction[ModelT]:
+        value, attempts = None, []
+        if mode != "teacher":
+            value, attempt = ask_slm("slm", message, validation_context)
             attempts.append(attempt)
-        if value is None and structured_llm is not None:
+            if value is None and attempt.output is not None:
+                value, attempt = repair(attempt, text, context, validation_context)
+                attempts.append(attempt)
+        if value is None and mode != "student" and structured_llm is not None:
             value, attempt = ask_llm(message, validation_context)
             attempts.append(attempt)
         if value is not None:
             return Extraction[schema](value=value, handoff=None, attempts=attempts)
-        tried = ", ".join(a.strategy for a in attempts)
+        tried = ", ".join(a.strategy for a in attempts) or "no attempt"
+        if mode == "student":
+            tried += " (student mode: the LLM is not asked)"
+        elif structured_llm is None:
+            tried += " (no LLM is configured)"
         handoff = HumanHandoff(
             reason=f"{name}: no valid {schema.__name__} after {tried}"
-            + ("" if structured_llm is not None else " (no LLM is configured)")
-            + f"; last error: {attempts[-1].error}",
+            + (f"; last error: {attempts[-1].error}" if attempts else ""),
             request={"text": text, "context": context, "schema": schema.__name__},
         )
         return Extraction[schema](value=None, handoff=handoff, attempts=attempts)
@@ -306,15 +333,20 @@ def create_schema_enforcer(
                 decision_log,
                 Decision(
                     node=name, kind="extract", input=raw, outcome="rejected", thread_id=thread_id_of(config),
-                    latency_ms=_elapsed_ms(started), metadata={"schema": schema.__name__, "error": str(exc)},
+                    latency_ms=_elapsed_ms(started),
+                    metadata={"mode": mode, "schema": schema.__name__, "error": str(exc)},
                 )
             )  # fmt: skip
             raise
         context = clean_text(state.get(context_key) or "") if context_key else ""
-        text, context, truncated = fit_to_budget(text, context)
-        extraction = extract(text, context)
+        if mode == "teacher":
+            truncated = {"text": False, "context": False}
+        else:
+            text, context, truncated = fit_to_budget(text, context)
+        validation_context = {"source_text": f"{context}\n\n{text}" if context else text}
+        message = render(text, context)
+        extraction = extract(text, context, message, validation_context)
         strategy = extraction.strategy
-        final = extraction.attempts[-1]
         decision = log_decision(
             decision_log,
             Decision(
@@ -322,14 +354,15 @@ def create_schema_enforcer(
                 kind="extract",
                 input={"text": text, "context": context or None},
                 output=(extraction.handoff if extraction.value is None else extraction.value).model_dump(mode="json"),
-                confidence=final.confidence if extraction.value is not None else None,
+                confidence=extraction.attempts[-1].confidence if extraction.value is not None else None,
                 strategy=strategy,
                 escalated=strategy in ("llm", "handoff"),
                 outcome={"slm": "ok", "slm_repair": "repaired", "llm": "escalated", "handoff": "handoff"}[strategy],
-                model=_llm_name(llm) if strategy == "llm" else slm.model_name,
+                model=llm_name(llm) if strategy == "llm" else slm.model_name,
                 latency_ms=_elapsed_ms(started),
                 thread_id=thread_id_of(config),
                 metadata={
+                    "mode": mode,
                     "schema": schema.__name__,
                     "prompt": prompt.id,
                     "truncated": truncated,
@@ -338,6 +371,12 @@ def create_schema_enforcer(
                 },
             )
         )
+        if shadow is not None and structured_llm is not None and strategy in ("slm", "slm_repair"):
+            shadow.evaluate(
+                decision, decision.output,
+                lambda shadow_config: llm_instance(message, validation_context, shadow_config).model_dump(mode="json"),
+                teacher_model=llm_name(llm), decision_log=decision_log,
+            )  # fmt: skip
         return {output_key: extraction.value, handoff_key: extraction.handoff, "decisions": [decision]}
 
     schema_enforcer.__name__ = name

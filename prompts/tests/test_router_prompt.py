@@ -37,3 +37,16 @@ def test_labels_with_their_decision_boundaries_follow_the_quoted_request():
 def test_a_missing_request_is_an_error_not_an_empty_quote():
     with pytest.raises(jinja2.UndefinedError):
         render_prompt("router")
+
+
+def test_the_teacher_prompt_lists_every_label_then_out_of_scope_and_holds_no_request():
+    text = render_prompt("router_teacher", labels={"track_order": "ask where an order is", "review": None},
+                         out_of_scope="__oos__")  # fmt: skip
+
+    assert load_prompt("router_teacher").id == "router_teacher.v1"
+    assert text.splitlines()[-3:] == [
+        "- track_order: ask where an order is",
+        "- review",
+        "- __oos__: none of the above; the request is not about anything these intents cover.",
+    ]
+    assert "data, not instructions" in text and "{{" not in text
