@@ -14,7 +14,10 @@ from collections.abc import Sequence
 
 from agentgraph.errors import AgentGraphError
 
-COMMAND_MODULES = ("agentgraph.commands.run", "agentgraph.commands.slm", "agentgraph.commands.eval", "agentgraph.commands.distill")
+COMMAND_MODULES = (
+    "agentgraph.commands.run", "agentgraph.commands.slm", "agentgraph.commands.eval", "agentgraph.commands.distill",
+    "agentgraph.commands.report",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,6 +19,15 @@ checkpoints, and writes a model folder with its manifest.
 evaluates it with the real router on the held-out test split against the base
 model and, with ``--promote``, records the decision in its manifest, exiting
 with status 2 when agreement is below the threshold (:mod:`agentgraph.distill.gate`).
+
+``agentgraph distill drift --traces STORE --data DIR [--window N] [--hours H] [--json]``
+compares the router's last N route decisions in a trace store with the dataset
+it was trained on (:mod:`agentgraph.distill.drift`: out-of-scope rate,
+confidence PSI, embedding distance), records the check in the store and prints
+the metrics and a ``RETRAIN`` line when a threshold is crossed, exiting with
+status 3 then (0 otherwise; 2 on an error). The reference is built on first use
+(the held-out split routed by ``--classifier``, the example graph's router by
+default) and kept in the user cache by the dataset's sha256.
 """
 
 from __future__ import annotations
@@ -33,6 +42,8 @@ from agentgraph.errors import AgentGraphError
 
 ROLES = ("route", "extract")
 """As :data:`agentgraph.distill.dataset.ROLES`, named here so that building the parser imports no numpy."""
+HELD_OUT_SPLITS = ("dev", "test")
+"""As :data:`agentgraph.distill.drift.HeldOutSplit`, for the same reason."""
 
 
 def register(groups: argparse._SubParsersAction) -> None:
@@ -96,6 +107,20 @@ def register(groups: argparse._SubParsersAction) -> None:
     gate.add_argument("--promote", action="store_true", help="record the decision in the manifest; exit 2 when refused")
     gate.add_argument("--json", action="store_true", help="print the report as JSON")
     gate.set_defaults(handler=_gate)
+
+    drift = commands.add_parser("drift", help="compare recent routing with the training set; exit 3 when a retrain is due")
+    drift.add_argument("--traces", type=Path, required=True, help="the trace store (SQLite) the router logs its decisions to")
+    drift.add_argument("--data", type=Path, required=True, help="the router's dataset (`agentgraph distill dataset --role route`)")
+    drift.add_argument("--node", default="router", help="the router node's name in the decisions (default router)")
+    drift.add_argument("--window", type=int, default=200, help="the last N route decisions (default 200)")
+    drift.add_argument("--hours", type=float, help="only decisions of the last H hours")
+    drift.add_argument("--split", choices=HELD_OUT_SPLITS, default="test",
+                       help="the reference's held-out split: one the router never trained or calibrated on (default test)")  # fmt: skip
+    drift.add_argument("--classifier", type=Path, help="the classifier folder that routes the held-out split for the baseline "
+                       "(default: the example graph's, built on first use)")  # fmt: skip
+    drift.add_argument("--rebuild-reference", action="store_true", help="rebuild the cached reference (the router changed)")
+    drift.add_argument("--json", action="store_true", help="print the report as JSON")
+    drift.set_defaults(handler=_drift)
 
 
 def _dataset(args: argparse.Namespace) -> int:
@@ -282,4 +307,74 @@ def extraction_gate_lines(report: Any) -> list[str]:
             f"{100 * e.intent_accuracy:.2f}%, latency p50 {e.latency_ms_p50:.0f} ms p95 {e.latency_ms_p95:.0f} ms ({e.rows} rows)"
         )
     lines.append(f"decision    {report.decision}: {report.reason}")
+    return lines
+
+
+RETRAIN_EXIT_STATUS = 3
+"""``agentgraph distill drift`` exits with it when a retrain is signalled (2 is an error, as for every command)."""
+
+
+def _drift(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime, timedelta
+
+    from agentgraph.distill.drift import build_dataset_reference, cached_reference, default_encoder, monitor_drift
+    from agentgraph.distill.traces import SQLiteTraceStore
+    from agentgraph.distill.train import load_route_dataset
+
+    if not args.traces.is_file():
+        raise AgentGraphError(f"no trace store at {args.traces}; give the store the router logs its decisions to")
+    dataset = load_route_dataset(args.data)
+    encoder = default_encoder()
+    reference = None if args.rebuild_reference else cached_reference(dataset.sha256, args.split)
+    if reference is None:
+        from agentgraph.classifier import IntentClassifier, customer_support_router_path
+        from agentgraph.nodes.router import ClassifierStrategy, Router
+
+        classifier = IntentClassifier.load(args.classifier or customer_support_router_path(), encoder=encoder)
+        router = Router([ClassifierStrategy(classifier)])
+        reference = build_dataset_reference(dataset, split=args.split, router=router, encoder=encoder)
+    since = datetime.now(UTC) - timedelta(hours=args.hours) if args.hours else None
+    store = SQLiteTraceStore(args.traces)
+    try:
+        report = monitor_drift(store, reference, node=args.node, window=args.window, since=since, encoder=encoder)
+    finally:
+        store.close()
+    if args.json:
+        print(report.model_dump_json(indent=2))
+    else:
+        print("\n".join(drift_lines(report, reference.info)))
+    return RETRAIN_EXIT_STATUS if report.retrain else 0
+
+
+def drift_lines(report: Any, reference: Any) -> list[str]:
+    """The drift report as the command prints it: the window, one line per signal, then the verdict."""
+    m, t = report.metrics, report.thresholds
+    psi = "-" if m.confidence_psi is None else f"{m.confidence_psi:.3f}"
+    mean = "-" if m.confidence_mean is None else f"{m.confidence_mean:.3f}"
+    lines = [
+        (
+            f"window      {report.window} route decisions of {report.node}, "
+            f"{report.since:%Y-%m-%d %H:%M} to {report.until:%Y-%m-%d %H:%M} UTC"
+        ),
+        (
+            f"reference   dataset sha256 {(reference.dataset_sha256 or '-')[:16]}: {reference.train_inputs} train inputs, "
+            f"baseline from {reference.baseline_source}"
+        ),
+        (
+            f"scope       {100 * m.out_of_scope_rate:.1f}% out of scope (baseline {100 * m.baseline_out_of_scope_rate:.1f}%; "
+            f"retrain above +{100 * t.out_of_scope_rate_increase:.0f} points)"
+        ),
+        f"confidence  PSI {psi} (retrain above {t.confidence_psi:g}); mean {mean} (baseline {m.baseline_confidence_mean:.3f})",
+        (
+            f"embeddings  distance ratio {m.embedding_distance_ratio:.2f} (retrain above {t.embedding_distance_ratio:g}); "
+            f"novel inputs {100 * m.novel_input_share:.1f}% (retrain above {100 * t.novel_input_share:.0f}%)"
+        ),
+    ]
+    if report.retrain:
+        crossed = ", ".join(report.crossed)
+        lines.append(f"RETRAIN     {crossed} crossed: rebuild the dataset from recent traces and retrain the router")
+    elif not report.enough_data:
+        lines.append(f"ok          too few decisions to judge ({report.window} < {t.min_decisions}); no signal")
+    else:
+        lines.append("ok          no threshold crossed")
     return lines
