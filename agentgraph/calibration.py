@@ -154,6 +154,19 @@ def expected_calibration_error(confidences: np.ndarray, correct: np.ndarray, *, 
     return float(error)
 
 
+def selective_accuracy_at_coverage(confidences: np.ndarray, correct: np.ndarray, coverage: float) -> float:
+    """Accuracy over the ``coverage`` share of items with the highest confidence (a point of the risk-coverage curve).
+
+    This ranks held-out items by their own confidences: it says how good the
+    confidence ordering is, whatever gate a dev set would fit.
+    """
+    confidences = np.asarray(confidences, dtype=np.float64)
+    correct = np.asarray(correct, dtype=bool)
+    kept = max(1, int(np.ceil(coverage * len(confidences) - 1e-9)))
+    order = np.argsort(-confidences, kind="stable")
+    return float(correct[order[:kept]].mean())
+
+
 def selective_threshold(
     confidences: np.ndarray, correct: np.ndarray, *, target_accuracy: float, max_rejection: float
 ) -> float:

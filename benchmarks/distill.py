@@ -1,6 +1,6 @@
 """Distillation benchmark: customer-support dataset -> fine-tuned SmolLM2-135M router -> gate against the base model.
 
-Run: ``python benchmarks/distill.py [--work DIR] [--epochs 2] [--max-minutes 20] [--eval-every 25] [--json]``
+Run: ``python benchmarks/distill.py [--work DIR] [--epochs 2] [--max-minutes 20] [--eval-every 25] [--limit N] [--json]``
 
 1. Dataset: ``agentgraph distill dataset --role route --customer-support``
    (its test split is the fixed test split of the Bitext data, 2,029 rows);
@@ -13,7 +13,8 @@ Run: ``python benchmarks/distill.py [--work DIR] [--epochs 2] [--max-minutes 20]
    artifact through :class:`~agentgraph.slm.TransformersSLM`), calibrator and
    gate fitted on dev, on the whole test split: accuracy, coverage at the
    gate, selective accuracy, latency; the base model with the standard router
-   prompt on the first ``--base-rows`` test rows (it is about three times slower).
+   prompt on ``--base-rows`` test rows (it is about three times slower). Row
+   limits take rows round-robin over intents (the splits are grouped by intent).
 
 Targets (issue 6): >= 98% test accuracy and >= 99.5% selective accuracy at
 >= 90% coverage, within 20 minutes of CPU training.
@@ -46,13 +47,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "agentgraph-distill-bench")
     parser.add_argument("--epochs", type=float, default=2.0)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--labels", choices=("codes", "names", "descriptions"), default="names")
+    parser.add_argument("--labels", choices=("codes", "names", "descriptions", "learnt"), default="learnt")
     parser.add_argument("--max-minutes", type=float, default=20.0, help="training time limit")
     parser.add_argument("--eval-every", type=int, default=25, help="steps between learning-curve points")
     parser.add_argument("--eval-examples", type=int, default=108, help="dev requests per learning-curve point")
-    parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--dev-limit", type=int, help="dev rows to fit calibration and gate on (default: all)")
     parser.add_argument("--limit", type=int, help="test rows for the distilled model (default: all 2,029)")

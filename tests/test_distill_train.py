@@ -38,6 +38,7 @@ from agentgraph.distill.train import (
     RoutePromptEncoder,
     batch_loss,
     common_prefix,
+    lists_labels,
     load_route_dataset,
     prompt_labels,
     read_manifest,
@@ -104,15 +105,22 @@ def _tiny_settings(**overrides) -> DistillSettings:
     return DistillSettings(**(values | overrides))
 
 
-def test_training_prompt_is_the_one_the_router_scores(tiny_model, small_data):
+@pytest.mark.parametrize("style", ["codes", "learnt"])
+def test_training_prompt_is_the_one_the_router_scores(tiny_model, small_data, style):
     """The encoder's prompt and target ids are what SLM.choose sends the model for SLMStrategy."""
     from transformers import AutoTokenizer
 
     from agentgraph.slm import TransformersSLM
 
-    shown, intents = prompt_labels(list(INTENTS), "codes")
-    assert intents == {"A": "cancel_order", "B": "get_refund", "C": "track_order"}
-    encoder = RoutePromptEncoder(AutoTokenizer.from_pretrained(tiny_model), shown, max_input_tokens=64)
+    shown, intents = prompt_labels(list(INTENTS), style)
+    target = "A" if style == "codes" else "cancel_order"
+    assert intents[target] == "cancel_order" and len(intents) == 3
+    list_labels = lists_labels(style)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    encoder = RoutePromptEncoder(tokenizer, shown, max_input_tokens=64, list_labels=list_labels)
+    listed = tokenizer.decode(encoder.prompt_ids("where is my parcel?"))
+    # A learnt label set is scored but never listed: the prompt names no label.
+    assert ("get_refund" in listed or "- B" in listed) == list_labels
     slm = TransformersSLM(tiny_model)
     seen = {}
     original = slm._score_continuations
@@ -124,12 +132,12 @@ def test_training_prompt_is_the_one_the_router_scores(tiny_model, small_data):
     slm._score_continuations = spy
     # A control character the router strips, and a request longer than the 64-token budget it cuts to.
     text = "I want to cancel order 12345\x00 right now " + "because it is late " * 20
-    verdict = Router([SLMStrategy(slm, shown, max_input_tokens=64)]).decide(text)
+    verdict = Router([SLMStrategy(slm, shown, max_input_tokens=64, list_labels=list_labels)]).decide(text)
     assert verdict.truncated
-    encoded = encoder.encode(text, "A")
+    encoded = encoder.encode(text, target)
     assert encoded.prompt == seen["prefix"]
-    assert encoded.target == seen["continuations"]["A"]
-    assert slm.tokenizer.convert_ids_to_tokens(encoded.target) == ["A", "<|im_end|>", "\n".replace("\n", "Ċ")]
+    assert encoded.target == seen["continuations"][target]
+    assert tokenizer.decode(encoded.target) == f"{target}<|im_end|>\n"
 
 
 def test_loss_is_on_label_tokens_only_and_sharing_the_prefix_changes_nothing(tiny_model):
@@ -192,6 +200,53 @@ def test_training_writes_a_router_model_folder_with_its_manifest(tiny_model, sma
 
     with pytest.raises(DistillError, match="--overwrite"):
         train_router_slm(small_data, output_dir=out, base=tiny_model, settings=_tiny_settings())
+
+
+@pytest.fixture(scope="module")
+def learnt_router(tiny_model, small_data, tmp_path_factory) -> Path:
+    """A tiny router trained with the learnt label set (scored, never listed)."""
+    out = tmp_path_factory.mktemp("learnt") / "model"
+    train_router_slm(small_data, output_dir=out, base=tiny_model, settings=_tiny_settings(label_style="learnt", eval_examples=0))
+    return out
+
+
+def test_a_learnt_label_set_routes_without_a_label_list(learnt_router):
+    manifest = read_manifest(learnt_router)
+    assert manifest["router"]["list_labels"] is False
+    assert manifest["labels"]["intents"] == {intent: intent for intent in INTENTS}
+    strategy = load_router_strategy(learnt_router)
+    assert strategy.list_labels is False
+    assert strategy.propose("where is my order 123?").label in INTENTS
+
+
+def test_backend_agreement_reports_same_answers_accuracy_and_the_risk_coverage_curve(learnt_router, small_data, tmp_path):
+    from agentgraph.distill.agreement import backend_agreement
+    from agentgraph.slm import TransformersSLM
+
+    report = backend_agreement(learnt_router, TransformersSLM(learnt_router), TransformersSLM(learnt_router),
+                               data_dir=small_data, limit=6, names=("first", "second"))  # fmt: skip
+    assert report.rows == 6 and report.same_answer == 1.0 and report.probability_gap_max == 0.0
+    assert report.accuracy["first"] == report.accuracy["second"]
+    assert set(report.selective_accuracy_at_coverage["first"]) == {"0.80", "0.90", "0.95"}
+    with pytest.raises(DistillError, match="no distilled-model manifest"):
+        backend_agreement(tmp_path, TransformersSLM(learnt_router), TransformersSLM(learnt_router))
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_a_distilled_router_served_by_vllm_answers_as_the_embedded_backend(learnt_router, small_data, vllm_python, tmp_path):
+    """The artifact is a plain model folder: vLLM serves it and routes the held-out requests as TransformersSLM does."""
+    from agentgraph.distill.agreement import backend_agreement
+    from agentgraph.slm import TransformersSLM, VLLMSLM
+    from agentgraph.slm.server import ServeSettings, VLLMServer
+
+    settings = ServeSettings(model=str(learnt_router), port=0, python=vllm_python)
+    with VLLMServer(settings, log_path=tmp_path / "server.log") as server:
+        served = VLLMSLM(server.base_url)
+        report = backend_agreement(learnt_router, TransformersSLM(learnt_router), served, data_dir=small_data, limit=None)
+    assert report.rows == 12 and report.role == "route"
+    assert report.same_answer == 1.0, report.disagreements
+    assert report.probability_gap_max < 0.02
 
 
 def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_weights(tiny_model, small_data, tmp_path):

@@ -197,6 +197,29 @@ def test_auto_mode_sends_below_gate_requests_to_the_teacher_and_records_the_call
     assert stored.id == decision.id
 
 
+def test_what_the_teacher_routes_in_auto_mode_becomes_route_training_data_once_accepted(strategy, store):
+    """The loop closes: below-gate requests go to the teacher, its accepted answers are the next dataset's examples."""
+    from agentgraph.distill.dataset import trace_examples
+
+    requests = {"I want to cancel order 12345": "cancel_order", "I need to track my order 777": "track_order",
+                "how do I get a refund for my purchase": "get_refund"}  # fmt: skip
+    llm = scripted_llm(*(intent_call(intent) for intent in requests.values()))
+    node = create_router(strategy, **ROUTING, gate=NEVER, mode="auto",
+                         teacher=LLMStrategy(llm, CUSTOMER_SUPPORT_INTENTS), decision_log=store)  # fmt: skip
+    graph = routing_graph(node)
+    for number, text in enumerate(requests):
+        assert route(graph, text, store, thread_id=f"loop-{number}")["decisions"][0].strategy == "llm"
+
+    assert trace_examples(store, role="route").examples == []  # no outcome yet: not training data
+    store.mark_thread("loop-0", accepted=True)
+    store.mark_thread("loop-1", accepted=True)
+    store.mark_thread("loop-2", accepted=False)
+    source = trace_examples(store, role="route")
+    assert {(e.input, e.target) for e in source.examples} == {
+        ("I want to cancel order 12345", "cancel_order"), ("I need to track my order 777", "track_order")}
+    assert source.counts["rejected"] == 1
+
+
 def test_auto_mode_keeps_what_passes_the_gate_and_escalates_out_of_scope_without_the_teacher(strategy, store):
     llm = scripted_llm(intent_call("cancel_order"))
     node = create_router(strategy, **ROUTING, mode="auto", teacher=LLMStrategy(llm, CUSTOMER_SUPPORT_INTENTS))

@@ -20,6 +20,11 @@ evaluates it with the real router on the held-out test split against the base
 model and, with ``--promote``, records the decision in its manifest, exiting
 with status 2 when agreement is below the threshold (:mod:`agentgraph.distill.gate`).
 
+``agentgraph distill agree --model MODEL --slm-url URL [--limit 200] [--json]``
+puts held-out requests to the model in-process and to a vLLM server serving
+the same folder (``agentgraph slm serve --model MODEL``) and prints how often
+they answer the same (:mod:`agentgraph.distill.agreement`).
+
 ``agentgraph distill drift --traces STORE --data DIR [--window N] [--hours H] [--json]``
 compares the router's last N route decisions in a trace store with the dataset
 it was trained on (:mod:`agentgraph.distill.drift`: out-of-scope rate,
@@ -79,16 +84,19 @@ def register(groups: argparse._SubParsersAction) -> None:
     train.add_argument("--out", type=Path, required=True, help="the model folder to write (weights, tokenizer, manifest.json)")
     train.add_argument("--base", help="a local model folder to start from (default: the packaged SmolLM2-135M-Instruct)")
     train.add_argument("--epochs", type=float, help="passes over the train split (default 2)")
-    train.add_argument("--batch-size", type=int, help="examples per step (default 8)")
+    train.add_argument("--batch-size", type=int, help="examples per step (default 16)")
     train.add_argument("--lr", dest="learning_rate", type=float, help="peak learning rate (default 1e-4)")
-    train.add_argument("--labels", dest="label_style", choices=("codes", "names", "descriptions"),
-                       help="the label set the model is shown (default names; codes: one-token codes, a shorter prompt that needs more steps)")  # fmt: skip
+    train.add_argument("--labels", dest="label_style", choices=("codes", "names", "descriptions", "learnt"),
+                       help="the label set the model is shown (default learnt: the names, not listed in the prompt, the shortest "
+                            "prompt; names: listed; codes: one-token codes; descriptions: names with their boundaries)")  # fmt: skip
     train.add_argument("--max-minutes", type=float, help="stop training after this much time and write the model")
     train.add_argument("--checkpoint-every", type=int, help="steps between resumable checkpoints (default 50)")
     train.add_argument("--eval-every", type=int, help="steps between learning-curve points on dev (default: start and end)")
+    train.add_argument("--eval-examples", type=int, help="dev examples per learning-curve point (default 108; 0: none)")
     train.add_argument("--seed", type=int, help="training seed (default 0)")
     train.add_argument("--threads", dest="num_threads", type=int, help="torch threads (default: torch's)")
-    train.add_argument("--bf16", action="store_true", default=None, help="bf16 autocast for the forward pass")
+    train.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                       help="bf16 autocast for the forward pass (default on; weights and optimiser stay float32)")  # fmt: skip
     train.add_argument("--resume", action="store_true", help="continue the unfinished run in --out from its last checkpoint")
     train.add_argument("--overwrite", action="store_true", help="delete what --out holds and start over")
     train.add_argument("--json", action="store_true", help="print the manifest as JSON")
@@ -98,15 +106,24 @@ def register(groups: argparse._SubParsersAction) -> None:
     gate.add_argument("--model", type=Path, required=True, help="a model folder written by `agentgraph distill train`")
     gate.add_argument("--data", type=Path, help="the dataset folder (default: the one the model was trained on)")
     gate.add_argument("--threshold", type=float, default=0.92, help="agreement needed to promote (default 0.92)")
-    gate.add_argument("--limit", type=int, help="the first N test rows (default: all)")
+    gate.add_argument("--limit", type=int, help="N test rows, round-robin over classes (default: all)")
     gate.add_argument("--dev-limit", type=int, help="dev rows to fit calibration and gate on (default: all)")
-    gate.add_argument("--base-limit", type=int, help="test rows for the base model (default: as --limit)")
+    gate.add_argument("--base-limit", type=int, help="dev and test rows for the base model (default: as --dev-limit and --limit)")
     gate.add_argument("--no-base", action="store_true", help="skip the base model")
     gate.add_argument("--target-accuracy", type=float, default=0.995, help="selective accuracy the gate aims for on dev")
     gate.add_argument("--max-rejection", type=float, default=0.1, help="most of dev the gate may reject (default 0.1)")
     gate.add_argument("--promote", action="store_true", help="record the decision in the manifest; exit 2 when refused")
     gate.add_argument("--json", action="store_true", help="print the report as JSON")
     gate.set_defaults(handler=_gate)
+
+    agree = commands.add_parser("agree", help="check that a vLLM server serving a distilled model answers as the embedded backend")
+    agree.add_argument("--model", type=Path, required=True, help="a model folder written by `agentgraph distill train`")
+    agree.add_argument("--slm-url", required=True, help="the vLLM server serving it (`agentgraph slm serve --model MODEL`)")
+    agree.add_argument("--served-model", help="the model name on the server (default: the only one it serves)")
+    agree.add_argument("--data", type=Path, help="the dataset folder (default: the one the model was trained on)")
+    agree.add_argument("--limit", type=int, default=200, help="test rows, round-robin over classes (default 200; 0: all)")
+    agree.add_argument("--json", action="store_true", help="print the report as JSON")
+    agree.set_defaults(handler=_agree)
 
     drift = commands.add_parser("drift", help="compare recent routing with the training set; exit 3 when a retrain is due")
     drift.add_argument("--traces", type=Path, required=True, help="the trace store (SQLite) the router logs its decisions to")
@@ -214,7 +231,8 @@ def _train(args: argparse.Namespace) -> int:
     options = {
         "epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.learning_rate,
         "label_style": args.label_style, "max_minutes": args.max_minutes, "checkpoint_every": args.checkpoint_every,
-        "eval_every": args.eval_every, "seed": args.seed, "num_threads": args.num_threads, "bf16": args.bf16,
+        "eval_every": args.eval_every, "eval_examples": args.eval_examples, "seed": args.seed,
+        "num_threads": args.num_threads, "bf16": args.bf16,
     }  # fmt: skip
     try:
         settings = DistillSettings(**{k: v for k, v in options.items() if v is not None})
@@ -272,6 +290,28 @@ def _gate(args: argparse.Namespace) -> int:
     if args.promote:
         promote(args.model, report)  # raises PromotionRefusedError (exit 2) when refused
         print(f"promoted    {args.model}")
+    return 0
+
+
+def _agree(args: argparse.Namespace) -> int:
+    from agentgraph.distill.agreement import backend_agreement
+    from agentgraph.slm import TransformersSLM, VLLMSLM
+
+    report = backend_agreement(args.model, TransformersSLM(args.model), VLLMSLM(args.slm_url, args.served_model),
+                               data_dir=args.data, limit=args.limit or None)  # fmt: skip
+    if args.json:
+        print(report.model_dump_json(indent=2))
+        return 0
+    print(f"rows        {report.rows} held-out {report.role} requests")
+    print(f"agreement   {100 * report.same_answer:.2f}% same answers (embedded vs vLLM)")
+    if report.probability_gap_max is not None:
+        print(f"confidence  |p_embedded - p_vllm| of the label: mean {report.probability_gap_mean:.4f}, max {report.probability_gap_max:.4f}")
+    for name, accuracy in report.accuracy.items():
+        curve = ", ".join(f"{100 * acc:.2f}% at {100 * float(c):.0f}%" for c, acc in report.selective_accuracy_at_coverage[name].items())
+        print(f"{name:<11} accuracy {100 * accuracy:.2f}% against the labels; most confident: {curve}")
+    print("latency     p50 " + ", ".join(f"{name} {ms:.0f} ms" for name, ms in report.latency_ms_p50.items()))
+    for row in report.disagreements:
+        print(f"differs     {row}")
     return 0
 
 

@@ -48,6 +48,7 @@ from agentgraph.distill.train import (
     _TokenizerSLM,
     fine_tune,
     read_manifest,
+    stratified_rows,
 )
 from agentgraph.slm.base import json_schema_instruction, to_messages
 
@@ -75,6 +76,13 @@ def compact_json(schema: type[BaseModel], target: Any) -> str:
 
 def entity_fields(schema: type[BaseModel], label_field: str = "intent") -> list[str]:
     return [name for name in schema.model_fields if name != label_field]
+
+
+def extraction_stratum(row: tuple[str, Any]) -> str:
+    """What a sample of extraction rows is stratified on: the intent and which entity fields are set."""
+    _, target = row
+    present = sorted(name for name, value in target.items() if name != "intent" and value is not None)
+    return f"{target.get('intent')}|{','.join(present)}"
 
 
 class ExtractPromptEncoder:
@@ -160,7 +168,6 @@ def train_extractor_slm(
     from transformers import AutoTokenizer
 
     from agentgraph.distill.dataset import SupportExtraction
-    from agentgraph.distill.train import stratified_rows
     from agentgraph.slm.models import prepare_model_folder
 
     schema = schema or SupportExtraction
@@ -174,9 +181,8 @@ def train_extractor_slm(
         train = [encoder.encode(text, target) for text, target in splits["train"]]
     except ValueError as exc:
         raise DistillError(f"a train target does not fit {schema_path(schema)}: {exc}") from exc
-    labelled = [(text, str(target.get("intent"))) for text, target in splits["dev"]]
-    chosen = {text for text, _ in stratified_rows(labelled, settings.eval_examples)}
-    eval_rows = [encoder.encode(text, target) for text, target in splits["dev"] if text in chosen]
+    chosen = stratified_rows(splits["dev"], settings.eval_examples, label=extraction_stratum)
+    eval_rows = [encoder.encode(text, target) for text, target in chosen]
     job = TrainingJob(
         role="extract", dataset_folder=Path(dataset_dir), dataset_sha256=manifest["sha256"], base_folder=base_folder,
         tokenizer=tokenizer, train=train, evaluate=(lambda model: teacher_forced_exact(model, eval_rows)) if eval_rows else None,
@@ -254,14 +260,15 @@ def gate_extractor(
     schema = import_schema(manifest["schema"])
     folder = data_dir or manifest["dataset"]["folder"]
     data_manifest, splits = load_extract_rows(folder)
-    test = splits["test"][:limit] if limit is not None else splits["test"]
+    test = splits["test"] if limit is None else stratified_rows(splits["test"], limit, label=extraction_stratum)
     if not test:
         raise DistillError(f"{folder} has no test rows; the gate needs some")
     student = evaluate_extractor(TransformersSLM(model_dir), schema, test)
     base_eval = None
     if base is not False:
         base_slm = TransformersSLM(manifest["base_model"] if base is True else base)
-        base_eval = evaluate_extractor(base_slm, schema, test[:base_limit] if base_limit is not None else test)
+        base_test = test if base_limit is None else stratified_rows(test, base_limit, label=extraction_stratum)
+        base_eval = evaluate_extractor(base_slm, schema, base_test)
     matches = data_manifest["sha256"] == manifest["dataset"]["sha256"]
     decision, reason = promotion_decision(agreement=student.entity_exact_match, threshold=threshold, dataset_matches=matches)
     return ExtractionGateReport(

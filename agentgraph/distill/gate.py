@@ -101,9 +101,11 @@ def load_router_strategy(model_dir: str | os.PathLike[str], slm: SLM | None = No
 
         slm = TransformersSLM(model_dir)
     labels = manifest["labels"]
+    router = manifest["router"]
     return DistilledSLMStrategy(
-        slm, labels["shown"], labels["intents"], max_input_tokens=manifest["router"]["max_input_tokens"]
-    )
+        slm, labels["shown"], labels["intents"], max_input_tokens=router["max_input_tokens"],
+        list_labels=router.get("list_labels", True),
+    )  # fmt: skip
 
 
 def base_strategy(slm: SLM, labels: Sequence[str]) -> SLMStrategy:
@@ -185,10 +187,10 @@ def gate_router(
 
     Args:
         data_dir: the dataset folder (default: the one recorded in the artifact's manifest).
-        limit: the first ``limit`` test rows (None: all).
+        limit: test rows, taken round-robin over intents (None: all).
         dev_limit: dev rows for calibration and the gate, taken round-robin over intents (None: all).
         base: True for the base model the artifact was trained from, a model folder, or False to skip.
-        base_limit: test rows for the base model (None: the same as the student's; the base is slower).
+        base_limit: dev and test rows for the base model (None: the same as the student's; the base is slower).
         target_accuracy, max_rejection: how the gate is fitted on dev
             (:func:`~agentgraph.calibration.selective_threshold`).
         slm: the artifact already loaded (e.g. a vLLM server serving it); None loads it in-process.
@@ -198,7 +200,7 @@ def gate_router(
     manifest = read_manifest(model_dir)
     dataset = load_route_dataset(data_dir or manifest["dataset"]["folder"])
     dev = dataset.splits["dev"] if dev_limit is None else stratified_rows(dataset.splits["dev"], dev_limit)
-    test = dataset.splits["test"][:limit] if limit is not None else dataset.splits["test"]
+    test = dataset.splits["test"] if limit is None else stratified_rows(dataset.splits["test"], limit)
     if not dev or not test:
         raise DistillError(f"{dataset.folder} has {len(dev)} dev and {len(test)} test rows; the gate needs both")
     strategy = load_router_strategy(model_dir, slm)
@@ -207,9 +209,11 @@ def gate_router(
     if base is not False:
         base_folder = manifest["base_model"] if base is True else base
         base_slm = TransformersSLM(base_folder)
-        base_test = test[:base_limit] if base_limit is not None else test
+        base_dev, base_test = dev, test
+        if base_limit is not None:
+            base_dev, base_test = stratified_rows(dev, base_limit), stratified_rows(test, base_limit)
         base_side = _fit_and_evaluate(
-            base_strategy(base_slm, strategy.intent_labels), dev, base_test,
+            base_strategy(base_slm, strategy.intent_labels), base_dev, base_test,
             target_accuracy=target_accuracy, max_rejection=max_rejection,
         )  # fmt: skip
     agreement = student.evaluation.accuracy or 0.0

@@ -9,9 +9,9 @@ those target tokens only.
 
 The label set shown to the model is part of the artifact (``label_style``):
 
-- ``names`` (default): the intent names, without descriptions. The names
-  carry the base model's prior: on 120 examples (5 intents, 15 steps) SmolLM2
-  reached 92.5% held-out accuracy with names and stayed at chance with codes.
+- ``names``: the intent names, without descriptions. The names carry the
+  base model's prior: on 120 examples (5 intents, 15 steps) SmolLM2 reached
+  92.5% held-out accuracy with names and stayed at chance with codes.
 - ``codes``: each intent gets a one-token code (``A``, ``B``, ...) listed
   without a description: the shortest prompt (27 labels: about 220 tokens
   against 340 with names) and one token per label, but the mapping must be
@@ -19,6 +19,11 @@ The label set shown to the model is part of the artifact (``label_style``):
   :class:`~agentgraph.distill.gate.DistilledSLMStrategy` maps codes back to intents.
 - ``descriptions``: the intent names with their decision boundaries, as the
   base model is prompted (the longest prompt).
+- ``learnt`` (default): the intent names are the targets but are not listed
+  in the prompt (``SLMStrategy(list_labels=False)``): the label set is fixed
+  by the artifact, so the model learns it instead of reading it. The prompt
+  shrinks from about 290 tokens to about 120, 85 of them shared by every
+  example, and a training step costs a quarter of one with ``names``.
 
 Training is full fine-tuning (the default for SmolLM2-135M on CPU) with AdamW,
 linear warm-up then cosine decay, a fixed seed, batches of similar length, and
@@ -41,7 +46,7 @@ Example:
     >>> label_codes(["cancel_order", "get_refund", "track_order"])
     {'A': 'cancel_order', 'B': 'get_refund', 'C': 'track_order'}
     >>> DistillSettings(epochs=2, learning_rate=3e-4).batch_size
-    8
+    16
 """
 
 from __future__ import annotations
@@ -55,10 +60,11 @@ import random
 import shutil
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, Field
 
@@ -72,7 +78,8 @@ TIMING_STEPS = 10
 """With ``max_minutes``, the steps timed to fit the schedule to the time limit."""
 MANIFEST = "manifest.json"
 CHECKPOINTS = "checkpoints"
-LabelStyle = Literal["codes", "names", "descriptions"]
+RowT = TypeVar("RowT")
+LabelStyle = Literal["codes", "names", "descriptions", "learnt"]
 
 
 class DistillError(AgentGraphError):
@@ -83,14 +90,14 @@ class DistillSettings(BaseModel):
     """How a router SLM is fine-tuned; recorded in the artifact's manifest."""
 
     epochs: float = Field(default=2.0, gt=0, description="passes over the train split (fractions allowed)")
-    batch_size: int = Field(default=8, ge=1)
+    batch_size: int = Field(default=16, ge=1)
     learning_rate: float = Field(default=1e-4, gt=0, description="peak AdamW learning rate")
     warmup_fraction: float = Field(default=0.05, ge=0, lt=1, description="share of steps with a linear warm-up")
     min_lr_ratio: float = Field(default=0.1, ge=0, le=1, description="the cosine decays to this share of the peak")
     weight_decay: float = Field(default=0.0, ge=0)
     max_grad_norm: float | None = Field(default=1.0, gt=0)
     seed: int = 0
-    label_style: LabelStyle = "names"
+    label_style: LabelStyle = "learnt"
     max_input_tokens: int = Field(default=64, ge=8, description="the request is cut to this many tokens, as the router does")
     max_minutes: float | None = Field(
         default=None, gt=0,
@@ -100,7 +107,7 @@ class DistillSettings(BaseModel):
     checkpoint_every: int = Field(default=50, ge=1, description="steps between resumable checkpoints")
     eval_every: int | None = Field(default=None, ge=1, description="steps between learning-curve points (None: start and end only)")
     eval_examples: int = Field(default=108, ge=0, description="dev examples for the learning curve (0: none)")
-    bf16: bool = Field(default=False, description="bf16 autocast for the forward pass")
+    bf16: bool = Field(default=True, description="bf16 autocast for the forward pass (weights and optimiser stay float32)")
     num_threads: int | None = Field(default=None, ge=1, description="torch intra-op threads")
     progress: bool = Field(default=True, description="show a tqdm bar")
 
@@ -178,6 +185,11 @@ def label_codes(labels: Sequence[str]) -> dict[str, str]:
     return dict(zip(codes, labels))
 
 
+def lists_labels(style: LabelStyle) -> bool:
+    """Whether the router's prompt lists the labels for a model trained with ``style``."""
+    return style != "learnt"
+
+
 def prompt_labels(labels: Sequence[str], style: LabelStyle) -> tuple[dict[str, str], dict[str, str]]:
     """The label set the model is shown (``{prompt label: description}``) and each prompt label's intent."""
     from agentgraph.classifier import CUSTOMER_SUPPORT_INTENTS
@@ -186,7 +198,7 @@ def prompt_labels(labels: Sequence[str], style: LabelStyle) -> tuple[dict[str, s
         intents = label_codes(labels)
         return dict.fromkeys(intents, ""), intents
     intents = {label: label for label in labels}
-    if style == "names":
+    if style in ("names", "learnt"):
         return dict.fromkeys(labels, ""), intents
     return {label: CUSTOMER_SUPPORT_INTENTS.get(label, "") for label in labels}, intents
 
@@ -235,11 +247,11 @@ class Encoded:
 class RoutePromptEncoder:
     """Builds training prompts with the router's own code path (``SLMStrategy.render`` and ``SLM.choose``'s steps)."""
 
-    def __init__(self, tokenizer: Any, labels: Mapping[str, str], *, max_input_tokens: int) -> None:
+    def __init__(self, tokenizer: Any, labels: Mapping[str, str], *, max_input_tokens: int, list_labels: bool = True) -> None:
         from agentgraph.nodes.router import Router, SLMStrategy
 
         self.slm = _TokenizerSLM(tokenizer)
-        self.strategy = SLMStrategy(self.slm, labels, max_input_tokens=max_input_tokens)
+        self.strategy = SLMStrategy(self.slm, labels, max_input_tokens=max_input_tokens, list_labels=list_labels)
         self.router = Router([self.strategy])
         self.options = label_options(self.strategy.labels)
 
@@ -248,7 +260,7 @@ class RoutePromptEncoder:
         from agentgraph.text import require_text
 
         text, _ = self.router.fit_to_budgets(require_text(text, what="request"))
-        messages = choice_messages(self.strategy.render(text), self.options, None)
+        messages = choice_messages(self.strategy.render(text), self.options, None, list_labels=self.strategy.list_labels)
         return self.slm.tokenize_chat(messages, add_generation_prompt=True)
 
     def target_ids(self, label: str) -> list[int]:
@@ -372,12 +384,16 @@ def lr_factor(step: int, total: int, settings: DistillSettings) -> float:
     return settings.min_lr_ratio + (1 - settings.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def stratified_rows(rows: Sequence[tuple[str, str]], count: int) -> list[tuple[str, str]]:
-    """Up to ``count`` rows taken round-robin over labels (each label's rows in file order)."""
-    by_label: dict[str, list[tuple[str, str]]] = defaultdict(list)
+def stratified_rows(rows: Sequence[RowT], count: int, *, label: Callable[[RowT], str] = lambda row: row[1]) -> list[RowT]:
+    """Up to ``count`` rows taken round-robin over labels (each label's rows in file order).
+
+    Dataset splits are written grouped by label, so their first rows are one
+    class: a sample of a split is taken with this, never by slicing.
+    """
+    by_label: dict[str, list[RowT]] = defaultdict(list)
     for row in rows:
-        by_label[row[1]].append(row)
-    chosen: list[tuple[str, str]] = []
+        by_label[label(row)].append(row)
+    chosen: list[RowT] = []
     depth = 0
     while len(chosen) < min(count, len(rows)):
         for label in sorted(by_label):
@@ -426,7 +442,9 @@ def train_router_slm(
     tokenizer = AutoTokenizer.from_pretrained(base_folder)
     shown, intents = prompt_labels(dataset.labels(), settings.label_style)
     to_prompt_label = {intent: code for code, intent in intents.items()}
-    encoder = RoutePromptEncoder(tokenizer, shown, max_input_tokens=settings.max_input_tokens)
+    encoder = RoutePromptEncoder(
+        tokenizer, shown, max_input_tokens=settings.max_input_tokens, list_labels=lists_labels(settings.label_style)
+    )
     train = [encoder.encode(text, to_prompt_label[label]) for text, label in dataset.splits["train"]]
     eval_rows = [(text, to_prompt_label[label]) for text, label in stratified_rows(dataset.splits["dev"], settings.eval_examples)]
     job = TrainingJob(
@@ -434,7 +452,8 @@ def train_router_slm(
         tokenizer=tokenizer, train=train, evaluate=(lambda model: dev_accuracy(model, encoder, eval_rows)) if eval_rows else None,
         manifest={
             "labels": {"style": settings.label_style, "shown": shown, "intents": intents},
-            "router": {"prompt": encoder.strategy.prompt.id, "max_input_tokens": settings.max_input_tokens},
+            "router": {"prompt": encoder.strategy.prompt.id, "max_input_tokens": settings.max_input_tokens,
+                       "list_labels": encoder.strategy.list_labels},
         },
     )  # fmt: skip
     return fine_tune(job, output, settings, resume=resume, on_step=on_step)
@@ -469,6 +488,23 @@ def _prepare_output(output_dir: str | os.PathLike[str], *, resume: bool, overwri
     return output
 
 
+@contextmanager
+def denormals_flushed() -> Iterator[None]:
+    """Flush denormal floats to zero, then restore torch's default.
+
+    Once the loss is small, gradients and AdamW's moments drift into the
+    denormal range, where CPU arithmetic is many times slower: a router run's
+    steps went from 2.7 s to 6 s past step 80 without it.
+    """
+    import torch
+
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
+
+
 def fine_tune(
     job: TrainingJob,
     output: Path,
@@ -478,6 +514,18 @@ def fine_tune(
     on_step: Callable[[int, float], None] | None = None,
 ) -> TrainResult:
     """The training loop every role shares: full fine-tuning on ``job.train``, checkpoints, curve, model folder."""
+    with denormals_flushed():
+        return _fine_tune(job, output, settings, resume=resume, on_step=on_step)
+
+
+def _fine_tune(
+    job: TrainingJob,
+    output: Path,
+    settings: DistillSettings,
+    *,
+    resume: bool,
+    on_step: Callable[[int, float], None] | None,
+) -> TrainResult:
     import torch
     from transformers import AutoModelForCausalLM
 

@@ -88,7 +88,12 @@ from langchain_core.runnables import Runnable, RunnableConfig
 from langgraph.types import Command
 from pydantic import BaseModel, Field, create_model
 
-from agentgraph.calibration import AnyCalibrator, TemperatureScaling, selective_threshold
+from agentgraph.calibration import (
+    AnyCalibrator,
+    TemperatureScaling,
+    selective_accuracy_at_coverage,
+    selective_threshold,
+)
 from agentgraph.classifier import IntentClassifier
 from agentgraph.decisions import Decision, DecisionLog, DecisionState, log_decision, thread_id_of
 from agentgraph.distill.traces import STEP_TAG_PREFIX
@@ -208,6 +213,7 @@ class SLMStrategy:
         slm: any :class:`~agentgraph.slm.SLM`.
         labels: ``{label: description}``, the description saying when to pick the label.
         max_input_tokens: the request is cut to this many tokens (routing needs its beginning; long prompts are slow).
+        list_labels: list the labels in the prompt; False for a model fine-tuned on them (a distilled router).
     """
 
     name = "slm"
@@ -221,9 +227,11 @@ class SLMStrategy:
         threshold: float = 0.5,
         max_input_tokens: int = 512,
         prompt_version: int | None = None,
+        list_labels: bool = True,
     ) -> None:
         self.slm = slm
         self.labels = dict(labels)
+        self.list_labels = list_labels
         self.calibrator = calibrator or TemperatureScaling()
         self.threshold = threshold
         self.max_input_tokens = max_input_tokens
@@ -236,7 +244,7 @@ class SLMStrategy:
         return self.prompt.render(request=_MARKER.sub(" ", text))
 
     def _choose(self, text: str) -> tuple[str, np.ndarray, Any]:
-        result = self.slm.choose(self.render(text), self.labels)
+        result = self.slm.choose(self.render(text), self.labels, list_labels=self.list_labels)
         log_probs = np.log(np.maximum([result.probabilities[label] for label in self.labels], 1e-300))
         return result.label, log_probs, result.usage
 
@@ -682,6 +690,10 @@ class RouterEvaluation(BaseModel):
     coverage: float | None = Field(description="share of in-scope requests accepted (not escalated)")
     selective_accuracy: float | None = Field(description="accuracy over the accepted in-scope requests")
     oos_escalation_rate: float | None = Field(description="share of out-of-scope requests escalated")
+    selective_accuracy_at_coverage: dict[str, float] = Field(
+        default_factory=dict,
+        description="accuracy over the most confident 80/90/95% of in-scope requests (the risk-coverage curve)",
+    )
     escalations: dict[str, int] = Field(description="escalations by reason")
     confusions: list[tuple[str, str, int]] = Field(description="most frequent (expected, routed) errors, routed ones only")
     latency_ms_p50: float
@@ -709,17 +721,23 @@ def evaluate_router(router: Router, rows: Iterable[tuple[str, str]], *, top_conf
             if not verdict.escalated:
                 errors[(label, verdict.label)] += 1
         else:
-            in_scope.append((top == label, not verdict.escalated))
+            confidence = verdict.confidence if verdict.confidence is not None else -math.inf
+            in_scope.append((top == label, not verdict.escalated, confidence))
             if not verdict.escalated and verdict.label != label:
                 errors[(label, verdict.label)] += 1
-    correct = np.array([c for c, _ in in_scope], dtype=bool)
-    accepted = np.array([a for _, a in in_scope], dtype=bool)
+    correct = np.array([c for c, _, _ in in_scope], dtype=bool)
+    accepted = np.array([a for _, a, _ in in_scope], dtype=bool)
+    confidences = np.array([p for _, _, p in in_scope], dtype=np.float64)
     return RouterEvaluation(
         in_scope=len(in_scope),
         out_of_scope=len(out_of_scope),
         accuracy=float(correct.mean()) if in_scope else None,
         coverage=float(accepted.mean()) if in_scope else None,
         selective_accuracy=float(correct[accepted].mean()) if accepted.any() else None,
+        selective_accuracy_at_coverage={
+            f"{coverage:.2f}": selective_accuracy_at_coverage(confidences, correct, coverage)
+            for coverage in (0.8, 0.9, 0.95)
+        } if in_scope else {},
         oos_escalation_rate=float(np.mean(out_of_scope)) if out_of_scope else None,
         escalations=dict(reasons),
         confusions=[(expected, routed, n) for (expected, routed), n in errors.most_common(top_confusions)],

@@ -112,9 +112,13 @@ def label_options(labels: Labels) -> dict[str, str | None]:
     return options
 
 
-def choice_messages(prompt: Prompt, options: Mapping[str, str | None], system: str | None) -> list[dict[str, str]]:
-    """The prompt with the label list (prompt ``choice``) appended to its last user message."""
+def choice_messages(
+    prompt: Prompt, options: Mapping[str, str | None], system: str | None, *, list_labels: bool = True
+) -> list[dict[str, str]]:
+    """The prompt with the label list (prompt ``choice``) appended to its last user message (unless not ``list_labels``)."""
     messages = to_messages(prompt, system)
+    if not list_labels:
+        return messages
     listing = render_prompt("choice", options=options)
     messages[-1]["content"] = f"{messages[-1]['content']}\n\n{listing}"
     return messages
@@ -157,15 +161,18 @@ class SLM(ABC):
         self._suffix_cache: dict[str, list[int]] = {}
         self._suffix_lock = threading.Lock()
 
-    def choose(self, prompt: Prompt, labels: Labels, *, system: str | None = None) -> ChoiceResult:
+    def choose(self, prompt: Prompt, labels: Labels, *, system: str | None = None, list_labels: bool = True) -> ChoiceResult:
         """Pick one of ``labels``; the answer can never leave the label set.
 
         Each label is scored as the full assistant reply (label tokens and the
         end-of-turn token) after the prompt; ``probabilities`` is the softmax of
-        those sequence log-probabilities and ``label`` its argmax.
+        those sequence log-probabilities and ``label`` its argmax. With
+        ``list_labels=False`` the labels are scored without being listed in the
+        prompt: for a model fine-tuned on its label set (a distilled router),
+        which then reads a prompt a few times shorter.
         """
         options = label_options(labels)
-        messages = choice_messages(prompt, options, system)
+        messages = choice_messages(prompt, options, system, list_labels=list_labels)
         prefix = self.tokenize_chat(messages, add_generation_prompt=True)
         suffixes = {label: self._label_suffix(label) for label in options}
         self.check_budget(len(prefix) + max(map(len, suffixes.values())))

@@ -88,7 +88,8 @@ class TransformersSLM(SLM):
             mask[row, len(prefix) : len(prefix) + len(ids)] = 1
         started = time.perf_counter()
         with self._lock, torch.inference_mode():
-            first = self.model(input_ids=torch.tensor([prefix], device=self.device), use_cache=True)
+            # Only the prompt's last position predicts a label token: the LM head skips the rest.
+            first = self.model(input_ids=torch.tensor([prefix], device=self.device), use_cache=True, logits_to_keep=1)
             cache = first.past_key_values
             cache.batch_repeat_interleave(len(labels))
             # Right padding is harmless: a causal model never lets padding influence earlier positions.
