@@ -84,7 +84,9 @@ def backend_agreement(
     raise DistillError(f"{model_dir} was trained for role {role!r}; agreement covers route and extract")
 
 
-def _route_agreement(model_dir, first: SLM, second: SLM, rows, names) -> BackendAgreement:  # noqa: ANN001
+def _route_agreement(
+    model_dir: str | os.PathLike[str], first: SLM, second: SLM, rows: Sequence[tuple[str, str]], names: tuple[str, str]
+) -> BackendAgreement:
     from agentgraph.distill.gate import load_router_strategy
     from agentgraph.nodes.router import Router
 
@@ -97,7 +99,7 @@ def _route_agreement(model_dir, first: SLM, second: SLM, rows, names) -> Backend
         routed, _ = cut.fit_to_budgets(text)
         answers = []
         for name, strategy in zip(names, strategies):
-            result, ms = _timed(lambda s=strategy: s.slm.choose(s.render(routed), s.labels, list_labels=s.list_labels))
+            result, ms = _timed(lambda s=strategy: s.choose(routed))
             latencies[name].append(ms)
             correct[name].append(strategy.intents[result.label] == label)
             confidence[name].append(result.probabilities[result.label])
@@ -120,7 +122,9 @@ def _route_agreement(model_dir, first: SLM, second: SLM, rows, names) -> Backend
     )  # fmt: skip
 
 
-def _extract_agreement(schema, first: SLM, second: SLM, rows, names) -> BackendAgreement:  # noqa: ANN001
+def _extract_agreement(
+    schema: type[BaseModel], first: SLM, second: SLM, rows: Sequence[tuple[str, Any]], names: tuple[str, str]
+) -> BackendAgreement:
     from agentgraph.errors import StructuredOutputError
 
     same, disagreements, latencies = 0, [], {name: [] for name in names}

@@ -103,6 +103,7 @@ from agentgraph.modes import Mode
 from agentgraph.prompting import load_prompt
 from agentgraph.shadow import ShadowEvaluator
 from agentgraph.slm import SLM
+from agentgraph.slm.base import ChoiceResult
 from agentgraph.text import require_text, truncate_to_tokens
 
 logger = logging.getLogger(__name__)
@@ -243,8 +244,12 @@ class SLMStrategy:
     def render(self, text: str) -> str:
         return self.prompt.render(request=_MARKER.sub(" ", text))
 
+    def choose(self, text: str) -> ChoiceResult:
+        """The SLM's choice among the labels for ``text`` (already cleaned and cut), uncalibrated."""
+        return self.slm.choose(self.render(text), self.labels, list_labels=self.list_labels)
+
     def _choose(self, text: str) -> tuple[str, np.ndarray, Any]:
-        result = self.slm.choose(self.render(text), self.labels, list_labels=self.list_labels)
+        result = self.choose(text)
         log_probs = np.log(np.maximum([result.probabilities[label] for label in self.labels], 1e-300))
         return result.label, log_probs, result.usage
 
