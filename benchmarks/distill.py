@@ -1,23 +1,32 @@
-"""Distillation benchmark: customer-support dataset -> fine-tuned SmolLM2-135M router -> gate against the base model.
+"""Distillation benchmark: customer-support dataset -> fine-tuned SmolLM2-135M router or extractor -> gate.
 
-Run: ``python benchmarks/distill.py [--work DIR] [--epochs 2] [--max-minutes 20] [--eval-every 25] [--limit N] [--json]``
+Run: ``python benchmarks/distill.py [--role route|extract] [--work DIR] [--epochs 2] [--max-minutes 20]
+[--eval-every 25] [--limit N] [--json]``
 
-1. Dataset: ``agentgraph distill dataset --role route --customer-support``
+1. Dataset: ``agentgraph distill dataset --role ROLE --customer-support``
    (its test split is the fixed test split of the Bitext data, 2,029 rows);
-   built once into ``WORK/data`` and reused.
+   built once into ``WORK/ROLE/data`` and reused.
 2. Train: full fine-tuning of the packaged SmolLM2-135M-Instruct on the train
-   split (:func:`~agentgraph.distill.train.train_router_slm`), printing the
-   learning curve: accuracy on a stratified dev subset every ``--eval-every``
-   steps, against training minutes (evaluation time not counted).
-3. Gate: the real router (:class:`~agentgraph.nodes.router.SLMStrategy` on the
-   artifact through :class:`~agentgraph.slm.TransformersSLM`), calibrator and
-   gate fitted on dev, on the whole test split: accuracy, coverage at the
-   gate, selective accuracy, latency; the base model with the standard router
-   prompt on ``--base-rows`` test rows (it is about three times slower). Row
-   limits take rows round-robin over intents (the splits are grouped by intent).
+   split (:func:`~agentgraph.distill.train.train_router_slm`,
+   :func:`~agentgraph.distill.extract.train_extractor_slm`), printing the
+   learning curve every ``--eval-every`` steps against training minutes
+   (evaluation time not counted): route accuracy, or the share of extraction
+   targets reproduced whole, on a stratified dev subset.
+3. Gate, on the test split (``--limit`` rows; default all), the base model on
+   ``--base-rows`` of them:
 
-Targets (issue 6): >= 98% test accuracy and >= 99.5% selective accuracy at
->= 90% coverage, within 20 minutes of CPU training.
+   - route: the real router (:class:`~agentgraph.nodes.router.SLMStrategy` on
+     the artifact through :class:`~agentgraph.slm.TransformersSLM`), calibrator
+     and gate fitted on dev: accuracy, coverage at the gate, selective
+     accuracy, latency.
+   - extract: the schema enforcer node in student mode, prompted as it was
+     trained: schema-valid rate, entity exact match, intent accuracy, latency.
+
+   Row limits take rows round-robin over classes (the splits are grouped by intent).
+
+Targets (issue 6): route >= 98% test accuracy and >= 99.5% selective accuracy at
+>= 90% coverage; extract 100% schema-valid and >= 97% exact match on entity
+values; each within 20 minutes of CPU training.
 """
 
 from __future__ import annotations
@@ -30,14 +39,16 @@ import sys
 import time
 from pathlib import Path
 
+from agentgraph.commands.distill import extraction_gate_lines, gate_lines
+from agentgraph.distill.extract import gate_extractor, train_extractor_slm
 from agentgraph.distill.gate import gate_router
 from agentgraph.distill.train import DistillSettings, train_router_slm
 
 
-def build_dataset(folder: Path) -> Path:
+def build_dataset(folder: Path, role: str) -> Path:
     if not (folder / "manifest.json").is_file():
         subprocess.run(
-            [sys.executable, "-m", "agentgraph.cli", "distill", "dataset", "--role", "route", "--customer-support",
+            [sys.executable, "-m", "agentgraph.cli", "distill", "dataset", "--role", role, "--customer-support",
              "--out", str(folder)], check=True,
         )  # fmt: skip
     return folder
@@ -45,6 +56,7 @@ def build_dataset(folder: Path) -> Path:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--role", choices=("route", "extract"), default="route")
     parser.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "agentgraph-distill-bench")
     parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -54,8 +66,10 @@ def main() -> int:
     parser.add_argument("--eval-every", type=int, default=25, help="steps between learning-curve points")
     parser.add_argument("--eval-examples", type=int, default=108, help="dev requests per learning-curve point")
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--describe-schema", action=argparse.BooleanOptionalAction, default=False,
+                        help="extract: state the JSON schema in the prompt instead of letting the model learn it")  # fmt: skip
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--dev-limit", type=int, help="dev rows to fit calibration and gate on (default: all)")
+    parser.add_argument("--dev-limit", type=int, help="route: dev rows to fit calibration and gate on (default: all)")
     parser.add_argument("--limit", type=int, help="test rows for the distilled model (default: all 2,029)")
     parser.add_argument("--base-rows", type=int, default=300, help="test rows for the base model (0: skip it)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted training run in WORK/model")
@@ -63,22 +77,24 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
-    data = build_dataset(args.work / "data")
-    model = args.work / "model"
+    data = build_dataset(args.work / args.role / "data", args.role)
+    model = args.work / args.role / "model"
     settings = DistillSettings(
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, label_style=args.labels,
         max_minutes=args.max_minutes, eval_every=args.eval_every, eval_examples=args.eval_examples, bf16=args.bf16,
-        num_threads=args.threads,
+        num_threads=args.threads, describe_schema=args.describe_schema,
     )  # fmt: skip
+    train = train_router_slm if args.role == "route" else train_extractor_slm
     if not args.gate_only:
-        train_router_slm(data, output_dir=model, settings=settings, resume=args.resume, overwrite=not args.resume)
+        train(data, output_dir=model, settings=settings, resume=args.resume, overwrite=not args.resume)
     manifest = json.loads((model / "manifest.json").read_text())
 
     started = time.perf_counter()
-    report = gate_router(
-        model, data, limit=args.limit, dev_limit=args.dev_limit, base=args.base_rows > 0,
-        base_limit=args.base_rows or None,
-    )  # fmt: skip
+    base = {"base": args.base_rows > 0, "base_limit": args.base_rows or None}
+    if args.role == "route":
+        report = gate_router(model, data, limit=args.limit, dev_limit=args.dev_limit, **base)
+    else:
+        report = gate_extractor(model, data, limit=args.limit, **base)
     gate_seconds = time.perf_counter() - started
     result = {
         "train": {key: manifest[key] for key in ("steps", "total_steps", "stopped_early", "training_seconds", "cpu_seconds",
@@ -100,14 +116,8 @@ def main() -> int:
     print(f"training    {manifest['steps']}/{manifest['total_steps']} steps, {manifest['training_seconds'] / 60:.1f} min wall, "
           f"{manifest['cpu_seconds'] / 60:.1f} CPU min on {manifest['torch_threads']} threads"
           + (" (time limit reached)" if manifest["stopped_early"] else ""))  # fmt: skip
-    for name, side in (("student", report.student), ("base", report.base)):
-        if side is None:
-            continue
-        e = side.evaluation
-        print(f"{name:<11} accuracy {100 * e.accuracy:.2f}%  coverage {100 * e.coverage:.2f}%  selective accuracy "
-              f"{100 * (e.selective_accuracy or 0):.2f}%  latency p50 {e.latency_ms_p50:.0f} ms p95 {e.latency_ms_p95:.0f} ms  "
-              f"({e.in_scope} test rows, gate {side.gate_threshold:.3f})")  # fmt: skip
-    print(f"decision    {report.decision}: {report.reason}")
+    print("\n".join(gate_lines(report) if args.role == "route" else extraction_gate_lines(report)))
+    print(f"gate        {gate_seconds / 60:.1f} min")
     return 0
 
 

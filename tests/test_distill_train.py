@@ -25,7 +25,7 @@ from agentgraph.distill.dataset import (
     content_sha256,
     write_dataset,
 )
-from agentgraph.distill.extract import ExtractPromptEncoder, gate_extractor
+from agentgraph.distill.extract import ExtractPromptEncoder, gate_extractor, load_schema_enforcer
 from agentgraph.distill.gate import (
     PromotionRefusedError,
     gate_router,
@@ -335,36 +335,42 @@ def test_a_dataset_of_another_role_is_refused(tmp_path):
         load_route_dataset(tmp_path)
 
 
-def test_extraction_trains_on_the_prompt_structured_sends_and_is_gated(tiny_model, tmp_path):
-    from transformers import AutoTokenizer
-
+def test_extraction_trains_on_the_prompt_its_schema_enforcer_sends_and_is_gated(tiny_model, tmp_path):
+    from agentgraph.nodes.schema_enforcer import create_schema_enforcer
     from agentgraph.slm import TransformersSLM
 
     data = _dataset(tmp_path / "data", INTENTS, train=6, dev=2, test=2, role="extract")
-    encoder = ExtractPromptEncoder(AutoTokenizer.from_pretrained(tiny_model), SupportExtraction)
-    slm = TransformersSLM(tiny_model)
-    seen = {}
-    original = slm._generate_json
-
-    def spy(messages, prompt_ids, json_schema, max_tokens):
-        seen["prompt"] = prompt_ids
-        return original(messages, prompt_ids, json_schema, max_tokens)
-
-    slm._generate_json = spy
-    with pytest.raises(Exception):  # noqa: B017 - a random model's JSON may be cut or invalid; the prompt is what counts
-        slm.structured("Where is order 12345?", SupportExtraction, max_tokens=8)
-    assert encoder.prompt_ids("Where is order 12345?") == seen["prompt"]
-    target = encoder.target_ids({"intent": "track_order", "order_id": "12345"})
-    assert slm.tokenizer.decode(target).startswith('{"intent":"track_order","account_type":null,')
-    assert slm.tokenizer.decode(target).endswith('"order_id":"12345","person_name":null,"refund_amount":null}<|im_end|>\n')
-
     out = tmp_path / "model"
     args = ["distill", "train", "--role", "extract", "--data", str(data), "--out", str(out), "--base", str(tiny_model),
             "--epochs", "1", "--batch-size", "4", "--lr", "1e-3", "--threads", "2"]  # fmt: skip
     assert main(args) == 0
     manifest = read_manifest(out)
     assert manifest["role"] == "extract" and manifest["schema"] == "agentgraph.distill.dataset:SupportExtraction"
+    assert manifest["schema_enforcer"] == {"prompt": "schema_enforcer.v1", "prompt_version": 1, "describe_schema": False}
     assert manifest["steps"] == 5 and manifest["learning_curve"][-1]["dev_accuracy"] is not None  # teacher-forced exact match
+
+    slm = TransformersSLM(out)
+    seen = []
+    original = slm._generate_json
+
+    def spy(messages, prompt_ids, json_schema, max_tokens):
+        seen.append(prompt_ids)
+        return original(messages, prompt_ids, json_schema, max_tokens)
+
+    slm._generate_json = spy
+    request = "Where is order 12345?"
+    load_schema_enforcer(out, slm, mode="student", max_tokens=16)({"text": request}, {})
+    learnt = ExtractPromptEncoder(slm.tokenizer, SupportExtraction, describe_schema=False, prompt_version=1)
+    assert seen[0] == learnt.prompt_ids(request), "the artifact is asked exactly as it was trained"
+    prompt = slm.tokenizer.decode(seen[0])
+    assert f"<<<\n{request}\n>>>" in prompt and "refund_amount" not in prompt, "the request fenced, the schema learnt"
+    described = ExtractPromptEncoder(slm.tokenizer, SupportExtraction, describe_schema=True, prompt_version=1)
+    first_call = len(seen)  # a random model's answer may be repaired: the node's first prompt is the one compared
+    create_schema_enforcer(slm, SupportExtraction, mode="student", prompt_version=1, max_tokens=16)({"text": request}, {})
+    assert seen[first_call] == described.prompt_ids(request) and "refund_amount" in slm.tokenizer.decode(seen[first_call])
+    target = learnt.target_ids({"intent": "track_order", "order_id": "12345", "person_name": None})
+    assert slm.tokenizer.decode(target) == '{"intent":"track_order","order_id":"12345"}<|im_end|>\n', "defaults left out"
+
     report = gate_extractor(out, threshold=0.99, base=False)
     assert report.test_rows == 6 and 0 <= report.student.schema_valid <= 1
     assert report.agreement == report.student.entity_exact_match < 0.99 and report.decision == "refused"

@@ -20,6 +20,7 @@ from scripted_llm import scripted_llm, tool_call
 from agentgraph.classifier import CUSTOMER_SUPPORT_INTENTS
 from agentgraph.cli import main
 from agentgraph.decisions import Decision, DecisionState, SQLiteDecisionLog
+from agentgraph.distill.dataset import trace_examples
 from agentgraph.distill.traces import LLMCallRecorder, SQLiteTraceStore
 from agentgraph.errors import ConfigError, SLMUnavailableError
 from agentgraph.llm import HumanHandoff
@@ -86,13 +87,14 @@ def route(graph, text, store, thread_id="t-1"):
 
 class TicketState(DecisionState, total=False):
     text: str
+    earlier: str
     extracted: SupportTicket | None
     handoff: HumanHandoff | None
 
 
-def extract(enforcer, text, store):
+def extract(enforcer, text, store, **state):
     graph = StateGraph(TicketState).add_node("extract", enforcer).add_edge(START, "extract").compile()
-    return graph.invoke({"text": text}, {"callbacks": [LLMCallRecorder(store)]})
+    return graph.invoke({"text": text, **state}, {"callbacks": [LLMCallRecorder(store)]})
 
 
 # Configuration
@@ -367,6 +369,20 @@ def test_schema_enforcer_teacher_mode_asks_the_llm_alone(embedded_slm, store, mo
     assert [a["strategy"] for a in decision.metadata["attempts"]] == ["llm"]
     [call] = store.calls()
     assert (call.step_type, call.accepted) == ("extract", None)
+    assert "<<<\ncan you help me canceling purchase 4587345?\n>>>" in call.messages[-1]["content"], "the LLM reads it fenced"
+    assert call.input_text == "can you help me canceling purchase 4587345?", "a distillation example is the request"
+
+
+def test_a_traced_extraction_with_context_is_no_example_of_the_request_alone(embedded_slm, store):
+    llm = scripted_llm(tool_call("SupportTicket", order_id="4587345"))
+    node = create_schema_enforcer(embedded_slm, SupportTicket, llm=llm, mode="teacher", context_key="earlier")
+
+    extract(node, "cancel it please", store, earlier="my order is 4587345")
+
+    [call] = store.calls()
+    assert "my order is 4587345" in call.messages[-1]["content"] and call.input_text is None
+    store.mark(call.id, accepted=True)
+    assert trace_examples(store, role="extract").counts["unusable"] == 1
 
 
 @pytest.mark.parametrize(("mode", "ladder"), [("student", ["slm"]), ("auto", ["slm", "llm"])])

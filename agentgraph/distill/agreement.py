@@ -4,7 +4,7 @@ A model folder written by ``agentgraph distill train`` is plain safetensors, so
 ``agentgraph slm serve --model DIR`` serves it. :func:`backend_agreement` puts
 the same held-out requests to the artifact on two backends, each through the
 role's real code path (the router's :class:`~agentgraph.nodes.router.SLMStrategy`
-for ``route``, ``SLM.structured`` for ``extract``), and reports how often the
+for ``route``, the schema enforcer node for ``extract``), and reports how often the
 answers are the same: for a router also the largest gap between the two
 probabilities of the chosen label (what the confidence gate reads), for an
 extractor the share of identical objects.
@@ -75,12 +75,12 @@ def backend_agreement(
             rows = stratified_rows(rows, limit)
         return _route_agreement(model_dir, first, second, rows, names)
     if role == "extract":
-        from agentgraph.distill.extract import extraction_stratum, import_schema, load_extract_rows
+        from agentgraph.distill.extract import extraction_stratum, load_extract_rows
 
         rows = load_extract_rows(folder)[1]["test"]
         if limit is not None:
             rows = stratified_rows(rows, limit, label=extraction_stratum)
-        return _extract_agreement(import_schema(manifest["schema"]), first, second, rows, names)
+        return _extract_agreement(model_dir, first, second, rows, names)
     raise DistillError(f"{model_dir} was trained for role {role!r}; agreement covers route and extract")
 
 
@@ -123,18 +123,16 @@ def _route_agreement(
 
 
 def _extract_agreement(
-    schema: type[BaseModel], first: SLM, second: SLM, rows: Sequence[tuple[str, Any]], names: tuple[str, str]
+    model_dir: str | os.PathLike[str], first: SLM, second: SLM, rows: Sequence[tuple[str, Any]], names: tuple[str, str]
 ) -> BackendAgreement:
-    from agentgraph.errors import StructuredOutputError
+    from agentgraph.distill.extract import extracted, load_schema_enforcer
 
+    nodes = [load_schema_enforcer(model_dir, slm, mode="student") for slm in (first, second)]
     same, disagreements, latencies = 0, [], {name: [] for name in names}
     for text, target in rows:
         answers = []
-        for name, slm in zip(names, (first, second)):
-            try:
-                result, ms = _timed(lambda s=slm: s.structured(text, schema).value.model_dump())
-            except StructuredOutputError as exc:
-                result, ms = f"invalid: {exc}", 0.0
+        for name, node in zip(names, nodes):
+            result, ms = _timed(lambda n=node: extracted(n, text))
             latencies[name].append(ms)
             answers.append(result)
         if answers[0] == answers[1]:

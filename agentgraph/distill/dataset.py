@@ -6,7 +6,10 @@ JSON object). Examples come from:
 - the trace store (:mod:`agentgraph.distill.traces`): calls of the role's step
   types whose outcome is *accepted*. Rejected and failed calls are dropped;
   calls without an outcome yet are dropped too, and counted, since nobody has
-  vouched for them. The input is the last user message, the target the call's
+  vouched for them. The input is the request (:attr:`LLMCall.input_text
+  <agentgraph.distill.traces.LLMCall.input_text>`: the one the node recorded,
+  else the last user message; a schema enforcer call whose prompt held context
+  has none and is counted unusable), the target the call's
   tool-call arguments, its output parsed as a JSON object, or (route) its text;
   a route target given as an object is read from its ``label_field``.
 - labelled CSV/JSONL files: a text column and a label column (for ``extract``

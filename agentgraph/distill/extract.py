@@ -1,25 +1,30 @@
 """The extraction role: fine-tune and gate an SLM that fills a pydantic schema (``distill train --role extract``).
 
-Training prompts are built as :meth:`SLM.structured <agentgraph.slm.SLM.structured>`
-builds them (the schema-first instruction as the system message, the request
-as the user message, the model's chat template); the target is the teacher's
-object as compact JSON (the form the JSON grammar decodes to), then
-end-of-turn. The long system message is the same for every example, so the
-shared-prefix training of :func:`~agentgraph.distill.train.fine_tune` computes
-it once per batch. The learning curve reports teacher-forced exact match on a
-dev subset: the share of examples whose every target token is the model's top
+The artifact is made for the schema enforcer node: each training prompt is
+the one :func:`~agentgraph.nodes.schema_enforcer.create_schema_enforcer` sends
+its SLM (the request fenced by :func:`~agentgraph.nodes.schema_enforcer.schema_enforcer_message`,
+the messages of :meth:`SLM.structured <agentgraph.slm.SLM.structured>`, the
+model's chat template). With ``describe_schema=False`` (the default) the JSON
+schema is not written into the prompt: the model learns it, as a distilled
+router learns its labels, and the grammar still enforces it; the prompt
+shrinks from about 600 tokens to about 60. The target is the teacher's object
+as compact JSON with the fields left at their default omitted (the grammar
+allows it; validation restores them): a request without entities is about 8
+tokens instead of 56. The learning curve reports teacher-forced exact match on
+a dev subset: the share of examples whose every target token is the model's top
 choice, which is exactly the share greedy decoding reproduces.
 
-:func:`gate_extractor` decodes the held-out split with ``SLM.structured``
-(JSON-schema-constrained) and reports the schema-valid rate, exact match of
-the entity fields and of the intent, and latency, for the artifact and the base
-model; :func:`~agentgraph.distill.gate.promote` takes its report like the router's.
+:func:`load_schema_enforcer` builds the node from an artifact's manifest, and
+:func:`gate_extractor` runs that node (student mode) over the held-out split,
+reporting the schema-valid rate, exact match of the entity fields and of the
+intent, and latency, for the artifact and the base model;
+:func:`~agentgraph.distill.gate.promote` takes its report like the router's.
 
 Example:
     >>> from agentgraph.distill.dataset import SupportExtraction
     >>> from agentgraph.distill.extract import compact_json, entity_fields
-    >>> compact_json(SupportExtraction, {"intent": "track_order", "order_id": "12345"})[:46]
-    '{"intent":"track_order","account_type":null,"d'
+    >>> compact_json(SupportExtraction, {"intent": "track_order", "order_id": "12345", "person_name": None})
+    '{"intent":"track_order","order_id":"12345"}'
     >>> entity_fields(SupportExtraction)[:2]
     ['account_type', 'delivery_city']
 """
@@ -47,10 +52,11 @@ from agentgraph.distill.train import (
     _prepare_output,
     _TokenizerSLM,
     fine_tune,
+    load_artifact,
     read_manifest,
     stratified_rows,
 )
-from agentgraph.slm.base import json_schema_instruction, to_messages
+from agentgraph.slm.base import SLM, structured_messages
 
 
 def schema_path(schema: type[BaseModel]) -> str:
@@ -70,8 +76,8 @@ def import_schema(path: str) -> type[BaseModel]:
 
 
 def compact_json(schema: type[BaseModel], target: Any) -> str:
-    """``target`` validated by ``schema`` as compact JSON, fields in schema order, nulls kept."""
-    return schema.model_validate(target).model_dump_json()
+    """``target`` validated by ``schema`` as compact JSON, fields in schema order, those at their default left out."""
+    return schema.model_validate(target).model_dump_json(exclude_defaults=True)
 
 
 def entity_fields(schema: type[BaseModel], label_field: str = "intent") -> list[str]:
@@ -86,17 +92,20 @@ def extraction_stratum(row: tuple[str, Any]) -> str:
 
 
 class ExtractPromptEncoder:
-    """Prompt and target ids as ``SLM.structured`` sends the prompt and the grammar lets the model answer."""
+    """Prompt and target ids as the schema enforcer prompts its SLM and the grammar lets the model answer."""
 
-    def __init__(self, tokenizer: Any, schema: type[BaseModel]) -> None:
+    def __init__(self, tokenizer: Any, schema: type[BaseModel], *, describe_schema: bool, prompt_version: int) -> None:
         self.slm = _TokenizerSLM(tokenizer)
         self.schema = schema
-        self.instruction = json_schema_instruction(schema)
+        self.describe_schema = describe_schema
+        self.prompt_version = prompt_version
 
     def prompt_ids(self, text: str) -> list[int]:
+        from agentgraph.nodes.schema_enforcer import schema_enforcer_message
         from agentgraph.text import require_text
 
-        messages = to_messages(require_text(text, what="request"), self.instruction)
+        message = schema_enforcer_message(require_text(text, what="request"), prompt_version=self.prompt_version)
+        messages = structured_messages(message, self.schema, describe_schema=self.describe_schema)
         return self.slm.tokenize_chat(messages, add_generation_prompt=True)
 
     def target_ids(self, target: Any) -> list[int]:
@@ -168,6 +177,7 @@ def train_extractor_slm(
     from transformers import AutoTokenizer
 
     from agentgraph.distill.dataset import SupportExtraction
+    from agentgraph.prompting import load_prompt
     from agentgraph.slm.models import prepare_model_folder
 
     schema = schema or SupportExtraction
@@ -176,7 +186,8 @@ def train_extractor_slm(
     manifest, splits = load_extract_rows(dataset_dir)
     base_folder = prepare_model_folder(base)
     tokenizer = AutoTokenizer.from_pretrained(base_folder)
-    encoder = ExtractPromptEncoder(tokenizer, schema)
+    prompt = load_prompt("schema_enforcer")
+    encoder = ExtractPromptEncoder(tokenizer, schema, describe_schema=settings.describe_schema, prompt_version=prompt.version)
     try:
         train = [encoder.encode(text, target) for text, target in splits["train"]]
     except ValueError as exc:
@@ -186,14 +197,35 @@ def train_extractor_slm(
     job = TrainingJob(
         role="extract", dataset_folder=Path(dataset_dir), dataset_sha256=manifest["sha256"], base_folder=base_folder,
         tokenizer=tokenizer, train=train, evaluate=(lambda model: teacher_forced_exact(model, eval_rows)) if eval_rows else None,
-        manifest={"schema": schema_path(schema), "schema_json": schema.model_json_schema()},
+        manifest={
+            "schema": schema_path(schema), "schema_json": schema.model_json_schema(),
+            "schema_enforcer": {"prompt": prompt.id, "prompt_version": prompt.version, "describe_schema": settings.describe_schema},
+        },
     )  # fmt: skip
     return fine_tune(job, output, settings, resume=resume, on_step=on_step)
 
 
+def load_schema_enforcer(model_dir: str | os.PathLike[str], slm: SLM | None = None, **node_options: Any):
+    """The schema enforcer node for an extraction artifact, prompted as it was trained.
+
+    ``slm``: the folder loaded elsewhere (through vLLM, say; default: embedded).
+    ``node_options`` go to :func:`~agentgraph.nodes.schema_enforcer.create_schema_enforcer`
+    (``llm``, ``decision_log``, ``mode``, keys...); the schema, the prompt version and
+    whether the prompt states the schema come from the manifest.
+    """
+    from agentgraph.nodes.schema_enforcer import create_schema_enforcer
+
+    manifest, slm = load_artifact(model_dir, "extract", slm)
+    trained = manifest["schema_enforcer"]
+    return create_schema_enforcer(
+        slm, import_schema(manifest["schema"]), prompt_version=trained["prompt_version"],
+        describe_schema=trained["describe_schema"], **node_options,
+    )  # fmt: skip
+
+
 class ExtractionEvaluation(BaseModel):
     rows: int
-    schema_valid: float = Field(description="share of outputs that validate against the schema")
+    schema_valid: float = Field(description="share of requests the node turned into a valid instance (no handoff)")
     exact_match: float = Field(description="every field equal to the target")
     entity_exact_match: float = Field(description="every entity field (all but the intent) equal to the target")
     entity_exact_match_with_entity: float | None = Field(description="the same, over rows whose target has an entity")
@@ -202,19 +234,20 @@ class ExtractionEvaluation(BaseModel):
     latency_ms_p95: float
 
 
-def evaluate_extractor(slm: Any, schema: type[BaseModel], rows: Sequence[tuple[str, Any]], *, max_tokens: int = 256) -> ExtractionEvaluation:
-    """Decode each request with ``slm.structured`` and compare with its target."""
-    from agentgraph.errors import StructuredOutputError
+def extracted(node: Any, text: str) -> dict[str, Any] | None:
+    """What a schema enforcer node (``output_key="extracted"``) makes of ``text``: the object, or None after a handoff."""
+    value = node({"text": text}, {})["extracted"]
+    return None if value is None else value.model_dump()
 
+
+def evaluate_extractor(node: Any, schema: type[BaseModel], rows: Sequence[tuple[str, Any]]) -> ExtractionEvaluation:
+    """Run a student-mode schema enforcer ``node`` on each request and compare its object with the target."""
     fields = entity_fields(schema)
     valid, exact, entity, entity_rows, intent, latencies = 0, 0, 0, [], 0, []
     for text, target in rows:
         expected = schema.model_validate(target).model_dump()
         started = time.perf_counter()
-        try:
-            got = slm.structured(text, schema, max_tokens=max_tokens).value.model_dump()
-        except StructuredOutputError:
-            got = None
+        got = extracted(node, text)
         latencies.append((time.perf_counter() - started) * 1000)
         has_entity = any(expected[name] is not None for name in fields)
         same_entities = got is not None and all(got[name] == expected[name] for name in fields)
@@ -251,7 +284,12 @@ def gate_extractor(
     base: bool | str | os.PathLike[str] = True,
     base_limit: int | None = None,
 ) -> ExtractionGateReport:
-    """Evaluate an extraction artifact on its held-out split (and the base model on the same rows)."""
+    """Evaluate an extraction artifact on its held-out split (and the base model on the same rows).
+
+    Each side is the schema enforcer node in student mode (the SLM and its repair, never an LLM):
+    the artifact prompted as it was trained, the base model as the node prompts an undistilled SLM.
+    """
+    from agentgraph.nodes.schema_enforcer import create_schema_enforcer
     from agentgraph.slm import TransformersSLM
 
     manifest = read_manifest(model_dir)
@@ -263,12 +301,12 @@ def gate_extractor(
     test = splits["test"] if limit is None else stratified_rows(splits["test"], limit, label=extraction_stratum)
     if not test:
         raise DistillError(f"{folder} has no test rows; the gate needs some")
-    student = evaluate_extractor(TransformersSLM(model_dir), schema, test)
+    student = evaluate_extractor(load_schema_enforcer(model_dir, mode="student"), schema, test)
     base_eval = None
     if base is not False:
-        base_slm = TransformersSLM(manifest["base_model"] if base is True else base)
+        base_node = create_schema_enforcer(TransformersSLM(manifest["base_model"] if base is True else base), schema, mode="student")
         base_test = test if base_limit is None else stratified_rows(test, base_limit, label=extraction_stratum)
-        base_eval = evaluate_extractor(base_slm, schema, base_test)
+        base_eval = evaluate_extractor(base_node, schema, base_test)
     matches = data_manifest["sha256"] == manifest["dataset"]["sha256"]
     decision, reason = promotion_decision(agreement=student.entity_exact_match, threshold=threshold, dataset_matches=matches)
     return ExtractionGateReport(

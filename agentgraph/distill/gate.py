@@ -40,6 +40,7 @@ from pydantic import BaseModel, Field
 
 from agentgraph.distill.train import (
     DistillError,
+    load_artifact,
     load_route_dataset,
     read_manifest,
     stratified_rows,
@@ -93,13 +94,7 @@ class DistilledSLMStrategy(SLMStrategy):
 
 def load_router_strategy(model_dir: str | os.PathLike[str], slm: SLM | None = None) -> DistilledSLMStrategy:
     """The routing strategy of a distilled model folder (``slm``: that folder loaded elsewhere, e.g. through vLLM)."""
-    manifest = read_manifest(model_dir)
-    if manifest.get("role") != "route":
-        raise DistillError(f"{model_dir} was trained for role {manifest.get('role')!r}, not route")
-    if slm is None:
-        from agentgraph.slm import TransformersSLM
-
-        slm = TransformersSLM(model_dir)
+    manifest, slm = load_artifact(model_dir, "route", slm)
     labels = manifest["labels"]
     router = manifest["router"]
     return DistilledSLMStrategy(

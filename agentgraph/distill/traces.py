@@ -61,6 +61,9 @@ STEP_TYPE_KEY = "agentgraph_step_type"
 """Run-config metadata key that names a call's step type."""
 STEP_TAG_PREFIX = "step:"
 """A run tag ``step:<type>`` names a call's step type when the metadata does not."""
+REQUEST_TEXT_KEY = "agentgraph_request_text"
+"""Run-config metadata key: the request a node's prompt wraps (the schema enforcer fences it), or None when the
+prompt also holds context; a distillation example's input is this request rather than the message around it."""
 
 
 class TraceNotFoundError(AgentGraphError, KeyError):
@@ -98,7 +101,13 @@ class LLMCall(BaseModel):
 
     @property
     def input_text(self) -> str | None:
-        """The text of the last user message: what the request was, without the instructions around it."""
+        """What the request was, without the instructions around it.
+
+        The request the node recorded under :data:`REQUEST_TEXT_KEY` (None when its prompt also held
+        context, which no request alone reproduces), else the text of the last user message.
+        """
+        if REQUEST_TEXT_KEY in self.metadata:
+            return self.metadata[REQUEST_TEXT_KEY]
         for message in reversed(self.messages):
             if message.get("role") == "user":
                 return message_text(message)

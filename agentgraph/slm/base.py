@@ -131,6 +131,17 @@ def json_schema_instruction(schema: type[BaseModel]) -> str:
     return render_prompt("structured", schema=json.dumps(schema.model_json_schema(), separators=(",", ":")))
 
 
+def structured_messages(
+    prompt: Prompt, schema: type[BaseModel], system: str | None = None, *, describe_schema: bool = True
+) -> list[dict[str, str]]:
+    """The chat messages :meth:`SLM.structured` sends: ``system``, then the schema-first instruction unless
+    ``describe_schema`` is False (a model fine-tuned on the schema knows it; the grammar enforces it either way)."""
+    instruction = json_schema_instruction(schema) if describe_schema else None
+    if system and instruction:
+        return to_messages(prompt, f"{system}\n\n{instruction}")
+    return to_messages(prompt, system or instruction)
+
+
 def normalise_scores(label_logprobs: Mapping[str, float]) -> dict[str, float]:
     """Softmax of per-label sequence log-probabilities: P(label | prompt, label in set)."""
     top = max(label_logprobs.values())
@@ -188,15 +199,17 @@ class SLM(ABC):
         *,
         system: str | None = None,
         max_tokens: int = 256,
+        describe_schema: bool = True,
     ) -> StructuredResult[ModelT]:
         """Produce an instance of ``schema`` under JSON-schema-constrained decoding.
 
         The schema is stated in the system message (schema-first prompting) and
-        enforced by the decoder. A value the grammar cannot express (a custom
-        validator, say) raises :class:`~agentgraph.errors.StructuredOutputError`.
+        enforced by the decoder. ``describe_schema=False`` leaves the statement
+        out, for a model distilled on the schema (``agentgraph distill train
+        --role extract``), which learnt it. A value the grammar cannot express
+        (a custom validator, say) raises :class:`~agentgraph.errors.StructuredOutputError`.
         """
-        instruction = json_schema_instruction(schema)
-        messages = to_messages(prompt, f"{system}\n\n{instruction}" if system else instruction)
+        messages = structured_messages(prompt, schema, system, describe_schema=describe_schema)
         prompt_ids = self.tokenize_chat(messages, add_generation_prompt=True)
         self.check_budget(len(prompt_ids) + max_tokens)
         generation = self._generate_json(messages, prompt_ids, schema.model_json_schema(), max_tokens)
