@@ -336,6 +336,7 @@ def test_a_dataset_of_another_role_is_refused(tmp_path):
 
 
 def test_extraction_trains_on_the_prompt_its_schema_enforcer_sends_and_is_gated(tiny_model, tmp_path):
+    from agentgraph.distill.agreement import backend_agreement
     from agentgraph.nodes.schema_enforcer import create_schema_enforcer
     from agentgraph.slm import TransformersSLM
 
@@ -370,6 +371,10 @@ def test_extraction_trains_on_the_prompt_its_schema_enforcer_sends_and_is_gated(
     assert seen[first_call] == described.prompt_ids(request) and "refund_amount" in slm.tokenizer.decode(seen[first_call])
     target = learnt.target_ids({"intent": "track_order", "order_id": "12345", "person_name": None})
     assert slm.tokenizer.decode(target) == '{"intent":"track_order","order_id":"12345"}<|im_end|>\n', "defaults left out"
+
+    agreement = backend_agreement(out, slm, TransformersSLM(out), limit=3, names=("spied", "fresh"))
+    assert (agreement.role, agreement.rows, agreement.same_answer) == ("extract", 3, 1.0)
+    assert set(agreement.accuracy) == {"spied", "fresh"} and agreement.accuracy["spied"] == agreement.accuracy["fresh"]
 
     report = gate_extractor(out, threshold=0.99, base=False)
     assert report.test_rows == 6 and 0 <= report.student.schema_valid <= 1

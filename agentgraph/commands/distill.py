@@ -309,6 +309,9 @@ def _agree(args: argparse.Namespace) -> int:
     if report.probability_gap_max is not None:
         print(f"confidence  |p_embedded - p_vllm| of the label: mean {report.probability_gap_mean:.4f}, max {report.probability_gap_max:.4f}")
     for name, accuracy in report.accuracy.items():
+        if report.role == "extract":
+            print(f"{name:<11} entity exact match {100 * accuracy:.2f}% against the targets")
+            continue
         curve = ", ".join(f"{100 * acc:.2f}% at {100 * float(c):.0f}%" for c, acc in report.selective_accuracy_at_coverage[name].items())
         print(f"{name:<11} accuracy {100 * accuracy:.2f}% against the labels; most confident: {curve}")
     print("latency     p50 " + ", ".join(f"{name} {ms:.0f} ms" for name, ms in report.latency_ms_p50.items()))

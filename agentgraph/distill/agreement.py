@@ -42,7 +42,10 @@ class BackendAgreement(BaseModel):
     probability_gap_max: float | None = Field(default=None, description="route: largest |p_a - p_b| of the first backend's label")
     probability_gap_mean: float | None = None
     disagreements: list[dict[str, Any]] = Field(description="the requests answered differently (up to 20)")
-    accuracy: dict[str, float] = Field(default_factory=dict, description="route: each backend's top label against the labels")
+    accuracy: dict[str, float] = Field(
+        default_factory=dict,
+        description="each backend against the labels: route, its top label; extract, every entity field equal to the target",
+    )
     selective_accuracy_at_coverage: dict[str, dict[str, float]] = Field(
         default_factory=dict,
         description="route: each backend's accuracy over its most confident 80/90/95% (by the label's probability)",
@@ -125,15 +128,20 @@ def _route_agreement(
 def _extract_agreement(
     model_dir: str | os.PathLike[str], first: SLM, second: SLM, rows: Sequence[tuple[str, Any]], names: tuple[str, str]
 ) -> BackendAgreement:
-    from agentgraph.distill.extract import extracted, load_schema_enforcer
+    from agentgraph.distill.extract import entity_fields, extracted, import_schema, load_schema_enforcer
 
+    schema = import_schema(read_manifest(model_dir)["schema"])
+    fields = entity_fields(schema)
     nodes = [load_schema_enforcer(model_dir, slm, mode="student") for slm in (first, second)]
-    same, disagreements, latencies = 0, [], {name: [] for name in names}
+    same, disagreements = 0, []
+    latencies, correct = {name: [] for name in names}, {name: [] for name in names}
     for text, target in rows:
+        expected = schema.model_validate(target).model_dump()
         answers = []
         for name, node in zip(names, nodes):
             result, ms = _timed(lambda n=node: extracted(n, text))
             latencies[name].append(ms)
+            correct[name].append(result is not None and all(result[f] == expected[f] for f in fields))
             answers.append(result)
         if answers[0] == answers[1]:
             same += 1
@@ -141,5 +149,6 @@ def _extract_agreement(
             disagreements.append({"text": text, "target": target, names[0]: answers[0], names[1]: answers[1]})
     return BackendAgreement(
         role="extract", backends=names, rows=len(rows), same_answer=same / len(rows), disagreements=disagreements,
+        accuracy={name: float(np.mean(values)) for name, values in correct.items()},
         latency_ms_p50={name: float(np.percentile(values, 50)) for name, values in latencies.items()},
     )  # fmt: skip

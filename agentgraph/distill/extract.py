@@ -216,7 +216,9 @@ def load_schema_enforcer(model_dir: str | os.PathLike[str], slm: SLM | None = No
     from agentgraph.nodes.schema_enforcer import create_schema_enforcer
 
     manifest, slm = load_artifact(model_dir, "extract", slm)
-    trained = manifest["schema_enforcer"]
+    trained = manifest.get("schema_enforcer")
+    if trained is None:
+        raise DistillError(f"{model_dir} predates schema-enforcer prompts in the manifest; retrain it with `agentgraph distill train`")
     return create_schema_enforcer(
         slm, import_schema(manifest["schema"]), prompt_version=trained["prompt_version"],
         describe_schema=trained["describe_schema"], **node_options,
