@@ -128,7 +128,7 @@ def _route_agreement(
 def _extract_agreement(
     model_dir: str | os.PathLike[str], first: SLM, second: SLM, rows: Sequence[tuple[str, Any]], names: tuple[str, str]
 ) -> BackendAgreement:
-    from agentgraph.distill.extract import entity_fields, extracted, import_schema, load_schema_enforcer
+    from agentgraph.distill.extract import entity_fields, extracted, import_schema, load_schema_enforcer, same_entities
 
     schema = import_schema(read_manifest(model_dir)["schema"])
     fields = entity_fields(schema)
@@ -141,7 +141,7 @@ def _extract_agreement(
         for name, node in zip(names, nodes):
             result, ms = _timed(lambda n=node: extracted(n, text))
             latencies[name].append(ms)
-            correct[name].append(result is not None and all(result[f] == expected[f] for f in fields))
+            correct[name].append(same_entities(result, expected, fields))
             answers.append(result)
         if answers[0] == answers[1]:
             same += 1

@@ -242,6 +242,11 @@ def extracted(node: Any, text: str) -> dict[str, Any] | None:
     return None if value is None else value.model_dump()
 
 
+def same_entities(got: dict[str, Any] | None, expected: dict[str, Any], fields: Sequence[str]) -> bool:
+    """Whether an extracted object (None: none was made) has every entity field of ``expected``."""
+    return got is not None and all(got[name] == expected[name] for name in fields)
+
+
 def evaluate_extractor(node: Any, schema: type[BaseModel], rows: Sequence[tuple[str, Any]]) -> ExtractionEvaluation:
     """Run a student-mode schema enforcer ``node`` on each request and compare its object with the target."""
     fields = entity_fields(schema)
@@ -252,13 +257,13 @@ def evaluate_extractor(node: Any, schema: type[BaseModel], rows: Sequence[tuple[
         got = extracted(node, text)
         latencies.append((time.perf_counter() - started) * 1000)
         has_entity = any(expected[name] is not None for name in fields)
-        same_entities = got is not None and all(got[name] == expected[name] for name in fields)
+        entities_right = same_entities(got, expected, fields)
         valid += got is not None
         exact += got == expected
-        entity += same_entities
+        entity += entities_right
         intent += got is not None and got.get("intent") == expected.get("intent")
         if has_entity:
-            entity_rows.append(same_entities)
+            entity_rows.append(entities_right)
     n = len(rows)
     return ExtractionEvaluation(
         rows=n, schema_valid=valid / n, exact_match=exact / n, entity_exact_match=entity / n,

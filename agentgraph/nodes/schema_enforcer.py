@@ -75,7 +75,7 @@ from agentgraph.modes import Mode
 from agentgraph.prompting import load_prompt
 from agentgraph.shadow import ShadowEvaluator
 from agentgraph.slm import SLM
-from agentgraph.slm.base import json_schema_instruction
+from agentgraph.slm.base import json_schema_instruction, structured_messages
 from agentgraph.text import clean_text, require_text, truncate_to_tokens
 
 logger = logging.getLogger(__name__)
@@ -217,14 +217,13 @@ def create_schema_enforcer(
     prompt = load_prompt("schema_enforcer", prompt_version)
     instruction = json_schema_instruction(schema)
 
-    def render(text: str, context: str, rejected: str | None = None, errors: str | None = None) -> str:
-        return prompt.render(text=text, context=context, rejected=rejected, errors=errors)
-
     @cache
     def input_budget() -> int:
         # Tokens left for text and context once the instruction, the template,
         # the answer and a possible repair are accounted for.
-        overhead = slm.count_tokens(render("", ""), system=instruction if describe_schema else None)
+        first_message = structured_messages(schema_enforcer_message("", prompt_version=prompt.version), schema,
+                                            describe_schema=describe_schema)  # fmt: skip
+        overhead = len(slm.tokenize_chat(first_message, add_generation_prompt=True))
         budget = slm.max_context_tokens - overhead - 2 * max_tokens - _REPAIR_TEXT_TOKENS
         if budget <= 0:
             raise ValueError(
@@ -319,7 +318,8 @@ def create_schema_enforcer(
             value, attempt = null_invalid_fields(rejected, validation_context)
             if value is not None:
                 return value, attempt
-        return ask_slm("slm_repair", render(text, context, rejected.output, rejected.error), validation_context)
+        message = prompt.render(text=text, context=context, rejected=rejected.output, errors=rejected.error)
+        return ask_slm("slm_repair", message, validation_context)
 
     def extract(text: str, context: str, message: str, validation_context: dict[str, str]) -> Extraction[ModelT]:
         value, attempts = None, []
@@ -367,7 +367,7 @@ def create_schema_enforcer(
         else:
             text, context, truncated = fit_to_budget(text, context)
         validation_context = {"source_text": f"{context}\n\n{text}" if context else text}
-        message = render(text, context)
+        message = schema_enforcer_message(text, context, prompt_version=prompt.version)
         extraction = extract(text, context, message, validation_context)
         strategy = extraction.strategy
         decision = log_decision(
