@@ -1,13 +1,13 @@
 """Distillation benchmark: customer-support dataset -> fine-tuned SmolLM2-135M router or extractor -> gate.
 
 Run: ``python benchmarks/distill.py [--role route|extract] [--work DIR] [--epochs 2] [--max-minutes 20]
-[--eval-every 25] [--limit N] [--json]``
+[--eval-every 25] [--limit N] [--lora-rank R] [--json]``
 
 1. Dataset: ``agentgraph distill dataset --role ROLE --customer-support``
    (its test split is the fixed test split of the Bitext data, 2,029 rows);
    built once into ``WORK/ROLE/data`` and reused.
-2. Train: full fine-tuning of the packaged SmolLM2-135M-Instruct on the train
-   split (:func:`~agentgraph.distill.train.train_router_slm`,
+2. Train: full fine-tuning (or, with ``--lora-rank``, a LoRA adapter) of the
+   packaged SmolLM2-135M-Instruct on the train split (:func:`~agentgraph.distill.train.train_router_slm`,
    :func:`~agentgraph.distill.extract.train_extractor_slm`), printing the
    learning curve every ``--eval-every`` steps against training minutes
    (evaluation time not counted): route accuracy, or the share of extraction
@@ -42,7 +42,7 @@ from pathlib import Path
 from agentgraph.commands.distill import extraction_gate_lines, gate_lines
 from agentgraph.distill.extract import gate_extractor, train_extractor_slm
 from agentgraph.distill.gate import gate_router
-from agentgraph.distill.train import DistillSettings, train_router_slm
+from agentgraph.distill.train import DistillSettings, LoraSettings, train_router_slm
 
 
 def build_dataset(folder: Path, role: str) -> Path:
@@ -68,21 +68,23 @@ def main() -> int:
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--describe-schema", action=argparse.BooleanOptionalAction, default=False,
                         help="extract: state the JSON schema in the prompt instead of letting the model learn it")  # fmt: skip
+    parser.add_argument("--lora-rank", type=int, default=0, help="train a LoRA adapter of this rank (0: full fine-tuning)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--dev-limit", type=int, help="route: dev rows to fit calibration and gate on (default: all)")
     parser.add_argument("--limit", type=int, help="test rows for the distilled model (default: all 2,029)")
     parser.add_argument("--base-rows", type=int, default=300, help="test rows for the base model (0: skip it)")
-    parser.add_argument("--resume", action="store_true", help="continue an interrupted training run in WORK/model")
-    parser.add_argument("--gate-only", action="store_true", help="gate the model already in WORK/model")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted training run in WORK/ROLE/model")
+    parser.add_argument("--gate-only", action="store_true", help="gate the model already in WORK/ROLE/model")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
     data = build_dataset(args.work / args.role / "data", args.role)
-    model = args.work / args.role / "model"
+    model = args.work / args.role / (f"lora-r{args.lora_rank}" if args.lora_rank else "model")
     settings = DistillSettings(
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, label_style=args.labels,
         max_minutes=args.max_minutes, eval_every=args.eval_every, eval_examples=args.eval_examples, bf16=args.bf16,
         num_threads=args.threads, describe_schema=args.describe_schema,
+        lora=LoraSettings(rank=args.lora_rank) if args.lora_rank else None,
     )  # fmt: skip
     train = train_router_slm if args.role == "route" else train_extractor_slm
     if not args.gate_only:
@@ -97,8 +99,8 @@ def main() -> int:
         report = gate_extractor(model, data, limit=args.limit, **base)
     gate_seconds = time.perf_counter() - started
     result = {
-        "train": {key: manifest[key] for key in ("steps", "total_steps", "stopped_early", "training_seconds", "cpu_seconds",
-                                                 "torch_threads", "prompt_tokens", "settings")},
+        "train": {key: manifest.get(key) for key in ("steps", "total_steps", "stopped_early", "training_seconds", "cpu_seconds",
+                                                     "torch_threads", "prompt_tokens", "settings", "trained_parameters")},
         "learning_curve": manifest["learning_curve"],
         "gate": report.model_dump(mode="json"),
         "gate_seconds": round(gate_seconds, 1),
@@ -116,6 +118,8 @@ def main() -> int:
     print(f"training    {manifest['steps']}/{manifest['total_steps']} steps, {manifest['training_seconds'] / 60:.1f} min wall, "
           f"{manifest['cpu_seconds'] / 60:.1f} CPU min on {manifest['torch_threads']} threads"
           + (" (time limit reached)" if manifest["stopped_early"] else ""))  # fmt: skip
+    if "trained_parameters" in manifest:
+        print(f"trained     {manifest['trained_parameters']:,} parameters ({manifest['artifact'].replace('_', ' ')})")
     print("\n".join(gate_lines(report) if args.role == "route" else extraction_gate_lines(report)))
     print(f"gate        {gate_seconds / 60:.1f} min")
     return 0

@@ -35,6 +35,7 @@ from agentgraph.distill.gate import (
 from agentgraph.distill.train import (
     DistillError,
     DistillSettings,
+    LoraSettings,
     RoutePromptEncoder,
     batch_loss,
     common_prefix,
@@ -251,10 +252,90 @@ def test_a_distilled_router_served_by_vllm_answers_as_the_embedded_backend(learn
     assert report.probability_gap_max < 0.02
 
 
-def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_weights(tiny_model, small_data, tmp_path):
+@pytest.fixture(scope="module")
+def lora_router(tiny_model, small_data, tmp_path_factory) -> Path:
+    """A LoRA adapter on the tiny model, trained for the route role through the CLI."""
+    out = tmp_path_factory.mktemp("lora") / "router-adapter"
+    args = ["distill", "train", "--role", "route", "--data", str(small_data), "--out", str(out), "--base", str(tiny_model),
+            "--epochs", "2", "--batch-size", "4", "--lr", "1e-2", "--threads", "2", "--lora-rank", "8"]  # fmt: skip
+    assert main(args) == 0
+    return out
+
+
+def test_a_lora_run_writes_an_adapter_on_its_base_that_the_embedded_backend_merges(lora_router, tiny_model, capsys):
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from agentgraph.slm import TransformersSLM
+    from agentgraph.slm.models import adapter_settings, model_and_adapter
+
+    assert not (lora_router / "model.safetensors").exists()
+    manifest = read_manifest(lora_router)
+    assert manifest["artifact"] == "lora_adapter" and manifest["settings"]["lora"]["rank"] == 8
+    config = adapter_settings(lora_router)
+    assert config["r"] == 8 and config["lora_alpha"] == 16 and config["base_model_name_or_path"] == str(tiny_model)
+    adapter = load_file(lora_router / "adapter_model.safetensors")
+    # Two layers x seven projections x (A, B), and the count the manifest reports.
+    assert len(adapter) == 28 and sum(t.numel() for t in adapter.values()) == manifest["trained_parameters"]
+    assert manifest["trained_parameters"] < sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(tiny_model).parameters()) / 10
+    assert model_and_adapter(lora_router) == (tiny_model, lora_router)
+
+    slm = TransformersSLM(lora_router)
+    assert slm.model_name == lora_router.name and slm.folder == tiny_model
+    prompt = torch.tensor([slm.tokenize_chat([{"role": "user", "content": "cancel my order"}], add_generation_prompt=True)])
+    base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    with torch.inference_mode():
+        base_logits = base(input_ids=prompt).logits
+        unmerged = PeftModel.from_pretrained(base, lora_router).eval()(input_ids=prompt).logits
+        merged = slm.model(input_ids=prompt).logits
+    assert torch.allclose(merged, unmerged, atol=1e-4)  # merging changes nothing but the cost
+    assert not torch.allclose(merged, base_logits, atol=1e-2)  # and the adapter did learn something
+    assert load_router_strategy(lora_router).propose("where is my order 123?").label in INTENTS
+
+
+def test_an_adapter_whose_base_is_gone_is_a_clear_error(lora_router, tmp_path):
+    import shutil
+
+    from agentgraph.errors import ModelNotFoundError
+    from agentgraph.slm import TransformersSLM
+
+    moved = tmp_path / "adapter"
+    shutil.copytree(lora_router, moved)
+    config = json.loads((moved / "adapter_config.json").read_text())
+    (moved / "adapter_config.json").write_text(json.dumps(config | {"base_model_name_or_path": str(tmp_path / "gone")}))
+    with pytest.raises(ModelNotFoundError, match="was trained on .*gone"):
+        TransformersSLM(moved)
+    with pytest.raises(ModelNotFoundError, match="is a LoRA adapter"):
+        prepare_model_folder(lora_router)
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_a_lora_router_served_by_vllm_beside_its_base_answers_as_the_embedded_backend(lora_router, tiny_model, small_data,
+                                                                                     vllm_python, tmp_path):
+    """`--model ADAPTER` serves the base with --enable-lora --lora-modules; the adapter answers as TransformersSLM does."""
+    from agentgraph.distill.agreement import backend_agreement
+    from agentgraph.slm import TransformersSLM, VLLMSLM
+    from agentgraph.slm.server import ServeSettings, VLLMServer
+
+    settings = ServeSettings(model=str(lora_router), port=0, python=vllm_python, max_model_len=2048)
+    with VLLMServer(settings, log_path=tmp_path / "server.log") as server:
+        served = VLLMSLM(server.base_url, lora_router.name)
+        report = backend_agreement(lora_router, TransformersSLM(lora_router), served, data_dir=small_data, limit=None)
+        base = VLLMSLM(server.base_url, tiny_model.name).choose("cancel my order", list(INTENTS))
+    assert report.rows == 12 and report.same_answer == 1.0, report.disagreements
+    assert report.probability_gap_max < 0.02
+    # The base is served too, unchanged by the adapter.
+    assert base.label in INTENTS
+
+
+@pytest.mark.parametrize(("lora", "weights_file"), [(None, "model.safetensors"), (LoraSettings(rank=4), "adapter_model.safetensors")],
+                         ids=["full", "lora"])  # fmt: skip
+def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_weights(tiny_model, small_data, tmp_path, lora, weights_file):
     from safetensors.torch import load_file
 
-    settings = _tiny_settings(epochs=3, checkpoint_every=2, eval_examples=0)
+    settings = _tiny_settings(epochs=3, checkpoint_every=2, eval_examples=0, lora=lora)
     train_router_slm(small_data, output_dir=tmp_path / "straight", base=tiny_model, settings=settings)
 
     def kill_at_step_5(step: int, loss: float) -> None:
@@ -266,6 +347,8 @@ def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_weights(tiny_model
         train_router_slm(small_data, output_dir=interrupted, base=tiny_model, settings=settings, on_step=kill_at_step_5)
     state = torch.load(interrupted / "checkpoints" / "last.pt", weights_only=False)
     assert state["step"] == 4 and not (interrupted / "manifest.json").exists()
+    if lora is not None:  # a LoRA checkpoint keeps the adapter, not the base it leaves untouched
+        assert state["model"] and all("lora_" in name for name in state["model"])
     with pytest.raises(DistillError, match="--resume"):
         train_router_slm(small_data, output_dir=interrupted, base=tiny_model, settings=settings)
     with pytest.raises(DistillError, match="other data, settings"):
@@ -274,14 +357,14 @@ def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_weights(tiny_model
     resumed = train_router_slm(small_data, output_dir=interrupted, base=tiny_model, settings=settings, resume=True)
     assert resumed.manifest["steps"] == 18
 
-    straight, again = load_file(tmp_path / "straight" / "model.safetensors"), load_file(interrupted / "model.safetensors")
+    straight, again = load_file(tmp_path / "straight" / weights_file), load_file(interrupted / weights_file)
     assert straight.keys() == again.keys()
     for name in straight:
         assert torch.equal(straight[name], again[name]), name
     # The same seed without interruption gives the same weights too (and a different seed does not).
     other = train_router_slm(small_data, output_dir=tmp_path / "seed1", base=tiny_model,
                              settings=settings.model_copy(update={"seed": 1}))  # fmt: skip
-    different = load_file(Path(other.output_dir) / "model.safetensors")
+    different = load_file(Path(other.output_dir) / weights_file)
     assert any(not torch.equal(straight[name], different[name]) for name in straight)
 
 

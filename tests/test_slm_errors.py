@@ -145,8 +145,15 @@ def test_settings_pick_the_backend_from_the_environment(monkeypatch):
     assert SLMSettings.from_env().backend == "embedded"
 
 
+def _adapter(folder: Path, rank: int) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text(json.dumps({"r": rank, "base_model_name_or_path": "SmolLM2-135M-Instruct"}))
+    return folder
+
+
 def test_serve_command_line_has_cpu_defaults(tmp_path):
-    settings = ServeSettings(device="cpu", lora_modules={"router": "/adapters/router"}, extra_args=["--seed", "1"])
+    router = _adapter(tmp_path / "router", 8)
+    settings = ServeSettings(device="cpu", lora_modules={"router": str(router)}, extra_args=["--seed", "1"])
     command = vllm_command(settings, "/venv/bin/python", tmp_path / "SmolLM2-135M-Instruct", 8011)
     assert command[:3] == ["/venv/bin/python", "-m", "vllm.entrypoints.openai.api_server"]
     joined = " ".join(command)
@@ -158,11 +165,24 @@ def test_serve_command_line_has_cpu_defaults(tmp_path):
         "--block-size 32",
         "--gpu-memory-utilization 0.15",
         "--enable-lora",
-        "--lora-modules router=/adapters/router",
+        "--max-lora-rank 8",
+        f"--lora-modules router={router}",
         "--seed 1",
         '"disable_any_whitespace": true',
     ):
         assert expected in joined
+
+
+def test_an_adapter_as_the_model_is_served_beside_its_base_with_a_rank_vllm_takes(tmp_path):
+    extractor = _adapter(tmp_path / "extractor", 24)
+    settings = ServeSettings(device="cpu", model=str(extractor), lora_modules={"router": str(_adapter(tmp_path / "router", 8))})
+    command = " ".join(vllm_command(settings, "/venv/bin/python", tmp_path / "SmolLM2-135M-Instruct", 8011))
+    assert "--served-model-name SmolLM2-135M-Instruct" in command
+    assert f"--max-lora-rank 32 --max-loras 2 --lora-modules router={tmp_path / 'router'} extractor={extractor}" in command
+    with pytest.raises(ServerStartError, match="not an adapter folder"):
+        vllm_command(ServeSettings(lora_modules={"router": str(tmp_path / "missing")}), "python", tmp_path, 8011)
+    with pytest.raises(ServerStartError, match="above the largest"):
+        vllm_command(ServeSettings(model=str(_adapter(tmp_path / "huge", 1024))), "python", tmp_path, 8011)
 
 
 def test_a_python_without_vllm_is_refused():

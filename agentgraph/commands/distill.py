@@ -99,6 +99,12 @@ def register(groups: argparse._SubParsersAction) -> None:
     train.add_argument("--threads", dest="num_threads", type=int, help="torch threads (default: torch's)")
     train.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                        help="bf16 autocast for the forward pass (default on; weights and optimiser stay float32)")  # fmt: skip
+    train.add_argument("--lora", action="store_true",
+                       help="train a LoRA adapter (peft) instead of every weight, for larger bases; vLLM serves it with --lora-modules")  # fmt: skip
+    train.add_argument("--lora-rank", type=int, help="the adapter's rank (default 16; implies --lora)")
+    train.add_argument("--lora-alpha", type=float, help="the adapter's scaling alpha (default twice the rank; implies --lora)")
+    train.add_argument("--lora-targets", help="comma-separated linear layers that get an adapter "
+                       "(default: q,k,v,o,gate,up,down _proj; implies --lora)")  # fmt: skip
     train.add_argument("--resume", action="store_true", help="continue the unfinished run in --out from its last checkpoint")
     train.add_argument("--overwrite", action="store_true", help="delete what --out holds and start over")
     train.add_argument("--json", action="store_true", help="print the manifest as JSON")
@@ -121,7 +127,7 @@ def register(groups: argparse._SubParsersAction) -> None:
     agree = commands.add_parser("agree", help="check that a vLLM server serving a distilled model answers as the embedded backend")
     agree.add_argument("--model", type=Path, required=True, help="a model folder written by `agentgraph distill train`")
     agree.add_argument("--slm-url", required=True, help="the vLLM server serving it (`agentgraph slm serve --model MODEL`)")
-    agree.add_argument("--served-model", help="the model name on the server (default: the only one it serves)")
+    agree.add_argument("--served-model", help="the model name on the server (default: an adapter's folder name, else the only model it serves)")
     agree.add_argument("--data", type=Path, help="the dataset folder (default: the one the model was trained on)")
     agree.add_argument("--limit", type=int, default=200, help="test rows, round-robin over classes (default 200; 0: all)")
     agree.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -230,11 +236,15 @@ def _train(args: argparse.Namespace) -> int:
 
     from agentgraph.distill.train import DistillSettings, train_router_slm
 
+    lora = {"rank": args.lora_rank, "alpha": args.lora_alpha,
+            "target_modules": args.lora_targets and [name.strip() for name in args.lora_targets.split(",")]}  # fmt: skip
+    lora = {k: v for k, v in lora.items() if v is not None}
     options = {
         "epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.learning_rate,
         "label_style": args.label_style, "max_minutes": args.max_minutes, "checkpoint_every": args.checkpoint_every,
         "eval_every": args.eval_every, "eval_examples": args.eval_examples, "seed": args.seed,
         "num_threads": args.num_threads, "bf16": args.bf16, "describe_schema": args.describe_schema,
+        "lora": lora if args.lora or lora else None,
     }  # fmt: skip
     try:
         settings = DistillSettings(**{k: v for k, v in options.items() if v is not None})
@@ -262,7 +272,10 @@ def _train(args: argparse.Namespace) -> int:
     print(f"trained     {manifest['steps']}/{manifest['total_steps']} steps in {manifest['training_seconds'] / 60:.1f} min "
           f"({manifest['cpu_seconds'] / 60:.1f} CPU min){stopped}")  # fmt: skip
     print(f"dataset     sha256 {manifest['dataset']['sha256']}")
-    print(f"wrote       {result.output_dir} (serve it with TransformersSLM or vLLM; gate it with `agentgraph distill gate`)")
+    if manifest["artifact"] == "lora_adapter":
+        print(f"adapter     {manifest['trained_parameters']:,} trained parameters on {manifest['base_model']}")
+    print(f"wrote       {result.output_dir} (load it with TransformersSLM, serve it with `agentgraph slm serve --model`; "
+          "gate it with `agentgraph distill gate`)")  # fmt: skip
     return 0
 
 
@@ -298,8 +311,11 @@ def _gate(args: argparse.Namespace) -> int:
 def _agree(args: argparse.Namespace) -> int:
     from agentgraph.distill.agreement import backend_agreement
     from agentgraph.slm import TransformersSLM, VLLMSLM
+    from agentgraph.slm.models import is_adapter_folder
 
-    report = backend_agreement(args.model, TransformersSLM(args.model), VLLMSLM(args.slm_url, args.served_model),
+    # `slm serve --model ADAPTER` serves an adapter under its folder name, beside its base.
+    served = args.served_model or (args.model.name if is_adapter_folder(args.model) else None)
+    report = backend_agreement(args.model, TransformersSLM(args.model), VLLMSLM(args.slm_url, served),
                                data_dir=args.data, limit=args.limit or None)  # fmt: skip
     if args.json:
         print(report.model_dump_json(indent=2))

