@@ -330,8 +330,11 @@ def test_a_lora_router_served_by_vllm_beside_its_base_answers_as_the_embedded_ba
     assert base.label in INTENTS
 
 
-@pytest.mark.parametrize(("lora", "weights_file"), [(None, "model.safetensors"), (LoraSettings(rank=4), "adapter_model.safetensors")],
-                         ids=["full", "lora"])  # fmt: skip
+@pytest.mark.parametrize(
+    ("lora", "weights_file"),
+    [pytest.param(None, "model.safetensors", id="full"),
+     pytest.param(LoraSettings(rank=4), "adapter_model.safetensors", id="lora", marks=pytest.mark.slow)],
+)  # fmt: skip
 def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_weights(tiny_model, small_data, tmp_path, lora, weights_file):
     from safetensors.torch import load_file
 
