@@ -294,6 +294,34 @@ def test_a_lora_run_writes_an_adapter_on_its_base_that_the_embedded_backend_merg
     assert load_router_strategy(lora_router).propose("where is my order 123?").label in INTENTS
 
 
+def test_distill_merge_writes_a_whole_model_that_answers_as_the_adapter(lora_router, tiny_model, tmp_path, capsys):
+    from agentgraph.slm import TransformersSLM
+    from agentgraph.slm.models import is_adapter_folder, model_and_adapter
+
+    merged = tmp_path / "merged"
+    assert main(["distill", "merge", "--model", str(lora_router), "--out", str(merged)]) == 0
+    assert f"wrote       {merged}" in capsys.readouterr().out
+    assert not is_adapter_folder(merged) and model_and_adapter(merged) == (merged, None)
+    manifest = read_manifest(merged)
+    assert manifest["artifact"] == "model" and manifest["merged_from"] == str(lora_router)
+    assert {k: v for k, v in manifest.items() if k != "merged_from"} == read_manifest(lora_router) | {"artifact": "model"}
+
+    requests = ["cancel my order", "where is my refund?", "I want to talk to a person"]
+    adapter, whole = load_router_strategy(lora_router), load_router_strategy(merged)
+    for request in requests:
+        expected, got = adapter.propose(request), whole.propose(request)
+        assert got.label == expected.label and got.confidence == pytest.approx(expected.confidence, abs=1e-5)
+    assert TransformersSLM(merged).model_name == "merged"
+
+    # A second merge into the same folder must be asked for; a whole model is not an adapter.
+    assert main(["distill", "merge", "--model", str(lora_router), "--out", str(merged)]) == 2
+    assert "already holds a trained model; pass --overwrite" in capsys.readouterr().err
+    assert main(["distill", "merge", "--model", str(lora_router), "--out", str(merged), "--overwrite"]) == 0
+    assert main(["distill", "merge", "--model", str(tiny_model), "--out", str(tmp_path / "again")]) == 2
+    assert "is not a LoRA adapter folder" in capsys.readouterr().err
+    assert not (tmp_path / "again").exists()
+
+
 def test_an_adapter_whose_base_is_gone_is_a_clear_error(lora_router, tmp_path):
     import shutil
 

@@ -110,6 +110,12 @@ def register(groups: argparse._SubParsersAction) -> None:
     train.add_argument("--json", action="store_true", help="print the manifest as JSON")
     train.set_defaults(handler=_train)
 
+    merge = commands.add_parser("merge", help="merge a LoRA adapter into its base: a whole model folder (faster on vLLM's CPU backend)")
+    merge.add_argument("--model", type=Path, required=True, help="an adapter folder written by `agentgraph distill train --lora`")
+    merge.add_argument("--out", type=Path, required=True, help="the model folder to write")
+    merge.add_argument("--overwrite", action="store_true", help="replace the distilled model --out holds")
+    merge.set_defaults(handler=_merge)
+
     gate = commands.add_parser("gate", help="evaluate a distilled model on held-out data against the base model; --promote")
     gate.add_argument("--model", type=Path, required=True, help="a model folder written by `agentgraph distill train`")
     gate.add_argument("--data", type=Path, help="the dataset folder (default: the one the model was trained on)")
@@ -276,6 +282,14 @@ def _train(args: argparse.Namespace) -> int:
         print(f"adapter     {manifest['trained_parameters']:,} trained parameters on {manifest['base_model']}")
     print(f"wrote       {result.output_dir} (load it with TransformersSLM, serve it with `agentgraph slm serve --model`; "
           "gate it with `agentgraph distill gate`)")  # fmt: skip
+    return 0
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from agentgraph.distill.train import merge_adapter
+
+    output = merge_adapter(args.model, args.out, overwrite=args.overwrite)
+    print(f"wrote       {output} (a whole model: load it with TransformersSLM, serve it with `agentgraph slm serve --model`)")
     return 0
 
 

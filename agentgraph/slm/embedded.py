@@ -23,7 +23,7 @@ import time
 from collections.abc import Mapping, Sequence
 
 from agentgraph.slm.base import SLM, ChatMessage, GenerationResult, TokenLogprob, Usage
-from agentgraph.slm.models import model_and_adapter
+from agentgraph.slm.models import load_causal_lm, model_and_adapter
 
 
 class TransformersSLM(SLM):
@@ -48,7 +48,7 @@ class TransformersSLM(SLM):
         super().__init__()
         import torch
         import xgrammar
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
         if num_threads:
             torch.set_num_threads(num_threads)
@@ -57,13 +57,7 @@ class TransformersSLM(SLM):
         self.tokenizer = AutoTokenizer.from_pretrained(self.folder)
         # float32 on CPU: bf16 matmuls are slower there and the model is small.
         dtype = torch.float32 if device == "cpu" else torch.bfloat16
-        self.model = AutoModelForCausalLM.from_pretrained(self.folder, dtype=dtype)
-        if self.adapter is not None:
-            from peft import PeftModel
-
-            # Merged once, so inference costs what the base model costs.
-            self.model = PeftModel.from_pretrained(self.model, self.adapter).merge_and_unload()
-        self.model = self.model.to(device).eval()
+        self.model = load_causal_lm(self.folder, self.adapter, dtype=dtype).to(device).eval()
         self.device = device
         self.max_context_tokens = max_context_tokens or self.model.config.max_position_embeddings
         self._stop_ids = _stop_token_ids(self.model.generation_config, self.tokenizer)

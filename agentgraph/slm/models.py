@@ -26,6 +26,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from agentgraph.errors import ModelNotFoundError
 
@@ -93,6 +94,19 @@ def model_and_adapter(model: str | os.PathLike[str] | None = None) -> tuple[Path
         return prepare_model_folder(base), adapter
     except ModelNotFoundError as exc:
         raise ModelNotFoundError(f"the LoRA adapter {adapter} was trained on {base}, which is not usable here: {exc}") from exc
+
+
+def load_causal_lm(folder: Path, adapter: Path | None, *, dtype: Any) -> Any:
+    """The transformers causal LM in ``folder``, with the LoRA ``adapter`` merged into it when given."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+    if adapter is None:
+        return model
+    from peft import PeftModel
+
+    # Merged once, so inference costs what the base model costs.
+    return PeftModel.from_pretrained(model, adapter).merge_and_unload()
 
 
 def prepare_model_folder(model: str | os.PathLike[str] | None = None) -> Path:
