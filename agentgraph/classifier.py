@@ -24,8 +24,9 @@ A classifier saves as a folder of ``manifest.json`` (labels, thresholds,
 calibration, metrics, data hash) and ``arrays.npz``: no pickles.
 
 Example:
-    >>> from agentgraph.classifier import IntentClassifier, customer_support_router_path
-    >>> classifier = IntentClassifier.load(customer_support_router_path())  # trained on first use (~2-3 min)
+    >>> from agentgraph.classifier import IntentClassifier
+    >>> from agentgraph.graphs.support_router import support_router_path
+    >>> classifier = IntentClassifier.load(support_router_path())  # trained on first use (~2-3 min)
     >>> prediction = classifier.predict("I want to cancel order 1234")
     >>> prediction.label, prediction.in_scope
     ('cancel_order', True)
@@ -42,7 +43,7 @@ import re
 import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -64,9 +65,11 @@ _MANIFEST = "manifest.json"
 _ARRAYS = "arrays.npz"
 LEXICAL_NGRAMS = (2, 4)
 _LEXICAL_SETTINGS: dict[str, Any] = {"analyzer": "char_wb", "ngram_range": LEXICAL_NGRAMS, "sublinear_tf": True, "min_df": 2}
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 """Bumped whenever training changes what a saved classifier means; older artifacts are retrained, never misread."""
 NUMBER_PLACEHOLDER = "number"
+OUT_OF_SCOPE = "__oos__"
+"""The label of a request that should escalate: in evaluation data, and as a class of out-of-scope training examples."""
 _DIGIT_RUN = re.compile(r"\d+")
 
 
@@ -181,6 +184,7 @@ class SentenceEncoder:
         self.session = onnxruntime.InferenceSession(
             str(folder / _ONNX_FILES[precision]), options, providers=["CPUExecutionProvider"]
         )
+        self._last: tuple[str, np.ndarray] | None = None
 
     def count_tokens(self, text: str) -> int:
         """Tokens ``text`` takes, special tokens included (the budget is :attr:`max_input_tokens`)."""
@@ -197,9 +201,19 @@ class SentenceEncoder:
         return np.stack([self.encode_one(text) for text in texts]) if texts else np.zeros((0, 384), dtype=np.float32)
 
     def encode_one(self, text: str) -> np.ndarray:
-        """The embedding of one text, without batching overhead (the routing hot path)."""
+        """The embedding of one text, without batching overhead (the routing hot path).
+
+        The last text's embedding is kept: classifiers sharing this encoder (the
+        router's and the act detector's) read one message with one forward pass.
+        """
+        last = self._last
+        if last is not None and last[0] == text:
+            return last[1]
         ids = np.asarray([self.tokenizer.encode(text).ids], dtype=np.int64)
-        return self.session.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0][0]
+        embedding = self.session.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0][0]
+        embedding.setflags(write=False)
+        self._last = (text, embedding)
+        return embedding
 
 
 def encoder_name(precision: EncoderPrecision) -> str:
@@ -236,8 +250,8 @@ class IntentPrediction(BaseModel):
     in_scope: bool
     accepted: bool = Field(description="in scope and confidence at or above the gate")
     probabilities: dict[str, float] = Field(description="the five most probable labels")
-    similarity: float = Field(description="cosine similarity to the nearest training example")
-    relative_distance: float = Field(description="relative Mahalanobis distance to the nearest intent")
+    similarity: float | None = Field(description="cosine similarity to the nearest training example (None: not tested)")
+    relative_distance: float | None = Field(description="relative Mahalanobis distance to the nearest intent")
 
 
 class CharNgramTfidf:
@@ -304,10 +318,15 @@ def _tied_whitening(embeddings: np.ndarray, reg: float) -> np.ndarray:
 
 
 def _fit_arrays(
-    embeddings: np.ndarray, texts: Sequence[str], classes: np.ndarray, n_labels: int, *,
+    embeddings: np.ndarray, texts: Sequence[str], classes: np.ndarray, labels: Sequence[str], *,
     regularization: float, lexical_weight: float, covariance_ridge: float,
 ) -> dict[str, np.ndarray]:
-    """The arrays of a classifier fitted on ``embeddings`` and their (canonical) ``texts`` with class indices ``classes``."""
+    """The arrays of a classifier fitted on ``embeddings`` and their (canonical) ``texts`` with class indices ``classes``.
+
+    The out-of-scope examples (label :data:`OUT_OF_SCOPE`) are a class of the
+    linear model only: the nearest-neighbour and Mahalanobis tests measure the
+    distance to what is in scope.
+    """
     from scipy.sparse import csr_matrix, hstack
     from sklearn.linear_model import LogisticRegression
 
@@ -315,9 +334,12 @@ def _fit_arrays(
     features = hstack([csr_matrix(embeddings), lexical_weight * lexical.transform(texts)]).tocsr()
     model = LogisticRegression(C=regularization, max_iter=5000).fit(features, classes)
     dims = embeddings.shape[1]
-    means = np.stack([embeddings[classes == k].mean(0) for k in range(n_labels)])
-    whitening = _tied_whitening(embeddings - means[classes], covariance_ridge)
-    background_mean = embeddings.mean(0)
+    intents = [k for k, label in enumerate(labels) if label != OUT_OF_SCOPE]
+    scoped = np.isin(classes, intents)
+    in_scope, in_scope_classes = embeddings[scoped], classes[scoped]
+    means = np.stack([in_scope[in_scope_classes == k].mean(0) for k in intents])
+    whitening = _tied_whitening(in_scope - means[np.searchsorted(intents, in_scope_classes)], covariance_ridge)
+    background_mean = in_scope.mean(0)
     return {
         "weights": model.coef_[:, :dims].astype(np.float32),
         # Stored per term, scaled as in training: a request's lexical scores are a weighted sum of a few rows.
@@ -325,11 +347,24 @@ def _fit_arrays(
         "lexical_vocabulary": np.array(list(lexical.vocabulary), dtype=str),
         "lexical_idf": lexical.idf,
         "bias": model.intercept_.astype(np.float32),
-        "train_embeddings": embeddings,
+        "train_embeddings": in_scope,
         "class_means_white": (means @ whitening).astype(np.float32),
         "whitening": whitening,
         "background_mean": background_mean.astype(np.float32),
-        "background_whitening": _tied_whitening(embeddings - background_mean, covariance_ridge),
+        "background_whitening": _tied_whitening(in_scope - background_mean, covariance_ridge),
+    }
+
+
+def _out_of_fold_metrics(correct: np.ndarray, accepted: np.ndarray, expected_in_scope: np.ndarray) -> dict[str, Any]:
+    """Cross-fitted accuracy, coverage and selective accuracy of in-scope examples; escalation of out-of-scope ones."""
+    scoped, unscoped = expected_in_scope, ~expected_in_scope
+    return {
+        "in_scope_examples": int(scoped.sum()),
+        "out_of_scope_examples": int(unscoped.sum()),
+        "out_of_fold_accuracy": float(correct[scoped].mean()) if scoped.any() else None,
+        "out_of_fold_coverage": float(accepted[scoped].mean()) if scoped.any() else None,
+        "out_of_fold_selective_accuracy": float(correct[accepted].mean()) if accepted.any() else None,
+        "out_of_fold_oos_escalation": float((~accepted[unscoped]).mean()) if unscoped.any() else None,
     }
 
 
@@ -354,6 +389,7 @@ class IntentClassifier:
         self._whitening = arrays["whitening"]
         self._background_mean = arrays["background_mean"]
         self._background_whitening = arrays["background_whitening"]
+        self._intent = np.array([label != OUT_OF_SCOPE for label in self.labels])
 
     @property
     def gate_threshold(self) -> float:
@@ -365,6 +401,9 @@ class IntentClassifier:
         texts: Sequence[str],
         labels: Sequence[str],
         *,
+        groups: Sequence[Any] | None = None,
+        sources: Sequence[str] | None = None,
+        fit_sources: Collection[str] | None = None,
         encoder: SentenceEncoder | None = None,
         descriptions: dict[str, str] | None = None,
         folds: int = 5,
@@ -387,7 +426,18 @@ class IntentClassifier:
         surest dev error, and a model that makes no dev error cannot be
         calibrated (the temperature runs to zero, every confidence to 1.0).
 
+        Examples labelled :data:`OUT_OF_SCOPE` (requests the label set does not
+        cover, chit-chat, bare numbers) are a class of their own: a request the
+        model puts there is out of scope, like one the distance tests reject.
+
         Args:
+            groups: one value per example; examples of a group (variants of one request, say) are held out
+                together, so a variant never vouches for its twin in the cross-fitted scores.
+            sources: one name per example (where it came from: the data set, an augmentation); the manifest's
+                metrics then hold the cross-fitted figures of each source as well.
+            fit_sources: the sources whose cross-fitted scores fit the temperature, the gate and the
+                out-of-scope thresholds (default: all). Fit them on the sources most like live traffic: a gate
+                fitted on clean, templated requests is too lenient for real ones.
             folds: cross-fitting folds; every label needs at least this many examples.
             regularization: inverse L2 strength ``C`` of the logistic regression.
             lexical_weight: scale of the TF-IDF features against the unit-norm embedding. At full weight
@@ -400,7 +450,7 @@ class IntentClassifier:
             target_selective_accuracy: the gate accepts the most held-out requests that still reach this accuracy...
             max_gate_rejection: ...but never rejects more than this share of them.
         """
-        from sklearn.model_selection import StratifiedKFold
+        from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
         encoder = encoder or SentenceEncoder()
         label_list = sorted({str(label) for label in labels})
@@ -428,31 +478,54 @@ class IntentClassifier:
         )
         logits = np.zeros((len(canonical), len(label_list)))
         similarity, distance = np.zeros(len(canonical)), np.zeros(len(canonical))
-        for fitted, held in StratifiedKFold(folds, shuffle=True, random_state=0).split(canonical, classes):
+        splitter = (
+            StratifiedKFold(folds, shuffle=True, random_state=0) if groups is None
+            else StratifiedGroupKFold(folds, shuffle=True, random_state=0)
+        )  # fmt: skip
+        for fitted, held in splitter.split(canonical, classes, groups):
             fold_texts, held_texts = [canonical[i] for i in fitted], [canonical[i] for i in held]
-            fold = cls(draft, _fit_arrays(embeddings[fitted], fold_texts, classes[fitted], len(label_list), **settings), encoder)
+            fold = cls(draft, _fit_arrays(embeddings[fitted], fold_texts, classes[fitted], label_list, **settings), encoder)
             logits[held] = fold.logits(embeddings[held], held_texts)
             similarity[held], distance[held] = fold.scope_scores(embeddings[held])
-        draft.temperature = TemperatureScaling().fit(logits, classes)
+        fitting = (
+            np.ones(len(canonical), dtype=bool) if fit_sources is None
+            else np.isin(np.asarray(sources if sources is not None else [""] * len(canonical)), list(fit_sources))
+        )  # fmt: skip
+        if not fitting.any():
+            raise AgentGraphError(f"no example comes from the fit_sources {sorted(fit_sources or ())}")
+        draft.temperature = TemperatureScaling().fit(logits[fitting], classes[fitting])
+        intent = np.array([label != OUT_OF_SCOPE for label in label_list])
+        expected_in_scope = intent[classes]
+        scoped_fitting = expected_in_scope & fitting
         draft.out_of_scope = OutOfScopeDetector(
-            min_similarity=float(np.quantile(similarity, oos_rejection_rate)),
-            max_relative_distance=float(np.quantile(distance, 1.0 - oos_rejection_rate)),
+            min_similarity=float(np.quantile(similarity[scoped_fitting], oos_rejection_rate)),
+            max_relative_distance=float(np.quantile(distance[scoped_fitting], 1.0 - oos_rejection_rate)),
             rejection_rate=oos_rejection_rate,
         )
-        confidence = draft.temperature.confidence(logits)
-        correct = logits.argmax(1) == classes
-        draft.gate_threshold = selective_threshold(
-            confidence, correct, target_accuracy=target_selective_accuracy, max_rejection=max_gate_rejection
+        probabilities = draft.temperature.transform(logits)
+        best = np.where(intent, probabilities, -1.0).argmax(1)
+        confidence = probabilities[np.arange(len(best)), best]
+        in_scope = (
+            (probabilities.argmax(1) == best)
+            & (similarity >= draft.out_of_scope.min_similarity)
+            & (distance <= draft.out_of_scope.max_relative_distance)
         )
-        in_scope = (similarity >= draft.out_of_scope.min_similarity) & (distance <= draft.out_of_scope.max_relative_distance)
+        # An out-of-scope example the tests let through is an error if the gate accepts it.
+        correct = best == classes
+        proposed = (in_scope | expected_in_scope) & fitting
+        draft.gate_threshold = selective_threshold(
+            np.where(in_scope, confidence, -1.0)[proposed], correct[proposed],
+            target_accuracy=target_selective_accuracy, max_rejection=max_gate_rejection,
+        )  # fmt: skip
         accepted = in_scope & (confidence >= draft.gate_threshold)
-        draft.metrics = {
-            "examples": len(canonical),
-            "out_of_fold_accuracy": float(correct.mean()),
-            "out_of_fold_coverage": float(accepted.mean()),
-            "out_of_fold_selective_accuracy": float(correct[accepted].mean()) if accepted.any() else None,
-        }
-        return cls(draft, _fit_arrays(embeddings, canonical, classes, len(label_list), **settings), encoder)
+        draft.metrics = {"examples": len(canonical), **_out_of_fold_metrics(correct, accepted, expected_in_scope)}
+        if sources is not None:
+            names = np.asarray(sources)
+            draft.metrics["by_source"] = {
+                str(name): _out_of_fold_metrics(correct[of], accepted[of], expected_in_scope[of])
+                for name in sorted(set(sources)) for of in [names == name]
+            }  # fmt: skip
+        return cls(draft, _fit_arrays(embeddings, canonical, classes, label_list, **settings), encoder)
 
     def logits(self, embeddings: np.ndarray, texts: Sequence[str]) -> np.ndarray:
         """Linear scores for every label of ``texts`` (as :func:`canonical_text` writes them) with ``embeddings``."""
@@ -469,15 +542,22 @@ class IntentClassifier:
         background = np.einsum("nd,de->ne", embeddings - self._background_mean, self._background_whitening)
         return similarity, (to_classes - (background**2).sum(-1)[:, None]).min(axis=1)
 
-    def predict(self, text: str) -> IntentPrediction:
-        """Classify one request (already cleaned and cut to :attr:`SentenceEncoder.max_input_tokens`)."""
+    def predict(self, text: str, *, detect_scope: bool = True) -> IntentPrediction:
+        """Classify one request (already cleaned and cut to :attr:`SentenceEncoder.max_input_tokens`).
+
+        ``detect_scope=False`` skips the distance tests, for a classifier whose
+        labels cover every input (the act detector's): only an out-of-scope
+        class can then put the request out of scope.
+        """
         canonical = canonical_text(text)
         embedding = self.encoder.encode_one(canonical)
         probabilities = self.manifest.temperature.transform(self.logits(embedding, [canonical]))[0]
-        best = int(probabilities.argmax())
-        similarity, distance = (float(s[0]) for s in self.scope_scores(embedding))
+        best = int(np.where(self._intent, probabilities, -1.0).argmax())
+        similarity, distance = (float(s[0]) for s in self.scope_scores(embedding)) if detect_scope else (None, None)
         detector = self.manifest.out_of_scope
-        in_scope = similarity >= detector.min_similarity and distance <= detector.max_relative_distance
+        in_scope = int(probabilities.argmax()) == best and (
+            not detect_scope or (similarity >= detector.min_similarity and distance <= detector.max_relative_distance)
+        )
         top = np.argsort(-probabilities)[:5]
         return IntentPrediction(
             label=self.labels[best],
@@ -526,81 +606,34 @@ def _read_manifest(folder: Path) -> ClassifierManifest:
     return ClassifierManifest.model_validate_json((folder / _MANIFEST).read_text(encoding="utf-8"))
 
 
-CUSTOMER_SUPPORT_INTENTS: dict[str, str] = {
-    "cancel_order": "stop or cancel an order already placed",
-    "change_order": "modify items or quantities of an existing order",
-    "change_shipping_address": "change the delivery address of an order or the account",
-    "check_cancellation_fee": "ask what fee or penalty a cancellation costs",
-    "check_invoice": "look at or review an existing invoice or bill",
-    "check_payment_methods": "ask which payment methods are accepted",
-    "check_refund_policy": "ask when or under which rules money is refunded",
-    "complaint": "file a complaint or express dissatisfaction",
-    "contact_customer_service": "ask how to reach customer service or its hours",
-    "contact_human_agent": "ask to talk to a live person or human agent",
-    "create_account": "open or sign up for a new account",
-    "delete_account": "close or delete an account",
-    "delivery_options": "ask about shipping methods, carriers or countries delivered to",
-    "delivery_period": "ask how long delivery takes or when a parcel arrives",
-    "edit_account": "update personal details of an account",
-    "get_invoice": "obtain or download a copy of an invoice",
-    "get_refund": "request money back",
-    "newsletter_subscription": "subscribe to or unsubscribe from the newsletter",
-    "payment_issue": "report a problem with a payment",
-    "place_order": "buy something or place a new order",
-    "recover_password": "reset or recover a forgotten password",
-    "registration_problems": "report problems signing up or registering",
-    "review": "leave a review or feedback about a product or service",
-    "set_up_shipping_address": "add or set up a new shipping address",
-    "switch_account": "change to another account type or plan",
-    "track_order": "ask where an order is or its status",
-    "track_refund": "ask about the status of a refund already requested",
-}
-"""The 27 Bitext intents with their decision boundaries (used by SLM routing)."""
-
-
 def file_sha256(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def customer_support_router_path(*, rebuild: bool = False) -> Path:
-    """The classifier the example customer-support graph routes with, trained on first use.
+def cached_classifier(folder: str | Path, data_sha256: str, train: Callable[[], IntentClassifier], *, rebuild: bool = False) -> Path:
+    """``folder``, holding the classifier ``train()`` makes: trained when missing, and again when stale.
 
-    Trained on the fixed-seed train and dev splits of the Bitext data (the test
-    split stays unseen, for the benchmarks); calibration, gate and out-of-scope
-    thresholds come from their cross-fitted scores. Kept in
-    ``cache_dir()/artifacts/router/customer-support`` and retrained when it was
-    saved by an older format or for another encoder.
+    Stale means saved by another format, for another encoder than the default
+    one, or from other data than ``data_sha256`` says (the digest of whatever
+    the training reads, recipe included).
     """
-    folder = cache_dir() / "artifacts" / "router" / "customer-support"
-    if rebuild or not _is_current(folder):
-        train_customer_support_router().save(folder)
+    folder = Path(folder)
+    if rebuild or not is_current(folder, data_sha256):
+        classifier = train()
+        classifier.manifest.data_sha256 = data_sha256
+        classifier.save(folder)
+        logger.info("trained the classifier in %s: %s", folder, json.dumps(classifier.manifest.metrics))
     return folder
 
 
-def _is_current(folder: Path) -> bool:
-    """Whether ``folder`` holds a classifier saved by this format for the default encoder."""
+def is_current(folder: Path, data_sha256: str | None = None) -> bool:
+    """Whether ``folder`` holds a classifier of this format for the default encoder (trained on ``data_sha256``)."""
     try:
         manifest = _read_manifest(folder)
     except (OSError, ValueError):
         return False
-    return manifest.format_version == FORMAT_VERSION and manifest.encoder == encoder_name("int8")
-
-
-def train_customer_support_router(
-    *, encoder: SentenceEncoder | None = None, exclude_intents: Sequence[str] = ()
-) -> IntentClassifier:
-    """Train the customer-support classifier (optionally without some intents, to study out-of-scope detection)."""
-    from agentgraph.datasets import customer_support_csv, load_customer_support, split_customer_support
-
-    splits = split_customer_support(load_customer_support())
-    excluded = set(exclude_intents)
-    rows = [r for r in splits["train"] + splits["dev"] if r.intent not in excluded]
-    classifier = IntentClassifier.train(
-        [r.text for r in rows],
-        [r.intent for r in rows],
-        encoder=encoder,
-        descriptions={k: v for k, v in CUSTOMER_SUPPORT_INTENTS.items() if k not in excluded},
-        data_sha256=file_sha256(customer_support_csv()),
+    return (
+        manifest.format_version == FORMAT_VERSION
+        and manifest.encoder == encoder_name("int8")
+        and (data_sha256 is None or manifest.data_sha256 == data_sha256)
     )
-    logger.info("trained the customer-support router: %s", json.dumps(classifier.manifest.metrics))
-    return classifier

@@ -3,7 +3,10 @@
 Each node returns its record under the ``decisions`` state key (append-only, see
 :class:`DecisionState`) and, when given a :class:`DecisionLog`, writes it there
 too. The log is the raw material of distillation: accepted decisions become
-training data.
+training data. So a log stores each record with its personal data masked
+(:func:`stored_record`, :mod:`agentgraph.pii`): card numbers, e-mail addresses,
+IBANs and the rest become ``[CARD_NUMBER]``, ``[EMAIL]``, ``[IBAN]``. The
+record in graph state, which the run itself uses, keeps them.
 
 Example:
     >>> from agentgraph.decisions import Decision, SQLiteDecisionLog
@@ -12,10 +15,14 @@ Example:
     ...                     confidence=0.97, strategy="classifier", latency_ms=3.1))
     >>> [d.output for d in log.decisions(node="router")]
     ['track_order']
+    >>> log.record(Decision(node="router", kind="route", input="refund to DE89 3704 0044 0532 0130 00"))
+    >>> [d.input for d in log.decisions(node="router")][-1]
+    'refund to [IBAN]'
 """
 
 from __future__ import annotations
 
+import json
 import operator
 import threading
 import uuid
@@ -27,6 +34,7 @@ from typing import Annotated, Any, Protocol, TypedDict
 from langchain_core.runnables import RunnableConfig
 from pydantic import BaseModel, Field
 
+from agentgraph.pii import redact_pii_in
 from agentgraph.storage import connect_sqlite
 
 
@@ -55,6 +63,17 @@ class DecisionState(TypedDict, total=False):
     """Mix into a graph's state: nodes append their records here."""
 
     decisions: Annotated[list[Decision], operator.add]
+
+
+IDENTITY_FIELDS = ("id", "timestamp", "thread_id")
+"""Fields a stored record keeps as they are: what finds it again (a thread id is the caller's to choose)."""
+
+
+def stored_record(record: BaseModel, *, exclude: set[str] | None = None) -> str:
+    """``record`` as a store writes it: JSON, with the personal data in every field but its identity masked."""
+    values = record.model_dump(mode="json", exclude=exclude)
+    masked = {field: value if field in IDENTITY_FIELDS else redact_pii_in(value) for field, value in values.items()}
+    return json.dumps(masked, ensure_ascii=False)
 
 
 def thread_id_of(config: RunnableConfig | None) -> str | None:
@@ -86,7 +105,7 @@ class JSONLDecisionLog:
         self._lock = threading.Lock()
 
     def record(self, decision: Decision) -> None:
-        line = decision.model_dump_json() + "\n"
+        line = stored_record(decision) + "\n"
         with self._lock, self.path.open("a", encoding="utf-8") as out:
             out.write(line)
 
@@ -124,7 +143,7 @@ class SQLiteDecisionLog:
                     decision.node,
                     decision.kind,
                     decision.thread_id,
-                    decision.model_dump_json(),
+                    stored_record(decision),
                 ),
             )
 

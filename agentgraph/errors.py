@@ -123,3 +123,49 @@ class DatasetError(AgentGraphError):
 
 class ConfigError(AgentGraphError, ValueError):
     """A setting (an environment variable, a command-line option) holds a value agentgraph cannot use."""
+
+
+class InvalidTextError(AgentGraphError, ValueError):
+    """Text that no store, model or JSON encoder takes: not a str, or holding lone surrogates (bytes that were not UTF-8)."""
+
+
+class TurnInputError(AgentGraphError, ValueError):
+    """A turn was asked for with input it cannot run on (both a message and a resume value, or neither, say)."""
+
+
+class UnknownThreadError(AgentGraphError, LookupError):
+    """A thread to resume has no checkpoint: its id (or the place its checkpoints are kept) is wrong."""
+
+    def __init__(self, thread_id: str, where: str) -> None:
+        super().__init__(
+            f"no thread {thread_id!r} in {where}: check the thread id and where its checkpoints are kept "
+            "(agentgraph run: --thread and --data-dir), or send a message to start a new thread"
+        )
+        self.thread_id = thread_id
+
+
+class NothingToResumeError(AgentGraphError, ValueError):
+    """A resume value was sent to a thread with no pending interrupt: its last turn has already ended."""
+
+    def __init__(self, thread_id: str) -> None:
+        super().__init__(
+            f"thread {thread_id!r} has no pending approval to answer: its last turn already ended, and an answer "
+            "given now would change nothing; send a new message on the thread instead"
+        )
+        self.thread_id = thread_id
+
+
+class ThreadBusyError(AgentGraphError):
+    """Another turn on the same thread did not finish in time; turns on one thread run one at a time."""
+
+    def __init__(self, thread_id: str, wait_s: float, where: str) -> None:
+        super().__init__(
+            f"thread {thread_id!r} is busy: another turn on it ({where}) did not finish within {wait_s:g} s. "
+            "Turns on one thread run one at a time: retry when it has finished, or use another thread"
+        )
+        self.thread_id = thread_id
+        self.wait_s = wait_s
+
+
+class CheckpointDecryptionError(AgentGraphError):
+    """A checkpoint cannot be decrypted: it was written with another key, or it was altered."""

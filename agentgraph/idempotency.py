@@ -8,15 +8,25 @@ first is still running is a conflict
 (:class:`~agentgraph.errors.IdempotencyConflictError`); keys are forgotten after
 a retention window.
 
-A reservation holds a lease. A worker that dies between running the side effect
-and recording it leaves its key in flight; once the lease has run out the key
-is *stale*. Whether a stale key may run again depends on the caller, so
-:meth:`IdempotencyStore.begin` is told: ``recover_stale=True`` hands the key
-to the new worker (right for tools that use the key in their own write, so a
-second run is a no-op), ``recover_stale=False`` raises
+A reservation holds a lease, and names its owner: the process (host, pid and
+start time) that holds the key. A worker that dies between running the side
+effect and recording it leaves its key in flight; the key is *stale* once the
+lease has run out, or at once when the owner is known to be dead: it ran on
+this machine (same host, boot and pid namespace, which Linux's ``/proc``
+tells) and its process is gone or its pid now belongs to a newer one. An owner
+on another machine is presumed alive until its lease runs out. Whether a stale
+key may run again depends on the caller, so :meth:`IdempotencyStore.begin` is
+told: ``recover_stale=True`` hands the key to the new worker (right for tools
+that use the key in their own write, so a second run is a no-op),
+``recover_stale=False`` raises
 :class:`~agentgraph.errors.IdempotencyOutcomeUnknownError` (a person must look).
 Choose a lease longer than the slowest tool call: a lease that runs out while
 the first worker is still busy lets a second one in.
+
+Recorded outcomes are stored with their personal data masked
+(:func:`agentgraph.pii.redact_pii_in`): a replay shows ``[CARD_NUMBER]`` where
+the first run's answer had a card number. Keys and fingerprints are SHA-256
+digests of the arguments, never the arguments themselves.
 
 Two backends share one implementation: :class:`SQLiteIdempotencyStore` (the
 default, one file, safe across threads and processes) and
@@ -39,12 +49,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import socket
 import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
+from functools import cache
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -55,6 +68,7 @@ from agentgraph.errors import (
     IdempotencyKeyReuseError,
     IdempotencyOutcomeUnknownError,
 )
+from agentgraph.pii import redact_pii_in
 from agentgraph.storage import connect_sqlite
 
 KeyStatus = Literal["in_flight", "completed", "failed"]
@@ -73,13 +87,20 @@ _COLUMN_NAMES = (
     "updated_at",
     "lease_expires_at",
     "expires_at",
+    "owner_host",
+    "owner_pid",
+    "owner_started",
 )
 _COLUMNS = ", ".join(_COLUMN_NAMES)
+_OWNER_COLUMNS = {"owner_host": "TEXT", "owner_pid": "BIGINT", "owner_started": "BIGINT"}
+"""Added after the first release: a table created before them gets them on open."""
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS idempotency_keys ("
     " key TEXT PRIMARY KEY, request_hash TEXT NOT NULL, status TEXT NOT NULL, token TEXT, result TEXT,"
     " attempts INTEGER NOT NULL, created_at DOUBLE PRECISION NOT NULL, updated_at DOUBLE PRECISION NOT NULL,"
-    " lease_expires_at DOUBLE PRECISION, expires_at DOUBLE PRECISION NOT NULL)"
+    " lease_expires_at DOUBLE PRECISION, expires_at DOUBLE PRECISION NOT NULL, "
+    + ", ".join(f"{name} {kind}" for name, kind in _OWNER_COLUMNS.items())
+    + ")"
 )
 
 
@@ -100,6 +121,49 @@ def derive_idempotency_key(thread_id: str, tool: str, arguments: Mapping[str, An
     ).hexdigest()
 
 
+class KeyOwner(BaseModel):
+    """The process that holds a key in flight, named precisely enough for its own machine to tell it died."""
+
+    host: str = Field(description="the hostname, with (on Linux) the boot and pid namespace the pid belongs to")
+    pid: int
+    started: int | None = Field(
+        default=None, description="the process's start (Linux: clock ticks after boot), so a reused pid is not it"
+    )
+
+    @classmethod
+    def this_process(cls) -> KeyOwner:
+        pid = os.getpid()
+        return cls(host=_host_identity(), pid=pid, started=_running_since(pid))
+
+    def is_dead(self) -> bool:
+        """True when this machine can tell the owner is gone; False when it is alive, or elsewhere, or unknowable."""
+        if self.started is None or self.host != _host_identity():
+            return False  # another machine or pid namespace (or no /proc): only the lease can tell
+        return _running_since(self.pid) != self.started
+
+
+@cache
+def _host_identity() -> str:
+    # A pid means one process only within one pid namespace of one boot of one machine.
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return socket.gethostname()
+    return f"{socket.gethostname()} boot={boot} pidns={namespace}"
+
+
+def _running_since(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks after boot), or None when it is not running (or no /proc)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: the fields after it start past the last ")".
+    state, *fields = stat[stat.rindex(")") + 2 :].split()
+    return None if state in ("Z", "X") else int(fields[18])  # a zombie has died; field 22 is the start time
+
+
 class IdempotencyRecord(BaseModel):
     """What the store knows about one key."""
 
@@ -112,6 +176,7 @@ class IdempotencyRecord(BaseModel):
     updated_at: float
     lease_expires_at: float | None = Field(description="while in flight: when the holder is presumed dead")
     expires_at: float = Field(description="when the key is forgotten")
+    owner: KeyOwner | None = Field(default=None, description="while in flight: the process that holds the key")
 
 
 class Reservation(BaseModel):
@@ -193,6 +258,7 @@ class SQLIdempotencyStore(ABC):
     def begin(self, key: str, request_hash: str, *, recover_stale: bool = True) -> Reservation:
         now = self.clock()
         token = uuid.uuid4().hex
+        owner = KeyOwner.this_process()
         with self._transaction() as execute:
             record = self._locked_record(execute, key)
             if record is not None and self._expired(record, now):
@@ -201,11 +267,12 @@ class SQLIdempotencyStore(ABC):
             if record is None:
                 inserted = execute(
                     self._sql(
-                        f"INSERT INTO idempotency_keys ({_COLUMNS}) VALUES (?, ?, 'in_flight', ?, NULL, 1, ?, ?, ?, ?)"
-                        " ON CONFLICT (key) DO NOTHING"
+                        f"INSERT INTO idempotency_keys ({_COLUMNS})"
+                        " VALUES (?, ?, 'in_flight', ?, NULL, 1, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING"
                     ),
-                    (key, request_hash, token, now, now, now + self.lease_s, now + self.retention_s),
-                ).rowcount
+                    (key, request_hash, token, now, now, now + self.lease_s, now + self.retention_s,
+                     owner.host, owner.pid, owner.started),
+                ).rowcount  # fmt: skip
                 if inserted:
                     return Reservation(key=key, started=True, token=token)
                 # Postgres: another transaction inserted the key since we looked; read what it wrote.
@@ -214,20 +281,17 @@ class SQLIdempotencyStore(ABC):
                 raise IdempotencyKeyReuseError(key, "it was first used with other arguments; use a new key")
             if record.status != "in_flight":
                 return Reservation(key=key, started=False, record=record)
-            if self._lease_live(record, now):
+            owner_dead = record.owner is not None and record.owner.is_dead()
+            if self._lease_live(record, now) and not owner_dead:
                 raise IdempotencyConflictError(key, "a call with this key is still running; retry when it is done")
             if not recover_stale:
-                raise IdempotencyOutcomeUnknownError(
-                    key,
-                    f"its worker died after starting it (attempt {record.attempts}) and the call must not run "
-                    "twice; check the tool's own records before you run it again with a new key",
-                )
+                raise IdempotencyOutcomeUnknownError(key, _outcome_unknown(record, owner_dead))
             execute(
                 self._sql(
                     "UPDATE idempotency_keys SET token = ?, attempts = attempts + 1, updated_at = ?,"
-                    " lease_expires_at = ? WHERE key = ?"
+                    " lease_expires_at = ?, owner_host = ?, owner_pid = ?, owner_started = ? WHERE key = ?"
                 ),
-                (token, now, now + self.lease_s, key),
+                (token, now, now + self.lease_s, owner.host, owner.pid, owner.started, key),
             )
             return Reservation(key=key, started=True, recovered=True, token=token)
 
@@ -269,10 +333,12 @@ class SQLIdempotencyStore(ABC):
             updated = execute(
                 self._sql(
                     "UPDATE idempotency_keys SET status = ?, result = ?, token = NULL, lease_expires_at = NULL,"
+                    " owner_host = NULL, owner_pid = NULL, owner_started = NULL,"
                     " updated_at = ?, expires_at = ? WHERE key = ? AND token = ? AND status = 'in_flight'"
                 ),
-                (status, canonical_json(result), now, now + self.retention_s, reservation.key, reservation.token),
-            ).rowcount
+                (status, canonical_json(redact_pii_in(result)), now, now + self.retention_s, reservation.key,
+                 reservation.token),
+            ).rowcount  # fmt: skip
         if not updated:
             raise IdempotencyConflictError(
                 reservation.key, "its lease ran out and another worker took it over; raise lease_s above the call time"
@@ -295,7 +361,24 @@ class SQLIdempotencyStore(ABC):
         values = dict(zip(_COLUMN_NAMES, row, strict=True))
         values.pop("token")
         values["result"] = None if values["result"] is None else json.loads(values["result"])
+        host, pid, started = (values.pop(column) for column in _OWNER_COLUMNS)
+        values["owner"] = None if host is None else KeyOwner(host=host, pid=pid, started=started)
         return IdempotencyRecord.model_validate(values)
+
+
+def _outcome_unknown(record: IdempotencyRecord, owner_dead: bool) -> str:
+    """Why a stale key's outcome is unknown, and what the operator and the customer can do about it."""
+    if owner_dead:
+        died = f"its worker (pid {record.owner.pid} on {record.owner.host.split()[0]}) died"
+    else:
+        died = "its worker's lease ran out (it died, or ran past lease_s)"
+    return (
+        f"the call started (attempt {record.attempts}) but {died} before recording what happened, so it may or may "
+        "not have taken effect, and it must not run twice. Check the tool's own records; if it did not take effect, "
+        "run it again under a new key (for keys derived from the thread: the same request in a new thread). Tell "
+        "the customer that it is not yet known whether this went through, that it will not be repeated "
+        "automatically, and that a person will confirm; they need not ask again, and can check their account meanwhile"
+    )
 
 
 class SQLiteIdempotencyStore(SQLIdempotencyStore):
@@ -310,6 +393,11 @@ class SQLiteIdempotencyStore(SQLIdempotencyStore):
         self.path = str(path)
         self._conn = connect_sqlite(self.path, busy_timeout_s=30.0)
         self._conn.execute(_SCHEMA)
+        with self._transaction() as execute:
+            present = {column[1] for column in execute("PRAGMA table_info(idempotency_keys)", ())}
+            for name, kind in _OWNER_COLUMNS.items():
+                if name not in present:
+                    execute(f"ALTER TABLE idempotency_keys ADD COLUMN {name} {kind}", ())
 
     @contextmanager
     def _transaction(self) -> Iterator[Callable[[str, tuple], Any]]:
@@ -346,6 +434,16 @@ class PostgresIdempotencyStore(SQLIdempotencyStore):
         super().__init__(**options)
         self._conn = psycopg.connect(conninfo, autocommit=True)
         self._conn.execute(_SCHEMA)
+        # Looked up first: ALTER TABLE locks the table even when it changes nothing.
+        present = {
+            name for (name,) in self._conn.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = 'idempotency_keys'"
+                " AND table_schema = current_schema()"
+            )
+        }  # fmt: skip
+        for name, kind in _OWNER_COLUMNS.items():
+            if name not in present:
+                self._conn.execute(f"ALTER TABLE idempotency_keys ADD COLUMN IF NOT EXISTS {name} {kind}")
 
     @contextmanager
     def _transaction(self) -> Iterator[Callable[[str, tuple], Any]]:

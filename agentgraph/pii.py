@@ -27,13 +27,20 @@ Example:
     ['email', 'card_number', 'phone']
     >>> redact_pii("My IBAN is DE89 3704 0044 0532 0130 00, order 113542617735902.")[0]
     'My IBAN is [IBAN], order 113542617735902.'
+
+:func:`redact_pii_in` masks every string (and card-like integer) inside a
+JSON-like value; the stores use it before they write (the decision log, the
+trace store, idempotency records):
+
+    >>> redact_pii_in({"args": {"order_id": 4111111111111111, "note": "to jo@example.com"}, "amount": 20})
+    {'args': {'order_id': '[CARD_NUMBER]', 'note': 'to [EMAIL]'}, 'amount': 20}
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Sequence
-from typing import Literal
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
@@ -212,3 +219,21 @@ def redact_pii(
     """``text`` with its personal data masked, and what was masked."""
     matches = find_pii(text, kinds)
     return redact_spans(text, [(m.start, m.end, mask(m)) for m in matches]), matches
+
+
+def redact_pii_in(value: Any, kinds: Sequence[PIIKind] = PII_KINDS) -> Any:
+    """``value`` with the personal data in every string masked, through dicts, lists and tuples (as lists).
+
+    An integer that reads as personal data (a card number given as a number) becomes its mask;
+    other values stay as they are.
+    """
+    if isinstance(value, str):
+        return redact_pii(value, kinds)[0]
+    if isinstance(value, Mapping):
+        return {key: redact_pii_in(item, kinds) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_pii_in(item, kinds) for item in value]
+    if isinstance(value, int) and not isinstance(value, bool):
+        masked = redact_pii(str(value), kinds)[0]
+        return value if masked == str(value) else masked
+    return value

@@ -20,20 +20,50 @@ Example:
     >>> turn = run_turn(builder.compile(checkpointer=InMemorySaver()), "hello", thread_id="t1")
     >>> turn.nodes, turn.response, turn.llm_calls
     (['echo'], 'HELLO', 0)
+
+Turns on one thread run one at a time: two at once would both start from the
+same checkpoint, and the thread's history would fork and lose one of them.
+:func:`run_turn` holds a lock per thread in this process, and with
+``lock_dir`` a lock file per thread there, so processes sharing the folder
+(``agentgraph run --data-dir``) queue up too; a turn that waits longer than
+``wait_s`` ends in :class:`~agentgraph.errors.ThreadBusyError`.
+
+Bad input is a typed error before anything runs: a message that is not a str
+or not valid UTF-8 (:class:`~agentgraph.errors.InvalidTextError`), a resume
+value for a thread that does not exist (:class:`~agentgraph.errors.UnknownThreadError`)
+or has no pending interrupt (:class:`~agentgraph.errors.NothingToResumeError`),
+and, after it ran, a resume value the pending approval refused
+(:class:`~agentgraph.errors.ApprovalResponseError`; the approval stays pending).
 """
 
 from __future__ import annotations
 
+import hashlib
+import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import Any
 
 from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command
 from pydantic import BaseModel, Field
 
+from agentgraph.checkpointing import checkpoint_location
 from agentgraph.decisions import Decision
+from agentgraph.errors import (
+    ApprovalResponseError,
+    NothingToResumeError,
+    ThreadBusyError,
+    TurnInputError,
+    UnknownThreadError,
+)
+from agentgraph.text import require_utf8
 
 SMALL_MODEL_STRATEGIES = frozenset({"classifier", "slm", "slm_repair", "cross_encoder"})
 """Decision strategies that mean a local small model (SLM, classifier or cross-encoder) decided."""
@@ -68,6 +98,10 @@ class TurnResult(BaseModel):
     decisions: list[Decision] = Field(default_factory=list, exclude=True)
 
 
+DEFAULT_TURN_WAIT_S = 120.0
+"""How long a turn waits for another turn on its thread to finish before it gives up."""
+
+
 def run_turn(
     graph: CompiledStateGraph,
     message: str | None = None,
@@ -77,25 +111,66 @@ def run_turn(
     customer_id: str | None = None,
     callbacks: list[BaseCallbackHandler] | None = None,
     metadata: dict[str, Any] | None = None,
+    lock_dir: str | Path | None = None,
+    wait_s: float = DEFAULT_TURN_WAIT_S,
 ) -> TurnResult:
     """Send ``message`` (or, with ``resume``, answer the pending interrupt) on ``thread_id`` and report.
 
     The graph needs a checkpointer for ``resume`` and for a thread to carry over turns.
     ``callbacks`` (a Langfuse handler, say) and ``metadata`` go into the run's config.
+    The turn holds its thread (see the module docstring): in this process always, and
+    across processes through a lock file in ``lock_dir`` when given; it waits up to
+    ``wait_s`` seconds for a turn already on the thread.
     """
-    if (message is None) == (resume is None):
-        raise ValueError("give a message or a resume value, not both or neither")
-    thread_id = thread_id or uuid.uuid4().hex
+    graph_input = _turn_input(message, resume, customer_id)
+    thread_id = uuid.uuid4().hex if thread_id in (None, "") else require_utf8(thread_id, what="thread id")
     counter = LLMCallCounter()
-    config = {
+    config: RunnableConfig = {
         "configurable": {"thread_id": thread_id},
         "callbacks": [counter, *(callbacks or [])],
         "metadata": metadata or {},
     }
+    with hold_thread(thread_id, lock_dir=lock_dir, wait_s=wait_s):
+        if resume is not None:
+            check_resumable(graph, config)
+        result = _stream_turn(graph, graph_input, config, counter)
+    if resume is not None and result.interrupt is not None and "error" in result.interrupt:
+        # The node asked again because the answer did not fit: the caller's resume value was wrong.
+        refusal = " ".join(str(result.interrupt["error"]).split())
+        raise ApprovalResponseError(
+            f"the resume value was refused: {refusal}. The approval is still pending on thread {thread_id!r}: "
+            "answer it again with one decision per action request"
+        )
+    return result
+
+
+def _turn_input(message: Any, resume: Any, customer_id: str | None) -> Any:
+    """What the graph is given for a turn: the resume command, or the new message (and its customer)."""
+    if (message is None) == (resume is None):
+        raise TurnInputError("give a message or a resume value, not both or neither")
     if resume is not None:
-        graph_input: Any = Command(resume=resume)
-    else:
-        graph_input = {"text": message, **({"customer_id": customer_id} if customer_id else {})}
+        return Command(resume=resume)
+    graph_input = {"text": require_utf8(message, what="message")}
+    if customer_id:
+        graph_input["customer_id"] = require_utf8(customer_id, what="customer id")
+    return graph_input
+
+
+def check_resumable(graph: CompiledStateGraph, config: RunnableConfig) -> None:
+    """Raise unless the thread in ``config`` has an interrupt waiting for an answer."""
+    thread_id = config["configurable"]["thread_id"]
+    if not isinstance(graph.checkpointer, BaseCheckpointSaver):
+        raise TurnInputError("a resume answers an interrupt kept in a checkpoint: compile the graph with a checkpointer")
+    snapshot = graph.get_state(config)
+    if snapshot.created_at is None:
+        raise UnknownThreadError(thread_id, checkpoint_location(graph.checkpointer))
+    if not snapshot.interrupts:
+        raise NothingToResumeError(thread_id)
+
+
+def _stream_turn(
+    graph: CompiledStateGraph, graph_input: Any, config: RunnableConfig, counter: LLMCallCounter
+) -> TurnResult:
     started = time.perf_counter()
     nodes: list[str] = []
     decisions: list[Decision] = []
@@ -110,7 +185,7 @@ def run_turn(
     latency_ms = (time.perf_counter() - started) * 1000
     state = graph.get_state(config).values
     return TurnResult(
-        thread_id=thread_id,
+        thread_id=config["configurable"]["thread_id"],
         route=state.get("route"),
         intent=state.get("intent"),
         confidence=state.get("route_confidence"),
@@ -122,3 +197,80 @@ def run_turn(
         latency_ms=latency_ms,
         decisions=decisions,
     )
+
+
+@contextmanager
+def hold_thread(
+    thread_id: str, *, lock_dir: str | Path | None = None, wait_s: float = DEFAULT_TURN_WAIT_S
+) -> Iterator[None]:
+    """Hold ``thread_id`` for one turn: against this process's other turns, and with ``lock_dir`` other processes'.
+
+    Raises :class:`~agentgraph.errors.ThreadBusyError` when the thread is not free within ``wait_s`` seconds.
+    """
+    deadline = time.monotonic() + wait_s
+    with ExitStack() as held:
+        if not _THREAD_LOCKS.acquire(thread_id, deadline):
+            raise ThreadBusyError(thread_id, wait_s, "in this process")
+        held.callback(_THREAD_LOCKS.release, thread_id)
+        if lock_dir is not None:
+            held.enter_context(_thread_lock_file(Path(lock_dir), thread_id, wait_s, deadline))
+        yield
+
+
+class _ThreadLocks:
+    """This process's lock per thread id; an entry lives only while a turn holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._entries: dict[str, tuple[threading.Lock, int]] = {}  # thread id -> (lock, turns holding or waiting)
+
+    def acquire(self, thread_id: str, deadline: float) -> bool:
+        with self._guard:
+            lock, users = self._entries.get(thread_id, (threading.Lock(), 0))
+            self._entries[thread_id] = (lock, users + 1)
+        if lock.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
+            return True
+        self._leave(thread_id)
+        return False
+
+    def release(self, thread_id: str) -> None:
+        with self._guard:
+            lock, _ = self._entries[thread_id]
+        lock.release()
+        self._leave(thread_id)
+
+    def _leave(self, thread_id: str) -> None:
+        with self._guard:
+            lock, users = self._entries[thread_id]
+            if users == 1:
+                del self._entries[thread_id]
+            else:
+                self._entries[thread_id] = (lock, users - 1)
+
+
+_THREAD_LOCKS = _ThreadLocks()
+
+_LOCK_POLL_S = 0.05
+
+
+@contextmanager
+def _thread_lock_file(lock_dir: Path, thread_id: str, wait_s: float, deadline: float) -> Iterator[None]:
+    """An exclusive ``flock`` on the thread's lock file; the kernel drops it when its process dies."""
+    import fcntl  # POSIX only; imported here so the rest of the module works everywhere
+
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    # Hashed: a thread id may hold any character, and personal data too.
+    path = lock_dir / f"{hashlib.sha256(thread_id.encode()).hexdigest()[:32]}.lock"
+    with path.open("ab") as handle:
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise ThreadBusyError(thread_id, wait_s, f"in another process using {lock_dir}") from None
+                time.sleep(_LOCK_POLL_S)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

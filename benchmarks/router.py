@@ -32,15 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
-from agentgraph.classifier import (
-    CUSTOMER_SUPPORT_INTENTS,
-    IntentClassifier,
-    SentenceEncoder,
-    customer_support_router_path,
-    train_customer_support_router,
-)
+from agentgraph.classifier import IntentClassifier, SentenceEncoder
 from agentgraph.commands.eval import read_labelled
 from agentgraph.datasets import SPLIT_SEED, load_customer_support, split_customer_support
+from agentgraph.graphs.support_router import CUSTOMER_SUPPORT_INTENTS, support_router_path, train_support_router
 from agentgraph.nodes.router import OUT_OF_SCOPE, ClassifierStrategy, Router, SLMStrategy, evaluate_router
 
 UNRELATED = Path(__file__).parent / "data" / "unrelated_requests.jsonl"
@@ -67,7 +62,7 @@ def held_out_categories(splits, encoder: SentenceEncoder, unrelated, categories:
     names = sorted({r.category for r in splits["train"]})
     held = sorted(random.Random(SPLIT_SEED).sample(names, categories))
     unseen = sorted({r.intent for r in splits["train"] if r.category in held})
-    router = Router([ClassifierStrategy(train_customer_support_router(encoder=encoder, exclude_intents=unseen))])
+    router = Router([ClassifierStrategy(train_support_router(encoder=encoder, exclude_intents=unseen))])
     seen_rows = [(r.text, r.intent) for r in splits["test"] if r.intent not in unseen]
     unseen_rows = [(r.text, OUT_OF_SCOPE) for r in splits["test"] if r.intent in unseen]
     seen, novel, other = (evaluate_router(router, rows) for rows in (seen_rows, unseen_rows, unrelated))
@@ -101,7 +96,7 @@ def main() -> int:
     splits = split_customer_support(load_customer_support())
     unrelated = read_labelled(UNRELATED)
     encoder = SentenceEncoder()
-    classifier = IntentClassifier.load(customer_support_router_path(), encoder=encoder)
+    classifier = IntentClassifier.load(support_router_path(), encoder=encoder)
     router = Router([ClassifierStrategy(classifier)])
     test_rows = [(r.text, r.intent) for r in splits["test"]]
     report = {

@@ -65,12 +65,8 @@ from langgraph.prebuilt import ToolNode
 from pydantic import BaseModel
 
 from agentgraph.checkpointing import state_serializer
-from agentgraph.classifier import (
-    CUSTOMER_SUPPORT_INTENTS,
-    IntentClassifier,
-    SentenceEncoder,
-    customer_support_router_path,
-)
+from agentgraph.clarification import Clarification
+from agentgraph.classifier import IntentClassifier, SentenceEncoder
 from agentgraph.cross_encoder import (
     TRAINING_SEED,
     RelevancePair,
@@ -82,6 +78,13 @@ from agentgraph.datasets import SupportRequest, load_customer_support, split_cus
 from agentgraph.decisions import DecisionLog
 from agentgraph.distill.traces import LLMCallRecorder, SQLiteTraceStore
 from agentgraph.graphs.shop import DEMO_CUSTOMER, Shop
+from agentgraph.graphs.support_router import (
+    CLARIFICATION_POLICY,
+    CUSTOMER_SUPPORT_INTENTS,
+    support_act_detector,
+    support_routing,
+    support_router_path,
+)
 from agentgraph.idempotency import IdempotencyStore, SQLiteIdempotencyStore
 from agentgraph.llm import HumanHandoff, default_llm
 from agentgraph.modes import Mode, NodeModes
@@ -96,7 +99,6 @@ from agentgraph.nodes.output_validator import (
     schema_check,
 )
 from agentgraph.nodes.router import (
-    ClassifierStrategy,
     LLMStrategy,
     RouterState,
     create_escalation_node,
@@ -109,22 +111,6 @@ from agentgraph.shadow import ShadowConfig, ShadowEvaluator
 from agentgraph.slm import SLM, load_slm
 from agentgraph.slm.models import cache_dir
 from agentgraph.support_schema import SupportTicket
-
-Route = Literal["lookup", "action", "knowledge", "escalate"]
-
-ROUTES: dict[str, Route] = {
-    **dict.fromkeys(["track_order", "track_refund", "check_invoice", "get_invoice", "delivery_period"], "lookup"),
-    **dict.fromkeys(["cancel_order", "change_order", "change_shipping_address", "get_refund", "delete_account"], "action"),
-    **dict.fromkeys(
-        ["check_refund_policy", "check_payment_methods", "delivery_options", "check_cancellation_fee",
-         "place_order", "payment_issue", "create_account", "edit_account", "switch_account", "recover_password",
-         "registration_problems", "newsletter_subscription", "set_up_shipping_address", "review",
-         "contact_customer_service"],
-        "knowledge",
-    ),  # fmt: skip
-    **dict.fromkeys(["complaint", "contact_human_agent"], "escalate"),
-}
-"""Every one of the 27 Bitext intents, to the path that serves it."""
 
 TOOL_OF_INTENT: dict[str, str] = {
     "track_order": "get_order_status",
@@ -147,16 +133,22 @@ CONSEQUENCE_POLICY = ConsequencePolicy(
         "request_address_change": "retry_safe",
         "issue_refund": "irreversible",
         "delete_account": "irreversible",
-    }
+    },
+    editable={"issue_refund": {"amount"}},
 )
-"""The operator's table for the write tools: the store's own annotations can only make a call more cautious."""
+"""The operator's table for the write tools: the store's own annotations can only make a call more cautious.
+A reviewer may change a refund's amount, never whose order or account a write is aimed at."""
 
-_ASK_FOR_ORDER = {
+ORDER_VERBS = {
+    "get_order_status": "look up",
+    "get_invoice": "find the invoice of",
+    "get_refund_status": "check the refund of",
     "cancel_order": "cancel",
     "request_order_change": "change",
     "request_address_change": "send to a new address",
     "issue_refund": "refund",
 }
+"""The tools aimed at one order, and how the question that asks which order names their action."""
 
 FORBIDDEN_IN_REPLIES = {
     "stack_trace": r"Traceback \(most recent call last\)",
@@ -356,7 +348,8 @@ class CustomerSupportParts:
         self.llm_call_recorder = LLMCallRecorder(self.trace_store, step_types=LLM_STEP_TYPES)
         self.shadow = ShadowEvaluator(shadow, callbacks=[self.llm_call_recorder]) if shadow.rate > 0 else None
         self.idempotency_store = idempotency_store or SQLiteIdempotencyStore(self.data_dir / "idempotency.db")
-        self.classifier = IntentClassifier.load(router_path or customer_support_router_path())
+        self.classifier = IntentClassifier.load(router_path or support_router_path())
+        self.acts = support_act_detector(self.classifier.encoder)
         self.reranker = reranker or Reranker(support_reranker_folder())
 
     @cached_property
@@ -425,12 +418,12 @@ def compose(
     log = parts.decision_log
     tools = {tool.name: tool for tool in parts.shop.tools()}
     router = create_router(
-        ClassifierStrategy(parts.classifier), routes=ROUTES, goto=False, decision_log=log,
+        **support_routing(parts.classifier, parts.acts), goto=False, decision_log=log,
         mode=parts.mode_of("router"), shadow=parts.shadow,
         teacher=LLMStrategy(parts.llm, CUSTOMER_SUPPORT_INTENTS) if parts.llm is not None else None,
     )  # fmt: skip
     extract = create_schema_enforcer(
-        parts.slm, SupportTicket, llm=parts.extraction_llm, decision_log=log, output_key="ticket",
+        parts.slm, SupportTicket, llm=parts.extraction_llm, decision_log=log, input_key="request", output_key="ticket",
         mode=parts.mode_of("extract"), shadow=parts.shadow,
     )  # fmt: skip
     read_tools = ToolNode([tools[name] for name in READ_TOOLS])
@@ -441,9 +434,12 @@ def compose(
         slm=parts.slm,
         llm=parts.llm,
         decision_log=log,
+        request_key="request",
+        consent_key="write_consent",
+        resolve_arguments=parts.shop.explicit_arguments(),
     )
     escalate = create_escalation_node(
-        parts.llm, system=load_prompt("support_escalation").render(), decision_log=log
+        parts.llm, input_key="request", system=load_prompt("support_escalation").render(), decision_log=log
     )
     prune = create_context_pruner(parts.reranker, top_k=1, token_budget=400, decision_log=log)
     validate = create_output_validator(
@@ -453,7 +449,7 @@ def compose(
     )  # fmt: skip
 
     def retrieve(state: CustomerSupportState) -> dict[str, Any]:
-        return {"query": state["text"], "chunks": parts.retriever.search(state["text"], candidates)}
+        return {"query": state["request"], "chunks": parts.retriever.search(state["request"], candidates)}
 
     builder = StateGraph(CustomerSupportState)
     builder.add_node("router", router)
@@ -469,8 +465,10 @@ def compose(
     builder.add_node("deliver", deliver)
     builder.add_edge(START, "router")
     builder.add_conditional_edges(
-        "router", route_of, {"lookup": "extract", "action": "extract", "knowledge": "retrieve", "escalate": "escalate"}
-    )
+        "router", route_of,
+        {"lookup": "extract", "action": "extract", "knowledge": "retrieve", "escalate": "escalate",
+         CLARIFICATION_POLICY.route: "answer"},
+    )  # fmt: skip
     builder.add_edge("extract", "plan_tool_call")
     builder.add_conditional_edges("plan_tool_call", tool_node_for, ["read_tools", "guarded_tools", "answer"])
     builder.add_edge("read_tools", "answer")
@@ -489,9 +487,11 @@ def compose(
 def plan_tool_call(state: CustomerSupportState, config: RunnableConfig) -> dict[str, Any]:
     """The tool call that serves the request, made from the intent and the extracted ticket.
 
-    A write is never aimed at a guessed order: without an order number the call is
-    ``list_orders``, and the answer asks which order. A handed-off extraction means the
-    request goes to a person (its ticket is in ``handoff``).
+    A tool is never aimed at a guessed order: without a usable order number
+    (none given, or one the extractor could not read) the call is
+    ``list_orders``, and the answer asks which order. An invoice number alone
+    finds its invoice. A handed-off extraction means the request goes to a
+    person (its ticket is in ``handoff``).
     """
     if state.get("handoff") is not None:
         return {"messages": []}
@@ -499,7 +499,8 @@ def plan_tool_call(state: CustomerSupportState, config: RunnableConfig) -> dict[
     customer = state.get("customer_id") or DEMO_CUSTOMER
     tool = TOOL_OF_INTENT[state["intent"]]
     arguments: dict[str, Any] = {"customer_id": customer}
-    if tool in _ASK_FOR_ORDER and ticket.order_id is None:
+    invoice_alone = tool == "get_invoice" and ticket.invoice_id is not None
+    if tool in ORDER_VERBS and ticket.order_id is None and not invoice_alone:
         tool = "list_orders"
     elif tool != "delete_account":
         arguments["order_id"] = ticket.order_id
@@ -519,8 +520,11 @@ def tool_node_for(state: CustomerSupportState) -> Literal["read_tools", "guarded
 
 
 def answer(state: CustomerSupportState) -> dict[str, Any]:
-    """The reply, by path: a template over the tool's result, the policy section kept, or the escalation."""
+    """The reply, by path: the router's question, a template over the tool's result, the policy section kept,
+    or the escalation. A reply that asks which order is kept as the thread's pending question."""
     route = state["route"]
+    if route == CLARIFICATION_POLICY.route:
+        return {"draft": SupportReply(text=state["clarification"].question)}
     if route == "escalate":
         result = state["escalation"]
         if isinstance(result, HumanHandoff):
@@ -533,7 +537,15 @@ def answer(state: CustomerSupportState) -> dict[str, Any]:
         return {"draft": SupportReply(text=kept[0].text)}
     if state.get("handoff") is not None:
         return {"draft": handoff_reply(state["handoff"])}
-    return {"draft": SupportReply(text=tool_reply(state["messages"][-1], state["intent"]))}
+    message = state["messages"][-1]
+    reply = SupportReply(text=tool_reply(message, state["intent"]))
+    if message.name == "list_orders" and message.status != "error":
+        which = Clarification(
+            kind="reference", question=reply.text, candidates=[state["intent"]], request=state["request"],
+            consent=state.get("write_consent") is not None,
+        )  # fmt: skip
+        return {"draft": reply, "clarification": which}
+    return {"draft": reply}
 
 
 def handoff_reply(handoff: HumanHandoff) -> SupportReply:
@@ -552,7 +564,7 @@ def tool_reply(message: ToolMessage, intent: str) -> str:
         case "get_order_status":
             return order_status_reply(result)
         case "list_orders":
-            verb = _ASK_FOR_ORDER[TOOL_OF_INTENT[intent]]
+            verb = ORDER_VERBS[TOOL_OF_INTENT[intent]]
             if not result:
                 return "I could not find any orders on your account."
             listed = "; ".join(f"{o['id']} ({o['status']}, placed {o['placed_on']}, {o['total']:.2f} EUR)" for o in result)
@@ -591,8 +603,11 @@ def error_reply(message: ToolMessage) -> str:
     flags = message.response_metadata or {}
     if flags.get("error") == "rejected":
         return "Our team reviewed this request and did not approve it, so nothing was changed."
+    if flags.get("error") == "not_requested":
+        return "I have not changed anything, as your message did not ask me to. Tell me what you would like me to do."
     if flags.get("retry_blocked"):
-        return "I could not confirm that this went through, so I have not repeated it; a colleague will check."
+        return ("I could not confirm that this went through, so I have not repeated it; a colleague will check. "
+                "You do not need to ask again.")
     reason = message.content.removeprefix("Error: ").split("\n")[0]
     return f"Sorry, I could not do that: {reason}."
 

@@ -13,6 +13,12 @@ langchain tool carrying MCP-style annotations:
   second run with the same key changes nothing;
 - irreversible writes (``destructiveHint``): ``issue_refund`` and
   ``delete_account``, which the graph runs only after a person approves.
+  :meth:`Shop.explicit_arguments` gives the consequence modeler the reads that
+  make a call's figures explicit before a person sees it: a refund without an
+  amount is a refund of everything not yet refunded, shown as that amount.
+
+Amounts must be positive, finite numbers; the store refuses anything else with
+a :class:`ShopError`, as it refuses more than is left to refund.
 
 Every write is also appended to the ``writes`` table, the store's own count of
 side effects (tests count duplicates there).
@@ -29,14 +35,17 @@ Example:
     False
     >>> shop.count_writes("cancel_order")
     1
+    >>> shop.explicit_refund("C1001", "10001", None)["amount"] == shop.order_status("C1001", "10001")["total"]
+    True
 """
 
 from __future__ import annotations
 
+import math
 import random
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import date, timedelta
 from pathlib import Path
@@ -219,15 +228,28 @@ class Shop:
                 self._record_write(db, f"request_{kind}_change", order["id"], idempotency_key)
             return {"order_id": order["id"], "kind": kind, "status": "open", "changed": changed}
 
+    def _refund_amount(self, db: sqlite3.Connection, order: sqlite3.Row, amount: float | None) -> float:
+        """What a refund of ``amount`` (None: everything not yet refunded) of ``order`` pays out, checked."""
+        if amount is not None and not (math.isfinite(amount) and amount > 0):
+            raise ShopError(f"a refund amount must be a positive number of EUR, not {amount}")
+        refunded = db.execute("SELECT COALESCE(SUM(amount), 0) FROM refunds WHERE order_id = ?", (order["id"],))
+        left = order["total"] - refunded.fetchone()[0]
+        resolved = round(left if amount is None else amount, 2)
+        if resolved <= 0 or resolved > left + 1e-9:
+            raise ShopError(f"order {order['id']} has {left:.2f} left to refund")
+        return resolved
+
+    def explicit_refund(self, customer_id: str, order_id: str, amount: float | None) -> dict[str, Any]:
+        """The refund :meth:`issue_refund` would make, its order and amount explicit; changes nothing."""
+        with self._lock:
+            order = self._order(self._conn, customer_id, order_id)
+            amount = self._refund_amount(self._conn, order, amount)
+        return {"customer_id": customer_id, "order_id": order["id"], "amount": amount}
+
     def issue_refund(self, customer_id: str, order_id: str, amount: float | None) -> dict[str, Any]:
         with self._transaction() as db:
             order = self._order(db, customer_id, order_id)
-            refunded = db.execute(
-                "SELECT COALESCE(SUM(amount), 0) FROM refunds WHERE order_id = ?", (order["id"],)
-            ).fetchone()[0]
-            amount = round(order["total"] - refunded if amount is None else amount, 2)
-            if amount <= 0 or refunded + amount > order["total"] + 1e-9:
-                raise ShopError(f"order {order['id']} has {order['total'] - refunded:.2f} left to refund")
+            amount = self._refund_amount(db, order, amount)
             cursor = db.execute(
                 "INSERT INTO refunds (order_id, amount, status, requested_on) VALUES (?, ?, 'approved', ?)",
                 (order["id"], amount, TODAY.isoformat()),
@@ -243,6 +265,12 @@ class Shop:
             db.execute("UPDATE customers SET status = 'deleted' WHERE id = ?", (customer_id,))
             self._record_write(db, "delete_account", customer_id, None)
             return {"customer_id": customer_id, "status": "deleted"}
+
+    def explicit_arguments(self) -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
+        """Per write tool, the read that makes its call's figures explicit (``resolve_arguments`` of
+        :func:`~agentgraph.nodes.consequence.create_guarded_tool_node`); a call the store would refuse raises
+        :class:`ShopError`."""
+        return {"issue_refund": lambda arguments: self.explicit_refund(**arguments)}
 
     def tools(self) -> list[BaseTool]:
         """The store's operations as langchain tools, with MCP-style annotations in their metadata."""

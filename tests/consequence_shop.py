@@ -7,7 +7,8 @@ idempotency store: a duplicate shows up as a second row for one ``reference``.
 - ``add_credit``: retry-safe; takes the idempotency key and writes it to a
   UNIQUE column, so a second run with the same key is a no-op.
 - ``charge_card``: retry-unsafe; every run inserts a charge.
-- ``refund_order``: irreversible.
+- ``refund_order``: irreversible; a person approving it may edit its ``amount``, within the bounds its
+  schema declares (0 to 10,000), and nothing else.
 
 A fault queued with :meth:`Shop.inject` hits the tool's next run:
 ``fail_before`` raises before writing, ``fail_after_commit`` commits and then
@@ -34,11 +35,13 @@ from langchain_core.tools import BaseTool, InjectedToolArg, tool
 from langgraph.graph import START, StateGraph
 from langgraph.graph.message import add_messages
 from langgraph.types import RetryPolicy
+from pydantic import Field
 
 from agentgraph.decisions import DecisionLog, DecisionState
 from agentgraph.errors import IdempotencyConflictError
 from agentgraph.idempotency import IdempotencyStore
 from agentgraph.nodes.consequence import ConsequencePolicy, create_guarded_tool_node
+from agentgraph.write_safety import WriteConsent
 
 POLICY = ConsequencePolicy(
     tools={
@@ -46,7 +49,8 @@ POLICY = ConsequencePolicy(
         "add_credit": "retry_safe",
         "charge_card": "retry_unsafe",
         "refund_order": "irreversible",
-    }
+    },
+    editable={"refund_order": {"amount"}},
 )
 TABLE_OF = {"add_credit": "credits", "charge_card": "charges", "refund_order": "refunds"}
 FAST_RETRY = RetryPolicy(max_attempts=3, initial_interval=0.0, jitter=False)
@@ -60,6 +64,8 @@ class SimulatedCrash(BaseException):
 
 class ShopState(DecisionState):
     messages: Annotated[list[AnyMessage], add_messages]
+    request: str
+    write_consent: WriteConsent | None
 
 
 class Shop:
@@ -147,7 +153,7 @@ class Shop:
             return f"charge {row_id}: {amount} from {customer}"
 
         @tool
-        def refund_order(order_id: str, amount: float, reference: str) -> str:
+        def refund_order(order_id: str, amount: Annotated[float, Field(ge=0, le=10_000)], reference: str) -> str:
             """Refund money for an order to the customer's card."""
             shop._write(
                 "refund_order",
@@ -170,21 +176,25 @@ def shop_graph(
     checkpointer=None,
     retry_policy: RetryPolicy | None = FAST_RETRY,
     decision_log: DecisionLog | None = None,
+    policy: ConsequencePolicy = POLICY,
+    **options,
 ):
-    """One guarded tool node over the shop's tools, with the shop's policy."""
-    node = create_guarded_tool_node(shop.tools(), policy=POLICY, idempotency_store=store, decision_log=decision_log)
+    """One guarded tool node over the shop's tools, with the shop's policy (``options`` go to the node)."""
+    node = create_guarded_tool_node(
+        shop.tools(), policy=policy, idempotency_store=store, decision_log=decision_log, **options
+    )
     builder = StateGraph(ShopState)
     builder.add_node("tools", node, retry_policy=retry_policy)
     builder.add_edge(START, "tools")
     return builder.compile(checkpointer=checkpointer)
 
 
-def tool_calls(*calls: tuple[str, dict]) -> dict:
-    """Graph input: one AI message calling ``(tool name, arguments)`` in order."""
+def tool_calls(*calls: tuple[str, dict], **state) -> dict:
+    """Graph input: one AI message calling ``(tool name, arguments)`` in order, and any other ``state``."""
     message = AIMessage(
         "", tool_calls=[{"name": n, "args": a, "id": f"call-{i}-{n}"} for i, (n, a) in enumerate(calls)]
     )
-    return {"messages": [message]}
+    return {"messages": [message], **state}
 
 
 class Clock:

@@ -200,12 +200,11 @@ def test_training_refuses_labels_with_fewer_examples_than_folds(encoder):
         IntentClassifier.train(["a"] * 5 + ["b"] * 4, ["x"] * 5 + ["y"] * 4, encoder=encoder)
 
 
-def test_a_router_saved_by_another_format_is_retrained_and_a_current_one_kept(tmp_path, monkeypatch):
+def test_a_cached_classifier_is_retrained_when_its_format_or_data_changed_and_kept_when_current(tmp_path):
     import agentgraph.classifier as classifier_module
     from agentgraph.calibration import TemperatureScaling
 
-    monkeypatch.setenv("AGENTGRAPH_CACHE_DIR", str(tmp_path))
-    folder = tmp_path / "artifacts" / "router" / "customer-support"
+    folder = tmp_path / "router"
     current = classifier_module.ClassifierManifest(
         encoder="all-MiniLM-L6-v2-int8", labels=["x"], temperature=TemperatureScaling(), gate_threshold=0.5,
         out_of_scope=classifier_module.OutOfScopeDetector(min_similarity=0.5, max_relative_distance=1.0, rejection_rate=0.01),
@@ -214,17 +213,19 @@ def test_a_router_saved_by_another_format_is_retrained_and_a_current_one_kept(tm
     retrained: list[Path] = []
 
     class Trained:  # stands in for the minutes-long training; the staleness check is what is under test
+        manifest = current
+
         def save(self, target: Path) -> Path:
             retrained.append(target)
             target.mkdir(parents=True, exist_ok=True)
-            (target / "manifest.json").write_text(current.model_dump_json())
+            (target / "manifest.json").write_text(self.manifest.model_dump_json())
             return target
 
-    monkeypatch.setattr(classifier_module, "train_customer_support_router", Trained)
     folder.mkdir(parents=True)
     (folder / "manifest.json").write_text(json.dumps({**current.model_dump(mode="json"), "format_version": 2}))
-    assert classifier_module.customer_support_router_path() == folder and retrained == [folder]
-    assert classifier_module.customer_support_router_path() == folder and retrained == [folder]  # now current: kept
+    assert classifier_module.cached_classifier(folder, "data-1", Trained) == folder and retrained == [folder]
+    assert classifier_module.cached_classifier(folder, "data-1", Trained) == folder and retrained == [folder]  # kept
+    assert classifier_module.cached_classifier(folder, "data-2", Trained) == folder and len(retrained) == 2  # new data
 
 
 def test_loading_a_folder_that_is_not_a_classifier_says_so(tmp_path):

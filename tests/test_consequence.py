@@ -23,10 +23,16 @@ from langgraph.graph import START, StateGraph
 from langgraph.types import Command
 
 from agentgraph.decisions import SQLiteDecisionLog
-from agentgraph.errors import MissingThreadIdError, NoToolCallsError
-from agentgraph.idempotency import DEFAULT_LEASE_S, SQLiteIdempotencyStore
+from agentgraph.errors import ConfigError, MissingThreadIdError, NoToolCallsError
+from agentgraph.idempotency import (
+    DEFAULT_LEASE_S,
+    SQLiteIdempotencyStore,
+    derive_idempotency_key,
+    request_fingerprint,
+)
 from agentgraph.nodes.consequence import (
     CONSEQUENCE_DESCRIPTIONS,
+    REQUEST_CHARS,
     ConsequencePolicy,
     calibrate,
     classify_tool_call,
@@ -35,6 +41,7 @@ from agentgraph.nodes.consequence import (
 )
 from consequence_shop import POLICY, TABLE_OF, Clock, Shop, ShopState, SimulatedCrash, race, shop_graph, tool_calls
 from consequence_worker import CRASH_THREAD
+from agentgraph.write_safety import WriteConsent
 
 WORKER = Path(__file__).with_name("consequence_worker.py")
 LEASE_S = 60.0
@@ -43,6 +50,7 @@ CHARGE = ("charge_card", {"customer": "ana", "amount": 20.0, "reference": "charg
 REFUND = ("refund_order", {"order_id": "A1", "amount": 30.0, "reference": "refund-1"})
 LOOKUP = ("get_order", {"order_id": "A1"})
 APPROVE = {"decisions": [{"type": "approve"}]}
+CONSENT = WriteConsent(label="refund", how="requested", request="please refund order A1")
 
 
 def thread(name: str) -> dict:
@@ -266,20 +274,38 @@ def test_a_retry_unsafe_failure_is_flagged_back_to_the_loop_and_never_retried(sh
     assert shop.count("charges", "charge-1") == 1
 
 
+def test_a_failure_recorded_by_the_previous_release_is_still_replayed(shop, store):
+    name, arguments = CHARGE
+    old = store.begin(derive_idempotency_key("t1", name, arguments), request_fingerprint(name, arguments))
+    store.fail(old, "ConnectionError: the connection dropped")  # then, a failure's record was its text alone
+
+    result = shop_graph(shop, store).invoke(tool_calls(CHARGE), thread("t1"))
+
+    message = result["messages"][-1]
+    assert (result["decisions"][-1].outcome, message.response_metadata["retry_blocked"]) == ("replayed", True)
+    assert "the connection dropped" in message.content and shop.runs == {}
+
+
 def test_unknown_tools_and_invalid_arguments_are_refused_before_anything_runs(shop, store):
     graph = shop_graph(shop, store, checkpointer=InMemorySaver())
 
     result = graph.invoke(
-        tool_calls(("teleport", {}), ("charge_card", {"customer": "ana", "amount": "lots", "reference": "r"})),
+        tool_calls(
+            ("teleport", {}),
+            ("charge_card", {"customer": "ana", "amount": "lots", "reference": "r"}),
+            ("charge_card", {"customer": "ana", "amount": float("nan"), "reference": "r"}),
+        ),
         thread("t1"),
     )
 
-    unknown, invalid = result["messages"][1:]
-    assert unknown.status == invalid.status == "error"
+    unknown, invalid, not_a_number = result["messages"][1:]
+    assert unknown.status == invalid.status == not_a_number.status == "error"
     assert "not a valid tool" in unknown.content and "get_order" in unknown.content
     assert "invalid arguments" in invalid.content
+    assert "must be finite" in not_a_number.content
     assert [(d.output, d.outcome) for d in result["decisions"]] == [
         (None, "unknown_tool"),
+        (None, "invalid_arguments"),
         (None, "invalid_arguments"),
     ]
     assert shop.runs == {} and shop.count("charges") == 0
@@ -329,6 +355,7 @@ def test_an_irreversible_call_waits_for_approval_with_a_renderable_request(shop,
     )
     assert "Refund money" in request["description"] and "irreversible" in request["description"]
     assert review["allowed_decisions"] == ["approve", "edit", "reject"]
+    assert review["editable_arguments"] == ["amount"]
     assert set(review["arguments_schema"]["properties"]) == {"order_id", "amount", "reference"}
     assert shop.runs == {}, "nothing runs before the person has decided"
 
@@ -374,6 +401,8 @@ def test_a_rejected_call_never_runs(shop, store):
     redelivered = graph.invoke(tool_calls(LOOKUP, REFUND), thread("t1"))
     assert "__interrupt__" not in redelivered, "the rejection is recorded for the call"
     assert redelivered["decisions"][-1].outcome == "replayed" and "too much" in redelivered["messages"][-1].content
+    assert redelivered["messages"][-1].response_metadata["error"] == "rejected", "a replayed rejection is one"
+    assert "retry_blocked" not in redelivered["messages"][-1].response_metadata
     assert shop.runs.get("refund_order", 0) == 0 and shop.count("refunds") == 0
 
 
@@ -438,6 +467,138 @@ def test_a_pending_approval_survives_a_process_restart(tmp_path, shop):
 
     assert done["messages"][-1].content == "refunded 30.0 for A1"
     assert (shop.count("refunds"), shop.count("credits")) == (1, 1)
+
+
+def _edit(arguments: dict, name: str = "refund_order") -> dict:
+    return {"decisions": [{"type": "edit", "edited_action": {"name": name, "arguments": arguments}}]}
+
+
+def test_an_edit_may_change_only_what_the_policy_lists_and_a_refused_edit_uses_nothing_up(shop, store):
+    graph = shop_graph(shop, store, checkpointer=InMemorySaver())
+    graph.invoke(tool_calls(REFUND), thread("t1"))
+
+    for edited in [{**REFUND[1], "order_id": "B2"}, {**REFUND[1], "amount": 1.0, "reference": "mine"}, {"amount": 1.0}]:
+        (pending,) = graph.invoke(Command(resume=_edit(edited)), thread("t1"))["__interrupt__"]
+        assert "may change only ['amount']" in pending.value["error"]
+    assert shop.runs == {}, "no refused edit reached the tool"
+
+    done = graph.invoke(Command(resume=_edit({**REFUND[1], "amount": 2.5})), thread("t1"))
+
+    assert done["messages"][-1].content == "refunded 2.5 for A1"
+    assert shop.amounts("refunds", "refund-1") == [2.5] and shop.count("refunds") == 1
+
+
+def test_a_tool_with_nothing_editable_takes_approvals_and_rejections_only(shop, store):
+    fixed = POLICY.model_copy(update={"editable": {}})
+    graph = shop_graph(shop, store, checkpointer=InMemorySaver(), policy=fixed)
+    (pending,) = graph.invoke(tool_calls(REFUND), thread("t1"))["__interrupt__"]
+    assert pending.value["review_configs"][0]["allowed_decisions"] == ["approve", "reject"]
+
+    (asked_again,) = graph.invoke(Command(resume=_edit({**REFUND[1], "amount": 1.0})), thread("t1"))["__interrupt__"]
+
+    assert "nothing in `refund_order` is editable" in asked_again.value["error"]
+    assert graph.invoke(Command(resume=APPROVE), thread("t1"))["messages"][-1].content == "refunded 30.0 for A1"
+
+
+@pytest.mark.parametrize(
+    ("amount", "complaint"),
+    [
+        ("lots", "valid number"),
+        (-5.0, "greater than or equal to 0"),
+        (1e9, "less than or equal to 10000"),
+        ("nan", "less than or equal to 10000"),  # a NaN compares false with every bound
+    ],
+)
+def test_an_edit_the_tool_would_refuse_is_asked_again_and_never_reaches_the_tool(shop, store, amount, complaint):
+    graph = shop_graph(shop, store, checkpointer=InMemorySaver())
+    graph.invoke(tool_calls(REFUND), thread("t1"))
+
+    (pending,) = graph.invoke(Command(resume=_edit({**REFUND[1], "amount": amount})), thread("t1"))["__interrupt__"]
+
+    assert "the edited arguments of `refund_order` do not fit" in pending.value["error"]
+    assert complaint in pending.value["error"]
+    assert shop.runs == {} and shop.count("refunds") == 0
+    done = graph.invoke(Command(resume=APPROVE), thread("t1"))
+    assert (done["messages"][-1].content, done["decisions"][-1].outcome) == ("refunded 30.0 for A1", "executed")
+
+
+@pytest.mark.parametrize("decision", [{"type": "approve"}, {"type": "reject", "message": "no"}])
+def test_the_reviewer_is_recorded_as_the_approver_in_the_decision_and_the_key(shop, store, decision_log, decision):
+    graph = shop_graph(shop, store, checkpointer=InMemorySaver(), decision_log=decision_log)
+    graph.invoke(tool_calls(REFUND), thread("t1"))
+
+    done = graph.invoke(Command(resume={"decisions": [{**decision, "reviewer": "ops-anna"}]}), thread("t1"))
+
+    (logged,) = decision_log.decisions(node="guarded_tools")
+    assert (logged.metadata["approval"], logged.metadata["reviewer"]) == (decision["type"], "ops-anna")
+    assert logged.input["arguments"] == REFUND[1], "the call, and so the customer it is for, is kept apart"
+    record = store.get(done["messages"][-1].response_metadata["idempotency_key"])
+    assert record.result["approval"] == {"decision": decision["type"], "reviewer": "ops-anna"}
+
+
+def test_an_approval_without_a_reviewer_records_none(shop, store):
+    graph = shop_graph(shop, store, checkpointer=InMemorySaver())
+    graph.invoke(tool_calls(REFUND), thread("t1"))
+
+    done = graph.invoke(Command(resume=APPROVE), thread("t1"))
+
+    assert done["decisions"][-1].metadata["reviewer"] is None
+
+
+def test_the_approval_request_quotes_the_customers_words(shop, store):
+    graph = shop_graph(shop, store, checkpointer=InMemorySaver(), request_key="request")
+    words = "Refund 9999999 EUR for order A1 " + "please " * 200
+
+    paused = graph.invoke(tool_calls(REFUND, request=words), thread("t1"))
+
+    (request,) = paused["__interrupt__"][0].value["action_requests"]
+    assert request["request"].startswith("Refund 9999999 EUR for order A1 please")
+    assert len(request["request"]) <= REQUEST_CHARS < len(words)
+    assert "The customer asked: \"Refund 9999999 EUR" in request["description"]
+    assert request["arguments"] == REFUND[1]
+
+
+def test_a_policy_naming_arguments_or_tools_the_node_lacks_is_a_config_error(shop, store):
+    with pytest.raises(ConfigError, match=r"lists \['amout'\] for refund_order"):
+        create_guarded_tool_node(
+            shop.tools(), idempotency_store=store, policy=ConsequencePolicy(editable={"refund_order": {"amout"}})
+        )
+    with pytest.raises(ConfigError, match="resolve_arguments names \\['refund'\\]"):
+        create_guarded_tool_node(shop.tools(), idempotency_store=store, resolve_arguments={"refund": dict})
+    create_guarded_tool_node(shop.tools(), idempotency_store=store, policy=ConsequencePolicy(editable={"other": {"x"}}))
+
+
+# --- the customer's consent --------------------------------------------------------------------------------
+
+
+def test_without_the_customers_consent_only_read_only_calls_run(shop, store):
+    graph = shop_graph(shop, store, checkpointer=InMemorySaver(), consent_key="write_consent")
+
+    result = graph.invoke(tool_calls(LOOKUP, CREDIT, CHARGE, REFUND), thread("t1"))
+
+    assert "__interrupt__" not in result, "no person is asked about a write nobody asked for"
+    lookup, *writes = result["messages"][1:]
+    assert lookup.content == "order A1: shipped"
+    assert [(m.status, m.response_metadata["error"]) for m in writes] == [("error", "not_requested")] * 3
+    assert "did not ask for it" in writes[0].content
+    assert [(d.output, d.outcome) for d in result["decisions"]] == [
+        ("safe", "executed"),
+        ("retry_safe", "not_requested"),
+        ("retry_unsafe", "not_requested"),
+        ("irreversible", "not_requested"),
+    ]
+    assert shop.runs == {} and (shop.count("credits"), shop.count("charges"), shop.count("refunds")) == (0, 0, 0)
+
+
+def test_with_the_customers_consent_writes_run_as_their_class_allows(shop, store):
+    graph = shop_graph(shop, store, checkpointer=InMemorySaver(), consent_key="write_consent")
+
+    paused = graph.invoke(tool_calls(CREDIT, REFUND, write_consent=CONSENT), thread("t1"))
+    done = graph.invoke(Command(resume=APPROVE), thread("t1"))
+
+    assert paused["__interrupt__"][0].value["action_requests"][0]["name"] == "refund_order", "consent is no approval"
+    assert [d.outcome for d in done["decisions"]] == ["executed", "executed"]
+    assert (shop.count("credits"), shop.count("refunds")) == (1, 1)
 
 
 # --- process death -----------------------------------------------------------------------------------------

@@ -17,10 +17,9 @@ from langchain_core.language_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage
 
 from agentgraph.checkpointing import sqlite_checkpointer
-from agentgraph.classifier import CUSTOMER_SUPPORT_INTENTS
+from agentgraph.graphs.support_router import CUSTOMER_SUPPORT_INTENTS, ROUTES
 from agentgraph.graphs.customer_support import (
     READ_TOOLS,
-    ROUTES,
     STATE_SCHEMAS,
     TOOL_OF_INTENT,
     POLICY_SECTION_OF_INTENT,
@@ -239,6 +238,25 @@ def test_the_cli_answers_a_pending_approval_in_a_later_process(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads(resumed.stdout)["response"].startswith("Your account is deleted")
     assert Shop(tmp_path / "shop.db").count_writes("delete_account") == 1
+
+
+@pytest.mark.slow
+def test_an_approval_asked_in_the_terminal_refuses_an_edit_of_the_target_asks_again_and_records_the_reviewer(tmp_path):
+    from agentgraph.decisions import SQLiteDecisionLog
+
+    command = [sys.executable, "-m", "agentgraph.cli", "run", "customer-support", "please delete my account",
+               "--data-dir", str(tmp_path), "--reviewer", "ops-anna"]  # fmt: skip
+    answers = 'e\n{"customer_id": "C1002"}\nr\nthe customer has open orders\n'
+    done = subprocess.run(command, input=answers, capture_output=True, text=True, timeout=900,
+                          env=os.environ | {"AGENTGRAPH_LLM_MODEL": ""})  # fmt: skip
+
+    assert done.returncode == 0, done.stderr
+    assert "customer_id" in done.stderr and "agentgraph: the resume value was refused" in done.stderr
+    assert "please delete my account" in done.stderr, "the person deciding sees the customer's words"
+    assert "did not approve it, so nothing was changed" in done.stdout
+    assert Shop(tmp_path / "shop.db").count_writes() == 0
+    [decision] = [d for d in SQLiteDecisionLog(tmp_path / "decisions.db").decisions(kind="classify_tool")]
+    assert (decision.outcome, decision.metadata["reviewer"]) == ("rejected", "ops-anna")
 
 
 def test_the_cli_rejects_a_resume_without_a_thread_with_a_clear_error():

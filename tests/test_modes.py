@@ -17,7 +17,7 @@ from langchain_core.messages import AIMessage
 from langgraph.graph import END, START, StateGraph
 from scripted_llm import scripted_llm, tool_call
 
-from agentgraph.classifier import CUSTOMER_SUPPORT_INTENTS
+from agentgraph.graphs.support_router import CUSTOMER_SUPPORT_INTENTS
 from agentgraph.cli import main
 from agentgraph.decisions import Decision, DecisionState, SQLiteDecisionLog
 from agentgraph.distill.dataset import trace_examples
@@ -51,9 +51,10 @@ def intent_call(intent: str, **reply: object) -> AIMessage:
 
 @pytest.fixture(scope="module")
 def classifier():
-    from agentgraph.classifier import IntentClassifier, customer_support_router_path
+    from agentgraph.classifier import IntentClassifier
+    from agentgraph.graphs.support_router import support_router_path
 
-    return IntentClassifier.load(customer_support_router_path())
+    return IntentClassifier.load(support_router_path())
 
 
 @pytest.fixture

@@ -402,10 +402,11 @@ def _drift(args: argparse.Namespace) -> int:
     encoder = default_encoder()
     reference = None if args.rebuild_reference else cached_reference(dataset.sha256, args.split)
     if reference is None:
-        from agentgraph.classifier import IntentClassifier, customer_support_router_path
+        from agentgraph.classifier import IntentClassifier
+        from agentgraph.graphs.support_router import support_router_path
         from agentgraph.nodes.router import ClassifierStrategy, Router
 
-        classifier = IntentClassifier.load(args.classifier or customer_support_router_path(), encoder=encoder)
+        classifier = IntentClassifier.load(args.classifier or support_router_path(), encoder=encoder)
         router = Router([ClassifierStrategy(classifier)])
         reference = build_dataset_reference(dataset, split=args.split, router=router, encoder=encoder)
     since = datetime.now(UTC) - timedelta(hours=args.hours) if args.hours else None

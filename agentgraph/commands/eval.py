@@ -2,10 +2,14 @@
 
 ``agentgraph eval router --data FILE [--router PATH] [--json]`` routes every
 row of FILE (CSV or JSONL with a text and a label column; a label of
-``__oos__`` means the request should escalate) one at a time through a saved
-classifier router, the example customer-support graph's by default, and prints
-accuracy, coverage at the gate, selective accuracy, out-of-scope escalation
-rate, the most frequent confusions and latency p50/p95.
+``__oos__`` means the request should not be answered as an intent) one at a
+time through the example customer-support graph's router (its classifier, or
+the saved classifier at PATH, with the example's act detector, write-safety
+rule and clarifying questions), and prints accuracy, coverage at the gate,
+selective accuracy, out-of-scope escalation rate, clarification rates, the most
+frequent confusions and latency p50/p95. A clarifying question is not an
+answer: it counts against coverage, and for an out-of-scope row as not
+answered.
 """
 
 from __future__ import annotations
@@ -48,15 +52,16 @@ def read_labelled(path: Path, *, text_column: str | None = None, label_column: s
 
 
 def _eval_router(args: argparse.Namespace) -> int:
-    from agentgraph.classifier import IntentClassifier, customer_support_router_path
-    from agentgraph.nodes.router import OUT_OF_SCOPE, ClassifierStrategy, Router, evaluate_router
+    from agentgraph.classifier import IntentClassifier
+    from agentgraph.graphs.support_router import support_act_detector, support_router_path, support_routing
+    from agentgraph.nodes.router import OUT_OF_SCOPE, Router, evaluate_router
 
     rows = read_labelled(args.data, text_column=args.text_column, label_column=args.label_column)
-    classifier = IntentClassifier.load(args.router or customer_support_router_path())
+    classifier = IntentClassifier.load(args.router or support_router_path())
     unknown = sorted({label for _, label in rows} - set(classifier.labels) - {OUT_OF_SCOPE})
     if unknown:
         raise DatasetError(f"labels {unknown} are unknown to the router; use {OUT_OF_SCOPE} for requests that should escalate")
-    result = evaluate_router(Router([ClassifierStrategy(classifier)]), rows)
+    result = evaluate_router(Router(**support_routing(classifier, support_act_detector(classifier.encoder))), rows)
     if args.json:
         print(result.model_dump_json())
         return 0
@@ -68,8 +73,10 @@ def _eval_router(args: argparse.Namespace) -> int:
     print(f"accuracy            {percent(result.accuracy)}")
     print(f"coverage at gate    {percent(result.coverage)}")
     print(f"selective accuracy  {percent(result.selective_accuracy)}")
-    print(f"OOS escalation rate {percent(result.oos_escalation_rate)}")
+    print(f"OOS escalation rate {percent(result.oos_escalation_rate)} (escalated or clarified)")
+    print(f"clarified           {percent(result.clarification_rate)} in scope, {percent(result.oos_clarification_rate)} out of scope")
     print(f"escalations         {', '.join(f'{k}: {v}' for k, v in sorted(result.escalations.items())) or 'none'}")
+    print(f"questions asked     {', '.join(f'{k}: {v}' for k, v in sorted(result.clarifications.items())) or 'none'}")
     print(f"latency             p50 {result.latency_ms_p50:.2f} ms, p95 {result.latency_ms_p95:.2f} ms")
     print("confusions (expected -> routed: count)")
     for expected, routed, count in result.confusions:

@@ -13,6 +13,9 @@ Threads, approvals, the store and the decision log live in ``--data-dir``
 (default ``~/.cache/agentgraph/customer-support``), so ``--thread ID`` resumes
 a thread in a new process.
 
+Turns on one thread run one at a time, across processes too: a turn waits
+(``--wait``, default 120 s) for one already running on its thread.
+
 ``--slm-url`` uses a vLLM server instead of the embedded model; the LLM for
 escalations comes from ``AGENTGRAPH_LLM_*`` (none: a human-handoff ticket);
 ``--mode NODE=MODE`` (repeatable, over ``AGENTGRAPH_MODES``) runs ``router`` or
@@ -25,13 +28,15 @@ Langfuse trace per turn.
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import sys
 import uuid
 from pathlib import Path
 from typing import Any
 
-from agentgraph.errors import AgentGraphError
+from agentgraph.errors import AgentGraphError, ApprovalResponseError, InvalidTextError
+from agentgraph.text import require_utf8
 
 EXAMPLES = ("customer-support",)
 
@@ -48,6 +53,11 @@ def register(groups: argparse._SubParsersAction) -> None:
     run.add_argument("--slm-model", help="embedded: a model folder; vLLM: the served model name")
     run.add_argument("--data-dir", type=Path, help="store, logs and threads (default: ~/.cache/agentgraph/customer-support)")
     run.add_argument("--json", action="store_true", help="print each turn as one JSON object")
+    run.add_argument("--reviewer", metavar="NAME",
+                     help="who answers approvals asked in the terminal, recorded as the approver (default: your login name)")
+    run.add_argument("--wait", type=float, metavar="SECONDS",
+                     help="how long a turn waits for another turn on its thread (in any process on --data-dir) "
+                     "to finish (default 120)")  # fmt: skip
     run.add_argument("--trace", action="store_true", help="trace to Langfuse (needs LANGFUSE_* credentials)")
     run.add_argument("--mode", action="append", default=[], metavar="NODE=MODE",
                      help="run router or extract as teacher, auto or student (repeatable; env AGENTGRAPH_MODES)")
@@ -57,11 +67,7 @@ def register(groups: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.interactive == bool(args.message or args.resume):
-        raise AgentGraphError("give a MESSAGE, --resume with --thread, or --interactive")
-    if args.resume and not args.thread:
-        raise AgentGraphError("--resume answers the approval pending on a thread: give its --thread ID")
-    resume = _parse_resume(args.resume) if args.resume else None
+    resume = _checked_arguments(args)
     session = _Session(args)
     try:
         if args.interactive:
@@ -71,6 +77,23 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         session.close()
     return 0
+
+
+def _checked_arguments(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The parsed ``--resume`` value, once every argument is known to be usable: nothing has loaded yet."""
+    if args.interactive == bool(args.message or args.resume):
+        raise AgentGraphError("give a MESSAGE, --resume with --thread, or --interactive")
+    if args.message and args.resume:
+        raise AgentGraphError("give a MESSAGE or --resume, not both: --resume answers a pending approval and sends no message")
+    if args.resume and not args.thread:
+        raise AgentGraphError("--resume answers the approval pending on a thread: give its --thread ID")
+    if args.wait is not None and args.wait < 0:
+        raise AgentGraphError(f"--wait is how many seconds to wait for a busy thread: give 0 or more, not {args.wait:g}")
+    for what, text in (("MESSAGE", args.message), ("--thread", args.thread), ("--customer", args.customer),
+                       ("--resume", args.resume)):  # fmt: skip
+        if text is not None:
+            require_utf8(text, what=what)
+    return _parse_resume(args.resume) if args.resume else None
 
 
 def _parse_resume(text: str) -> dict[str, Any]:
@@ -115,27 +138,40 @@ class _Session:
         self.tracer = DecisionTracingHandler() if args.trace or tracing_configured() else None
         # Approvals are asked on stdin (a terminal, or answers piped in); --json output never prompts.
         self.ask = not args.json
+        self.reviewer = args.reviewer or _login_name()
 
     def turn(self, message: str | None, *, resume: dict[str, Any] | None = None) -> None:
-        from agentgraph.running import run_turn
+        from agentgraph.running import DEFAULT_TURN_WAIT_S, run_turn
         from agentgraph.tracing import trace_metadata
 
+        pending: dict[str, Any] | None = None
         while True:
-            result = run_turn(
-                self.graph, message, resume=resume, thread_id=self.thread_id, customer_id=self.customer_id,
-                callbacks=[self.llm_call_recorder, *([self.tracer] if self.tracer else [])],
-                metadata=trace_metadata(session_id=self.thread_id, user_id=self.customer_id),
-            )  # fmt: skip
-            self._print(result)
-            if result.interrupt is None or not self.ask:
-                return
-            resume = _ask_for_decisions(result.interrupt)
+            try:
+                result = run_turn(
+                    self.graph, message, resume=resume, thread_id=self.thread_id, customer_id=self.customer_id,
+                    callbacks=[self.llm_call_recorder, *([self.tracer] if self.tracer else [])],
+                    metadata=trace_metadata(session_id=self.thread_id, user_id=self.customer_id),
+                    lock_dir=self.parts.data_dir / "locks",  # other processes on this data dir wait their turn
+                    wait_s=DEFAULT_TURN_WAIT_S if self.args.wait is None else self.args.wait,
+                )  # fmt: skip
+            except ApprovalResponseError as exc:
+                if pending is None:  # a --resume given on the command line: the caller hears why
+                    raise
+                print(f"agentgraph: {exc}", file=sys.stderr)  # asked in the terminal: ask again
+            else:
+                self._print(result)
+                if result.interrupt is None or not self.ask:
+                    return
+                pending = result.interrupt
+            resume = _ask_for_decisions(pending, reviewer=self.reviewer)
             if resume is None:
                 return
             message = None
 
     def chat(self) -> None:
         print(f"thread {self.thread_id}: type a request, or an empty line to quit", file=sys.stderr)
+        # Bytes that are not UTF-8 arrive as lone surrogates, refused line by line rather than ending the chat.
+        sys.stdin.reconfigure(errors="surrogateescape")
         while True:
             try:
                 message = input("you> ").strip()
@@ -143,6 +179,11 @@ class _Session:
                 return
             if not message:
                 return
+            try:
+                require_utf8(message, what="message")
+            except InvalidTextError as exc:
+                print(f"agentgraph: error: {exc}", file=sys.stderr)
+                continue
             self.turn(message)
 
     def _print(self, result: Any) -> None:
@@ -174,8 +215,16 @@ class _Session:
             get_client().flush()
 
 
-def _ask_for_decisions(interrupt: dict[str, Any]) -> dict[str, Any] | None:
-    """A person's decision on each pending action, asked in the terminal; None when input ends."""
+def _login_name() -> str:
+    """The terminal user's login name, the approver of what they answer; "terminal" where none is known."""
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no LOGNAME/USER and no passwd entry, as in some containers
+        return "terminal"
+
+
+def _ask_for_decisions(interrupt: dict[str, Any], *, reviewer: str) -> dict[str, Any] | None:
+    """A person's decision on each pending action, asked in the terminal and signed by ``reviewer``; None when input ends."""
     decisions = []
     for action in interrupt["action_requests"]:
         print(f"\n{action['description']}", file=sys.stderr)
@@ -185,17 +234,18 @@ def _ask_for_decisions(interrupt: dict[str, Any]) -> dict[str, Any] | None:
             except EOFError:
                 return None
             if answer in ("a", "approve"):
-                decisions.append({"type": "approve"})
+                decisions.append({"type": "approve", "reviewer": reviewer})
             elif answer in ("r", "reject"):
                 reason = input("reason (optional): ").strip() or None
-                decisions.append({"type": "reject", "message": reason})
+                decisions.append({"type": "reject", "message": reason, "reviewer": reviewer})
             elif answer in ("e", "edit"):
                 try:
                     arguments = json.loads(input(f"new arguments as JSON [{json.dumps(action['arguments'])}]: "))
                 except json.JSONDecodeError as exc:
                     print(f"not JSON: {exc}", file=sys.stderr)
                     continue
-                decisions.append({"type": "edit", "edited_action": {"name": action["name"], "arguments": arguments}})
+                decisions.append({"type": "edit", "edited_action": {"name": action["name"], "arguments": arguments},
+                                  "reviewer": reviewer})  # fmt: skip
             else:
                 continue
             break

@@ -72,7 +72,8 @@ from typing import Any, Literal, Protocol
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from agentgraph.classifier import CUSTOMER_SUPPORT_INTENTS, canonical_text, file_sha256
+from agentgraph.classifier import canonical_text, file_sha256
+from agentgraph.graphs.support_router import CUSTOMER_SUPPORT_INTENTS
 from agentgraph.datasets import (
     SPLIT_SEED,
     customer_support_csv,

@@ -105,7 +105,7 @@ def load_router_strategy(model_dir: str | os.PathLike[str], slm: SLM | None = No
 
 def base_strategy(slm: SLM, labels: Sequence[str]) -> SLMStrategy:
     """The router strategy as it runs on a model that was never distilled: intent names with their boundaries."""
-    from agentgraph.classifier import CUSTOMER_SUPPORT_INTENTS
+    from agentgraph.graphs.support_router import CUSTOMER_SUPPORT_INTENTS
 
     return SLMStrategy(slm, {label: CUSTOMER_SUPPORT_INTENTS.get(label, "") for label in labels})
 

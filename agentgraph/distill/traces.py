@@ -17,7 +17,9 @@ first match wins, from the call's metadata key ``agentgraph_step_type``, a tag
 A call's outcome comes later, from whoever can judge it (the customer, a
 reviewer, a check): :meth:`SQLiteTraceStore.mark` sets ``accepted`` to True or
 False by call id; until then it is None and the call is no training data. A
-call that failed is stored as rejected, with its error.
+call that failed is stored as rejected, with its error. A call is stored with the
+personal data in its prompt, answer and metadata masked (see
+:func:`agentgraph.decisions.stored_record`): training data never holds a card number.
 
 SLM decisions stay in the decision log (:mod:`agentgraph.decisions`). The store
 is a :class:`~agentgraph.decisions.DecisionLog` itself, by default kept in the
@@ -53,7 +55,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, conver
 from langchain_core.outputs import ChatGeneration, LLMResult
 from pydantic import BaseModel, Field
 
-from agentgraph.decisions import Decision, DecisionLog, SQLiteDecisionLog
+from agentgraph.decisions import Decision, DecisionLog, SQLiteDecisionLog, stored_record
 from agentgraph.errors import AgentGraphError
 from agentgraph.storage import connect_sqlite
 
@@ -150,7 +152,7 @@ class SQLiteTraceStore:
         self.decision_log: DecisionLog = decision_log if decision_log is not None else SQLiteDecisionLog(self.path)
 
     def record_call(self, call: LLMCall) -> LLMCall:
-        """Store ``call`` (a call already stored under its id is replaced); returns it."""
+        """Store ``call``, its personal data masked (a call already stored under its id is replaced); returns it."""
         with self._lock:
             self._conn.execute(
                 "INSERT OR REPLACE INTO llm_calls (id, timestamp, node, step_type, thread_id, accepted, record)"
@@ -162,7 +164,7 @@ class SQLiteTraceStore:
                     call.step_type,
                     call.thread_id,
                     None if call.accepted is None else int(call.accepted),
-                    call.model_dump_json(exclude={"accepted"}),
+                    stored_record(call, exclude={"accepted"}),
                 ),
             )
         return call

@@ -227,7 +227,7 @@ def lists_labels(style: LabelStyle) -> bool:
 
 def prompt_labels(labels: Sequence[str], style: LabelStyle) -> tuple[dict[str, str], dict[str, str]]:
     """The label set the model is shown (``{prompt label: description}``) and each prompt label's intent."""
-    from agentgraph.classifier import CUSTOMER_SUPPORT_INTENTS
+    from agentgraph.graphs.support_router import CUSTOMER_SUPPORT_INTENTS
 
     if style == "codes":
         intents = label_codes(labels)

@@ -29,6 +29,14 @@ missing, escalates the request instead. With a
 :class:`~agentgraph.shadow.ShadowEvaluator`, a sample of the routes the
 strategies accepted is also put to the teacher in the background.
 
+With ``acts``, ``writes`` and ``clarification`` the router reads real traffic
+as well as clean requests (:mod:`agentgraph.nodes.request_policy`): it asks a
+short question instead of guessing (a bare order number, a fragment, labels
+too close to call), acknowledges what asks for nothing (statements, refusals,
+thanks), keeps writes to messages that ask for them
+(:mod:`agentgraph.write_safety`), and reads the next message on the thread
+as the answer to its question.
+
 The node emits ``Command(goto=route)``, or a plain update for a conditional
 edge with :func:`route_of`. Its :class:`~agentgraph.decisions.Decision` (input,
 route, confidence, strategy, latency, escalated, model, and the mode in its
@@ -38,12 +46,13 @@ metadata) goes into the state and into ``decision_log``.
 
 Example:
     >>> from langgraph.graph import END, START, StateGraph
-    >>> from agentgraph.classifier import IntentClassifier, customer_support_router_path
+    >>> from agentgraph.classifier import IntentClassifier
+    >>> from agentgraph.graphs.support_router import support_router_path
     >>> from agentgraph.nodes.router import (ClassifierStrategy, RouterState, RuleStrategy, create_escalation_node,
     ...                                      create_router)
     >>> router = create_router(
     ...     [RuleStrategy({r"\\b(human|person)\\b": "contact_human_agent"}),
-    ...      ClassifierStrategy(IntentClassifier.load(customer_support_router_path()))],
+    ...      ClassifierStrategy(IntentClassifier.load(support_router_path()))],
     ...     routes={"track_order": "lookup", "cancel_order": "action", "contact_human_agent": "escalate"},
     ...     default_route="knowledge",
     ... )
@@ -62,7 +71,7 @@ Example:
 
     Teacher mode with no LLM configured escalates every request, and says why:
 
-    >>> teacher_mode = create_router(ClassifierStrategy(IntentClassifier.load(customer_support_router_path())),
+    >>> teacher_mode = create_router(ClassifierStrategy(IntentClassifier.load(support_router_path())),
     ...                              mode="teacher", teacher=None)
     >>> update = teacher_mode({"text": "I want to cancel order 12345"}, {})
     >>> update.goto, update.update["escalation_reason"], update.update["decisions"][0].metadata["mode"]
@@ -94,25 +103,29 @@ from agentgraph.calibration import (
     selective_accuracy_at_coverage,
     selective_threshold,
 )
-from agentgraph.classifier import IntentClassifier
+from agentgraph.acts import ActDetector, ActVerdict
+from agentgraph.classifier import OUT_OF_SCOPE, IntentClassifier
+from agentgraph.clarification import Clarification, ClarificationPolicy
 from agentgraph.decisions import Decision, DecisionLog, DecisionState, log_decision, thread_id_of
 from agentgraph.distill.traces import STEP_TAG_PREFIX
 from agentgraph.errors import EmptyInputError
 from agentgraph.llm import HumanHandoff, escalate, llm_name
 from agentgraph.modes import Mode
+from agentgraph.nodes.request_policy import ESCALATION, PolicyOutcome, RequestPolicy
 from agentgraph.prompting import load_prompt
 from agentgraph.shadow import ShadowEvaluator
 from agentgraph.slm import SLM
 from agentgraph.slm.base import ChoiceResult
 from agentgraph.text import require_text, truncate_to_tokens
+from agentgraph.write_safety import WriteConsent, WritePolicy, WriteVerdict
 
 logger = logging.getLogger(__name__)
 
 ESCALATE = "escalate"
-OUT_OF_SCOPE = "__oos__"
-"""The label of a request that should escalate, in evaluation data."""
 
-EscalationReason = Literal["out_of_scope", "below_gate", "no_proposal", "no_teacher", "teacher_failed"]
+EscalationReason = Literal[
+    "out_of_scope", "below_gate", "no_proposal", "no_teacher", "teacher_failed", "unconfirmed_write"
+]
 
 
 class RouteProposal(BaseModel):
@@ -395,9 +408,12 @@ class ConfidenceGate(BaseModel):
 class RoutingDecision(BaseModel):
     """The router's verdict on one request, with every proposal it weighed."""
 
-    text: str = Field(description="the request as routed: cleaned, and cut to the context budget")
+    text: str = Field(
+        description="the request as routed: cleaned, cut to the context budget, and after a clarifying question "
+        "the original request with the answer"
+    )
     route: str
-    label: str | None = Field(description="the accepted label; None when escalated")
+    label: str | None = Field(description="the label served; None when escalated or clarified")
     confidence: float | None
     strategy: str | None = Field(description="the strategy whose proposal was accepted, or that escalated")
     model: str | None = None
@@ -408,6 +424,23 @@ class RoutingDecision(BaseModel):
     input_chars: int
     attempts: list[RouteProposal]
     latency_ms: float
+    outcome: str = Field(
+        default="routed", description="routed, escalated, clarified_<kind> (a question asked), declined, clarified_answer"
+    )
+    act: ActVerdict | None = Field(default=None, description="what the message does, when the router reads acts")
+    clarification: Clarification | None = Field(default=None, description="the question asked this turn, if any")
+    consent: WriteConsent | None = Field(default=None, description="the customer's consent to the write this route makes")
+    write: WriteVerdict | None = Field(default=None, description="the write-safety rule's verdict, for a write label")
+
+    @property
+    def clarified(self) -> bool:
+        """Whether the router answered with a question (or an acknowledgement) instead of a route's answer."""
+        return self.clarification is not None
+
+    @property
+    def top_label(self) -> str | None:
+        """The label served, or else the last proposal's: what the router read, gate or not."""
+        return self.label or (self.attempts[-1].label if self.attempts else None)
 
 
 class Router:
@@ -422,6 +455,10 @@ class Router:
             gate (out of scope still escalates); ``teacher``: the teacher alone (see :mod:`agentgraph.modes`).
         teacher: the :class:`LLMStrategy` of ``auto`` and ``teacher``. Without one, or when it fails, the
             request escalates (reason ``no_teacher`` in teacher mode, ``teacher_failed``), as in student mode.
+        acts, writes, clarification: what the router does with a label once read (a
+            :class:`~agentgraph.nodes.request_policy.RequestPolicy`): read the message's act, keep writes to
+            messages that ask for them (:mod:`agentgraph.write_safety`), and ask instead of guessing
+            (:mod:`agentgraph.clarification`). Without them a label is served as read.
     """
 
     def __init__(
@@ -434,9 +471,17 @@ class Router:
         escalation_route: str = ESCALATE,
         mode: Mode = "student",
         teacher: LLMStrategy | None = None,
+        acts: ActDetector | None = None,
+        writes: WritePolicy | None = None,
+        clarification: ClarificationPolicy | None = None,
     ) -> None:
         if not strategies:
             raise ValueError("a router needs at least one strategy")
+        self.policy = (
+            RequestPolicy(acts=acts, writes=writes, clarification=clarification)
+            if acts is not None or writes is not None or clarification is not None
+            else None
+        )
         self.strategies = list(strategies)
         self.routes = dict(routes or {})
         self.default_route = default_route
@@ -452,8 +497,10 @@ class Router:
         return self.routes.get(label, self.default_route or label)
 
     def destinations(self, labels: Iterable[str]) -> tuple[str, ...]:
-        """Every route ``labels`` can reach, plus the escalation route (for ``add_node(destinations=...)``)."""
-        return tuple(dict.fromkeys([*(self.route_of_label(label) for label in labels), self.escalation_route]))
+        """Every route ``labels`` can reach, the escalation route and the clarification route (for ``add_node(destinations=...)``)."""
+        clarify = [self.policy.clarify_route] if self.policy is not None and self.policy.clarify_route else []
+        routes = [*(self.route_of_label(label) for label in labels), self.escalation_route, *clarify]
+        return tuple(dict.fromkeys(routes))
 
     def fit_to_budgets(self, text: str) -> tuple[str, bool]:
         """``text`` cut (at a word boundary, with a logged warning) so that every strategy can read all of it.
@@ -467,8 +514,12 @@ class Router:
                 truncated = truncated or cut
         return text, truncated
 
-    def decide(self, text: str | None) -> RoutingDecision:
-        """Route one request; :class:`~agentgraph.errors.EmptyInputError` when it holds no text."""
+    def decide(self, text: str | None, *, pending: Clarification | None = None) -> RoutingDecision:
+        """Route one request; :class:`~agentgraph.errors.EmptyInputError` when it holds no text.
+
+        ``pending`` is the question the router asked on this thread last turn: when the message answers
+        it, the answer is routed with the question's context.
+        """
         started = time.perf_counter()
         cleaned = require_text(text, what="request")
         routed, truncated = self.fit_to_budgets(cleaned)
@@ -476,23 +527,62 @@ class Router:
         accepted, reason, teacher_error = None, "no_proposal", None
         if self.mode != "teacher":
             accepted, reason = self._student_verdict(routed, attempts)
+        act = self.policy.act_of(routed) if self.policy is not None else None
+        outcome = None
+        if self.policy is not None and pending is not None:
+            outcome = self.policy.answer(pending, routed, best_label=attempts[-1].label if attempts else None, act=act)
+        if outcome is None:
+            outcome = self._settle(routed, act, accepted, reason, attempts)
         # Out of scope means the label set does not fit the request: the teacher would choose among the same labels.
-        if accepted is None and (self.mode == "teacher" or (self.mode == "auto" and reason != "out_of_scope")):
+        if outcome is ESCALATION and (self.mode == "teacher" or (self.mode == "auto" and reason != "out_of_scope")):
             accepted, reason, teacher_error = self._teacher_verdict(routed, attempts, reason)
-        if accepted is not None:
+            if accepted is not None:
+                outcome = self._settle(routed, act, accepted, reason, attempts)
+        fields = {
+            "truncated": truncated, "input_chars": len(cleaned), "attempts": attempts, "act": act,
+            "outcome": outcome.outcome, "write": outcome.write,
+        }  # fmt: skip
+        if outcome.label is not None:
+            answered = outcome.outcome == "clarified_answer"
+            proposal = accepted if accepted is not None and not answered else None
             return RoutingDecision(
-                text=routed, route=self.route_of_label(accepted.label), label=accepted.label,
-                confidence=accepted.confidence, strategy=accepted.strategy, model=accepted.model, escalated=False,
-                truncated=truncated, input_chars=len(cleaned), attempts=attempts,
-                latency_ms=(time.perf_counter() - started) * 1000,
-            )
+                text=outcome.text or routed, route=self.route_of_label(outcome.label), label=outcome.label,
+                confidence=proposal.confidence if proposal else None,
+                strategy=proposal.strategy if proposal else "clarification", model=proposal.model if proposal else None,
+                escalated=False, consent=outcome.consent, latency_ms=(time.perf_counter() - started) * 1000, **fields,
+            )  # fmt: skip
         last = attempts[-1] if attempts else None
+        if outcome.clarification is not None:
+            return RoutingDecision(
+                text=routed, route=self.policy.clarify_route, label=None, confidence=last.confidence if last else None,
+                strategy=last.strategy if last else None, model=last.model if last else None, escalated=False,
+                clarification=outcome.clarification, latency_ms=(time.perf_counter() - started) * 1000, **fields,
+            )  # fmt: skip
         return RoutingDecision(
             text=routed, route=self.escalation_route, label=None, confidence=last.confidence if last else None,
             strategy=last.strategy if last else None, model=last.model if last else None, escalated=True,
-            reason=reason, teacher_error=teacher_error, truncated=truncated, input_chars=len(cleaned),
-            attempts=attempts, latency_ms=(time.perf_counter() - started) * 1000,
-        )
+            reason="unconfirmed_write" if outcome.write is not None else reason or "below_gate", teacher_error=teacher_error, latency_ms=(time.perf_counter() - started) * 1000,
+            **fields,
+        )  # fmt: skip
+
+    def _settle(
+        self,
+        text: str,
+        act: ActVerdict | None,
+        accepted: RouteProposal | None,
+        reason: EscalationReason | None,
+        attempts: Sequence[RouteProposal],
+    ) -> PolicyOutcome:
+        """The route the policy makes of the router's verdict (without a policy: the accepted label, else escalation)."""
+        if self.policy is None:
+            return PolicyOutcome(label=accepted.label, text=text) if accepted is not None else ESCALATION
+        last = accepted or (attempts[-1] if attempts else None)
+        return self.policy.decide(
+            text, act=act, label=last.label if last else None, confidence=last.confidence if last else None,
+            accepted=accepted is not None, out_of_scope=reason == "out_of_scope",
+            top=(last.details.get("top") or {}) if last else {},
+            gate=self.gate.threshold(last, self.route_of_label(last.label)) if last else 1.0,
+        )  # fmt: skip
 
     def _student_verdict(
         self, text: str, attempts: list[RouteProposal]
@@ -528,13 +618,20 @@ class Router:
 
 
 class RouterState(DecisionState, total=False):
-    """State keys the router reads (``text``) and writes; the escalation node adds ``escalation``."""
+    """State keys the router reads (``text``, and ``clarification`` from the last turn) and writes.
+
+    ``request`` is what the route serves: the message, or after a clarifying question the original
+    request with the answer. The escalation node adds ``escalation``.
+    """
 
     text: str
+    request: str
     route: str
     intent: str | None
     route_confidence: float | None
     escalation_reason: EscalationReason | None
+    clarification: Clarification | None
+    write_consent: WriteConsent | None
     escalation: AIMessage | HumanHandoff
 
 
@@ -568,6 +665,9 @@ def create_router(
     mode: Mode = "student",
     teacher: LLMStrategy | None = None,
     shadow: ShadowEvaluator | None = None,
+    acts: ActDetector | None = None,
+    writes: WritePolicy | None = None,
+    clarification: ClarificationPolicy | None = None,
 ) -> Callable[[dict[str, Any], RunnableConfig], Command | dict[str, Any]]:
     """A LangGraph node that routes ``state[input_key]`` (a string or messages) to one route.
 
@@ -585,21 +685,30 @@ def create_router(
         teacher: the LLM strategy of ``auto`` and ``teacher``, and the teacher of ``shadow``.
         shadow: compares a sample of the strategies' accepted routes with the teacher's, in the background
             (decisions of kind ``shadow`` in ``decision_log``).
+        acts: reads what the message does (:class:`~agentgraph.acts.ActDetector`): statements, refusals
+            and greetings are acknowledged, never served as requests.
+        writes: the labels whose routes write, and the evidence a write needs to run unasked
+            (:mod:`agentgraph.write_safety`); the node writes the customer's consent to ``write_consent``.
+        clarification: the questions the router asks instead of guessing (:mod:`agentgraph.clarification`);
+            their route is ``clarification.route``. The question asked is kept under ``clarification``
+            (with a checkpointer, across turns), and the thread's next message is read as its answer.
 
-    Writes ``route``, ``intent`` (the label; None when escalated), ``route_confidence``,
-    ``escalation_reason`` and one record under ``decisions`` (its ``metadata["mode"]`` says the mode).
+    Writes ``route``, ``intent`` (the label; None when escalated or clarified), ``request``, ``route_confidence``,
+    ``escalation_reason``, ``clarification``, ``write_consent`` and one record under ``decisions``
+    (its ``metadata["mode"]`` says the mode, its ``outcome`` whether the request was routed, clarified or escalated).
     Empty input raises :class:`~agentgraph.errors.EmptyInputError` after logging a ``rejected`` record.
     """
     router = Router(
         [strategies] if hasattr(strategies, "propose") else list(strategies),
         routes=routes, default_route=default_route, gate=gate, escalation_route=escalation_route, mode=mode,
-        teacher=teacher,
+        teacher=teacher, acts=acts, writes=writes, clarification=clarification,
     )  # fmt: skip
 
     def route_request(state: dict[str, Any], config: RunnableConfig) -> Command | dict[str, Any]:
         raw = request_text(state.get(input_key))
+        pending = state.get("clarification")
         try:
-            verdict = router.decide(raw)
+            verdict = router.decide(raw, pending=pending if isinstance(pending, Clarification) else None)
         except EmptyInputError:
             log_decision(
                 decision_log,
@@ -615,7 +724,7 @@ def create_router(
             confidence=verdict.confidence,
             strategy=verdict.strategy,
             escalated=verdict.escalated,
-            outcome=verdict.reason or "routed",
+            outcome=verdict.reason or verdict.outcome,
             model=verdict.model,
             latency_ms=verdict.latency_ms,
             thread_id=thread_id_of(config),
@@ -625,10 +734,15 @@ def create_router(
                 "input_chars": verdict.input_chars,
                 "attempts": [attempt.model_dump() for attempt in verdict.attempts],
                 "teacher_error": verdict.teacher_error,
+                **({"act": verdict.act.model_dump()} if verdict.act else {}),
+                **({"clarification": verdict.clarification.model_dump()} if verdict.clarification else {}),
+                **({"write": verdict.write.model_dump()} if verdict.write else {}),
+                **({"consent": verdict.consent.how} if verdict.consent else {}),
+                **({"answers": pending.question} if verdict.outcome in ("clarified_answer", "declined") else {}),
             },
         )
         log_decision(decision_log, decision)
-        if shadow is not None and teacher is not None and not verdict.escalated and verdict.strategy != teacher.name:
+        if shadow is not None and teacher is not None and verdict.label is not None and verdict.strategy not in (teacher.name, "clarification"):
             shadow.evaluate(
                 decision, verdict.label, lambda shadow_config: teacher.propose(verdict.text, shadow_config).label,
                 teacher_model=teacher.model, decision_log=decision_log,
@@ -636,8 +750,11 @@ def create_router(
         update = {
             "route": verdict.route,
             "intent": verdict.label,
+            "request": verdict.text,
             "route_confidence": verdict.confidence,
             "escalation_reason": verdict.reason,
+            "clarification": verdict.clarification,
+            "write_consent": verdict.consent,
             "decisions": [decision],
         }
         return Command(goto=verdict.route, update=update) if goto else update
@@ -687,48 +804,63 @@ def create_escalation_node(
 
 
 class RouterEvaluation(BaseModel):
-    """How a router does on labelled requests (``__oos__`` marks one that should escalate)."""
+    """How a router does on labelled requests (``__oos__`` marks one that should not be answered as an intent).
+
+    A clarifying question (or an acknowledgement) is not an answer: it counts against coverage and never
+    as an error among the answered requests; for an out-of-scope request it counts as not answered.
+    """
 
     in_scope: int
     out_of_scope: int
     accuracy: float | None = Field(description="top label right, gate or not (in-scope requests)")
-    coverage: float | None = Field(description="share of in-scope requests accepted (not escalated)")
-    selective_accuracy: float | None = Field(description="accuracy over the accepted in-scope requests")
-    oos_escalation_rate: float | None = Field(description="share of out-of-scope requests escalated")
+    coverage: float | None = Field(description="share of in-scope requests answered (neither escalated nor clarified)")
+    selective_accuracy: float | None = Field(description="accuracy over the answered in-scope requests")
+    oos_escalation_rate: float | None = Field(
+        description="share of out-of-scope requests not answered as an intent (escalated, or clarified)"
+    )
+    clarification_rate: float | None = Field(default=None, description="share of in-scope requests clarified")
+    oos_clarification_rate: float | None = Field(default=None, description="share of out-of-scope requests clarified")
     selective_accuracy_at_coverage: dict[str, float] = Field(
         default_factory=dict,
         description="accuracy over the most confident 80/90/95% of in-scope requests (the risk-coverage curve)",
     )
     escalations: dict[str, int] = Field(description="escalations by reason")
-    confusions: list[tuple[str, str, int]] = Field(description="most frequent (expected, routed) errors, routed ones only")
+    clarifications: dict[str, int] = Field(default_factory=dict, description="questions asked, by kind")
+    confusions: list[tuple[str, str, int]] = Field(description="most frequent (expected, routed) errors, answered ones only")
     latency_ms_p50: float
     latency_ms_p95: float
 
 
 def evaluate_router(router: Router, rows: Iterable[tuple[str, str]], *, top_confusions: int = 10) -> RouterEvaluation:
-    """Route each ``(text, label)`` one at a time (as in service) and score the result.
+    """Route each ``(text, label)`` one at a time (as in service, each on a new thread) and score the result.
 
     Accuracy compares the proposing strategy's top label, before the gate, with
-    the expected label; an escalated request counts toward coverage, never as
-    an error among the accepted ones.
+    the expected label; an escalated or clarified request counts toward
+    coverage, never as an error among the answered ones.
     """
     latencies, in_scope, out_of_scope = [], [], []
     reasons: Counter[str] = Counter()
+    kinds: Counter[str] = Counter()
+    clarified_in_scope, clarified_out_of_scope = [], []
     errors: Counter[tuple[str, str]] = Counter()
     for text, label in rows:
         verdict = router.decide(text)
         latencies.append(verdict.latency_ms)
+        answered = verdict.label is not None
         if verdict.escalated:
             reasons[verdict.reason] += 1
-        top = verdict.label or (verdict.attempts[-1].label if verdict.attempts else None)
+        if verdict.clarified:
+            kinds[verdict.clarification.kind] += 1
         if label == OUT_OF_SCOPE:
-            out_of_scope.append(verdict.escalated)
-            if not verdict.escalated:
+            out_of_scope.append(not answered)
+            clarified_out_of_scope.append(verdict.clarified)
+            if answered:
                 errors[(label, verdict.label)] += 1
         else:
             confidence = verdict.confidence if verdict.confidence is not None else -math.inf
-            in_scope.append((top == label, not verdict.escalated, confidence))
-            if not verdict.escalated and verdict.label != label:
+            in_scope.append((verdict.top_label == label, answered, confidence))
+            clarified_in_scope.append(verdict.clarified)
+            if answered and verdict.label != label:
                 errors[(label, verdict.label)] += 1
     correct = np.array([c for c, _, _ in in_scope], dtype=bool)
     accepted = np.array([a for _, a, _ in in_scope], dtype=bool)
@@ -744,7 +876,10 @@ def evaluate_router(router: Router, rows: Iterable[tuple[str, str]], *, top_conf
             for coverage in (0.8, 0.9, 0.95)
         } if in_scope else {},
         oos_escalation_rate=float(np.mean(out_of_scope)) if out_of_scope else None,
+        clarification_rate=float(np.mean(clarified_in_scope)) if in_scope else None,
+        oos_clarification_rate=float(np.mean(clarified_out_of_scope)) if out_of_scope else None,
         escalations=dict(reasons),
+        clarifications=dict(kinds),
         confusions=[(expected, routed, n) for (expected, routed), n in errors.most_common(top_confusions)],
         latency_ms_p50=float(np.percentile(latencies, 50)) if latencies else 0.0,
         latency_ms_p95=float(np.percentile(latencies, 95)) if latencies else 0.0,

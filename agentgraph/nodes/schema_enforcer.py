@@ -15,6 +15,12 @@ instance:
 4. ``handoff``: a :class:`~agentgraph.llm.HumanHandoff` carrying the input and
    every failed attempt.
 
+Every SLM call is a rung of the ladder, counting the input's tokens to fit it
+to the SLM's context included: an SLM that fails (a server gone after start,
+:class:`~agentgraph.errors.SLMUnavailableError` or any other
+:class:`~agentgraph.errors.SLMError`) is recorded as a failed ``slm`` attempt,
+and the LLM, or the handoff, takes over with the input as given.
+
 The node's mode (:mod:`agentgraph.modes`) picks the rungs: ``auto`` (the
 default) climbs them all; ``teacher`` asks the LLM alone (rung 3, then 4), so
 every extraction is a recorded LLM call; ``student`` never asks the LLM (rungs
@@ -60,7 +66,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from functools import cache
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, NamedTuple, TypeVar
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import HumanMessage, SystemMessage
@@ -126,6 +132,20 @@ class Extraction(BaseModel, Generic[ModelT]):
     @property
     def strategy(self) -> Literal["slm", "slm_repair", "llm", "handoff"]:
         return "handoff" if self.handoff is not None else self.attempts[-1].strategy
+
+
+class ModelInput(NamedTuple):
+    """What a rung is shown: the text and context (cut to the SLM's budget, or as given) and the message they make."""
+
+    text: str
+    context: str
+    message: str
+    truncated: dict[str, bool]
+
+    @property
+    def validation_context(self) -> dict[str, str]:
+        """What candidates are validated against: all the model was shown (see :func:`source_text_of`)."""
+        return {"source_text": f"{self.context}\n\n{self.text}" if self.context else self.text}
 
 
 def describe_error(error: Exception) -> str:
@@ -232,12 +252,17 @@ def create_schema_enforcer(
             )
         return budget if max_input_tokens is None else min(budget, max_input_tokens)
 
-    def fit_to_budget(text: str, context: str) -> tuple[str, str, dict[str, bool]]:
+    def model_input(text: str, context: str, truncated: dict[str, bool] | None = None) -> ModelInput:
+        message = schema_enforcer_message(text, context, prompt_version=prompt.version)
+        return ModelInput(text, context, message, truncated or {"text": False, "context": False})
+
+    def fit_to_budget(text: str, context: str) -> ModelInput:
+        """The input cut to the SLM's budget; raises :class:`SLMError` when the SLM cannot count tokens."""
         available = input_budget()
         context, context_cut = truncate_to_tokens(context, max_tokens=available // 2, count_tokens=slm.count_tokens)
         text_budget = available - (slm.count_tokens(context) if context else 0)
         text, text_cut = truncate_to_tokens(text, max_tokens=text_budget, count_tokens=slm.count_tokens)
-        return text, context, {"text": text_cut, "context": context_cut}
+        return model_input(text, context, {"text": text_cut, "context": context_cut})
 
     def ask_slm(
         strategy: Literal["slm", "slm_repair"], message: str, validation_context: dict[str, str]
@@ -321,17 +346,34 @@ def create_schema_enforcer(
         message = prompt.render(text=text, context=context, rejected=rejected.output, errors=rejected.error)
         return ask_slm("slm_repair", message, validation_context)
 
-    def extract(text: str, context: str, message: str, validation_context: dict[str, str]) -> Extraction[ModelT]:
-        value, attempts = None, []
+    def slm_rungs(text: str, context: str) -> tuple[ModelT | None, list[ExtractionAttempt], ModelInput | None]:
+        """Rungs 1 and 2 on the input fitted to the SLM's budget (None when the SLM could not count its tokens)."""
+        started = time.perf_counter()
+        try:
+            shown = fit_to_budget(text, context)
+        except SLMError as exc:
+            logger.warning("%s: the SLM failed counting tokens (%s); skipping to the next fallback", name, exc)
+            return None, [ExtractionAttempt(strategy="slm", error=str(exc), latency_ms=_elapsed_ms(started))], None
+        value, attempt = ask_slm("slm", shown.message, shown.validation_context)
+        attempts = [attempt]
+        if value is None and attempt.output is not None:
+            value, attempt = repair(attempt, shown.text, shown.context, shown.validation_context)
+            attempts.append(attempt)
+        return value, attempts, shown
+
+    def extract(text: str, context: str) -> tuple[Extraction[ModelT], ModelInput]:
+        value, attempts, shown = None, [], None
         if mode != "teacher":
-            value, attempt = ask_slm("slm", message, validation_context)
-            attempts.append(attempt)
-            if value is None and attempt.output is not None:
-                value, attempt = repair(attempt, text, context, validation_context)
-                attempts.append(attempt)
+            value, attempts, shown = slm_rungs(text, context)
+        if shown is None:  # teacher mode, or an SLM that could not count tokens: the LLM sees the input as given
+            shown = model_input(text, context)
         if value is None and mode != "student" and structured_llm is not None:
-            value, attempt = ask_llm(message, validation_context, None if context else text)
+            value, attempt = ask_llm(shown.message, shown.validation_context, None if shown.context else shown.text)
             attempts.append(attempt)
+        return ladder_end(value, attempts, shown), shown
+
+    def ladder_end(value: ModelT | None, attempts: list[ExtractionAttempt], shown: ModelInput) -> Extraction[ModelT]:
+        """The valid instance, or a handoff that says what was tried."""
         if value is not None:
             return Extraction[schema](value=value, handoff=None, attempts=attempts)
         tried = ", ".join(a.strategy for a in attempts) or "no attempt"
@@ -342,7 +384,7 @@ def create_schema_enforcer(
         handoff = HumanHandoff(
             reason=f"{name}: no valid {schema.__name__} after {tried}"
             + (f"; last error: {attempts[-1].error}" if attempts else ""),
-            request={"text": text, "context": context, "schema": schema.__name__},
+            request={"text": shown.text, "context": shown.context, "schema": schema.__name__},
         )
         return Extraction[schema](value=None, handoff=handoff, attempts=attempts)
 
@@ -362,20 +404,14 @@ def create_schema_enforcer(
             )  # fmt: skip
             raise
         context = clean_text(state.get(context_key) or "") if context_key else ""
-        if mode == "teacher":
-            truncated = {"text": False, "context": False}
-        else:
-            text, context, truncated = fit_to_budget(text, context)
-        validation_context = {"source_text": f"{context}\n\n{text}" if context else text}
-        message = schema_enforcer_message(text, context, prompt_version=prompt.version)
-        extraction = extract(text, context, message, validation_context)
+        extraction, shown = extract(text, context)
         strategy = extraction.strategy
         decision = log_decision(
             decision_log,
             Decision(
                 node=name,
                 kind="extract",
-                input={"text": text, "context": context or None},
+                input={"text": shown.text, "context": shown.context or None},
                 output=(extraction.handoff if extraction.value is None else extraction.value).model_dump(mode="json"),
                 confidence=extraction.attempts[-1].confidence if extraction.value is not None else None,
                 strategy=strategy,
@@ -388,7 +424,7 @@ def create_schema_enforcer(
                     "mode": mode,
                     "schema": schema.__name__,
                     "prompt": prompt.id,
-                    "truncated": truncated,
+                    "truncated": shown.truncated,
                     "input_chars": len(raw),
                     "attempts": [a.model_dump() for a in extraction.attempts],
                 },
@@ -397,8 +433,9 @@ def create_schema_enforcer(
         if shadow is not None and structured_llm is not None and strategy in ("slm", "slm_repair"):
             shadow.evaluate(
                 decision, decision.output,
-                lambda shadow_config: llm_instance(message, validation_context, None if context else text, shadow_config)
-                .model_dump(mode="json"),
+                lambda shadow_config: llm_instance(
+                    shown.message, shown.validation_context, None if shown.context else shown.text, shadow_config
+                ).model_dump(mode="json"),
                 teacher_model=llm_name(llm), decision_log=decision_log,
             )  # fmt: skip
         return {output_key: extraction.value, handoff_key: extraction.handoff, "decisions": [decision]}

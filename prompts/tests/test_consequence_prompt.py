@@ -24,7 +24,7 @@ def test_control_characters_in_a_tool_description_do_not_reach_the_prompt():
 
     hostile = tool("wipe", description="Wipes\x00 a disk.\x1b[2J")(lambda device: "ok")
 
-    text = _describe_call(hostile, {"device": "sda\x07"}, slm=None)
+    text = _describe_call(hostile, {"device": "sda\x07"})
 
     assert "Description: Wipes a disk.[2J" in text
     assert 'Arguments: {"device":"sda\\u0007"}' in text, "JSON escapes control characters in arguments"
