@@ -243,6 +243,10 @@ class OutOfScopeDetector(BaseModel):
     max_relative_distance: float = Field(description="a request farther (relative Mahalanobis) than this is out of scope")
     rejection_rate: float = Field(description="the share of held-out in-scope requests each threshold was set to reject")
 
+    def admits(self, similarity: np.ndarray | float, distance: np.ndarray | float) -> np.ndarray:
+        """Whether requests at these scores pass both tests (elementwise)."""
+        return (np.asarray(similarity) >= self.min_similarity) & (np.asarray(distance) <= self.max_relative_distance)
+
 
 class IntentPrediction(BaseModel):
     label: str
@@ -334,7 +338,7 @@ def _fit_arrays(
     features = hstack([csr_matrix(embeddings), lexical_weight * lexical.transform(texts)]).tocsr()
     model = LogisticRegression(C=regularization, max_iter=5000).fit(features, classes)
     dims = embeddings.shape[1]
-    intents = [k for k, label in enumerate(labels) if label != OUT_OF_SCOPE]
+    intents = np.flatnonzero(_intent_mask(labels))
     scoped = np.isin(classes, intents)
     in_scope, in_scope_classes = embeddings[scoped], classes[scoped]
     means = np.stack([in_scope[in_scope_classes == k].mean(0) for k in intents])
@@ -353,6 +357,17 @@ def _fit_arrays(
         "background_mean": background_mean.astype(np.float32),
         "background_whitening": _tied_whitening(in_scope - background_mean, covariance_ridge),
     }
+
+
+def _intent_mask(labels: Sequence[str]) -> np.ndarray:
+    """Which of ``labels`` are intents, not the :data:`OUT_OF_SCOPE` class."""
+    return np.array([label != OUT_OF_SCOPE for label in labels])
+
+
+def _best_intent(probabilities: np.ndarray, intent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of ``probabilities``: the most probable intent, and whether it outranks the out-of-scope class."""
+    best = np.where(intent, probabilities, -1.0).argmax(-1)
+    return best, probabilities.argmax(-1) == best
 
 
 def _out_of_fold_metrics(correct: np.ndarray, accepted: np.ndarray, expected_in_scope: np.ndarray) -> dict[str, Any]:
@@ -389,7 +404,7 @@ class IntentClassifier:
         self._whitening = arrays["whitening"]
         self._background_mean = arrays["background_mean"]
         self._background_whitening = arrays["background_whitening"]
-        self._intent = np.array([label != OUT_OF_SCOPE for label in self.labels])
+        self._intent = _intent_mask(self.labels)
 
     @property
     def gate_threshold(self) -> float:
@@ -494,7 +509,7 @@ class IntentClassifier:
         if not fitting.any():
             raise AgentGraphError(f"no example comes from the fit_sources {sorted(fit_sources or ())}")
         draft.temperature = TemperatureScaling().fit(logits[fitting], classes[fitting])
-        intent = np.array([label != OUT_OF_SCOPE for label in label_list])
+        intent = _intent_mask(label_list)
         expected_in_scope = intent[classes]
         scoped_fitting = expected_in_scope & fitting
         draft.out_of_scope = OutOfScopeDetector(
@@ -503,13 +518,9 @@ class IntentClassifier:
             rejection_rate=oos_rejection_rate,
         )
         probabilities = draft.temperature.transform(logits)
-        best = np.where(intent, probabilities, -1.0).argmax(1)
+        best, outranks_out_of_scope = _best_intent(probabilities, intent)
         confidence = probabilities[np.arange(len(best)), best]
-        in_scope = (
-            (probabilities.argmax(1) == best)
-            & (similarity >= draft.out_of_scope.min_similarity)
-            & (distance <= draft.out_of_scope.max_relative_distance)
-        )
+        in_scope = outranks_out_of_scope & draft.out_of_scope.admits(similarity, distance)
         # An out-of-scope example the tests let through is an error if the gate accepts it.
         correct = best == classes
         proposed = (in_scope | expected_in_scope) & fitting
@@ -552,11 +563,10 @@ class IntentClassifier:
         canonical = canonical_text(text)
         embedding = self.encoder.encode_one(canonical)
         probabilities = self.manifest.temperature.transform(self.logits(embedding, [canonical]))[0]
-        best = int(np.where(self._intent, probabilities, -1.0).argmax())
+        best, outranks_out_of_scope = (int(value) for value in _best_intent(probabilities, self._intent))
         similarity, distance = (float(s[0]) for s in self.scope_scores(embedding)) if detect_scope else (None, None)
-        detector = self.manifest.out_of_scope
-        in_scope = int(probabilities.argmax()) == best and (
-            not detect_scope or (similarity >= detector.min_similarity and distance <= detector.max_relative_distance)
+        in_scope = bool(outranks_out_of_scope) and (
+            not detect_scope or bool(self.manifest.out_of_scope.admits(similarity, distance))
         )
         top = np.argsort(-probabilities)[:5]
         return IntentPrediction(

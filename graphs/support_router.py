@@ -36,7 +36,7 @@ import random
 from collections.abc import Sequence
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from agentgraph.acts import ActDetector
 from agentgraph.classifier import OUT_OF_SCOPE, IntentClassifier, SentenceEncoder, cached_classifier
@@ -45,6 +45,9 @@ from agentgraph.datasets import customer_support_csv, load_customer_support, rea
 from agentgraph.perturb import realistic
 from agentgraph.slm.models import cache_dir
 from agentgraph.write_safety import WritePolicy
+
+if TYPE_CHECKING:
+    from agentgraph.nodes.router import Router
 
 logger = logging.getLogger(__name__)
 
@@ -262,6 +265,15 @@ def support_routing(classifier: IntentClassifier, acts: ActDetector | None) -> d
         "strategies": [ClassifierStrategy(classifier)], "routes": ROUTES, "acts": acts, "writes": WRITE_POLICY,
         "clarification": CLARIFICATION_POLICY,
     }  # fmt: skip
+
+
+def support_router(classifier: IntentClassifier | None = None) -> Router:
+    """The example graph's router without the graph: ``classifier`` (default: the example's), its act detector on
+    the same encoder, the write rule and the clarifying questions (for evaluations and benchmarks)."""
+    from agentgraph.nodes.router import Router
+
+    classifier = classifier if classifier is not None else IntentClassifier.load(support_router_path())
+    return Router(**support_routing(classifier, support_act_detector(classifier.encoder)))
 
 
 def support_act_detector(encoder: SentenceEncoder | None = None) -> ActDetector:

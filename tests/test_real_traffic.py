@@ -152,12 +152,9 @@ def test_a_target_named_in_answer_to_which_order_completes_the_request_without_t
 
 @pytest.fixture(scope="module")
 def router():
-    from agentgraph.classifier import IntentClassifier
-    from agentgraph.graphs.support_router import support_act_detector, support_router_path, support_routing
-    from agentgraph.nodes.router import Router
+    from agentgraph.graphs.support_router import support_router
 
-    classifier = IntentClassifier.load(support_router_path())
-    return Router(**support_routing(classifier, support_act_detector(classifier.encoder)))
+    return support_router()
 
 
 @pytest.mark.slow

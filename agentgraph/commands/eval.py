@@ -53,15 +53,15 @@ def read_labelled(path: Path, *, text_column: str | None = None, label_column: s
 
 def _eval_router(args: argparse.Namespace) -> int:
     from agentgraph.classifier import IntentClassifier
-    from agentgraph.graphs.support_router import support_act_detector, support_router_path, support_routing
-    from agentgraph.nodes.router import OUT_OF_SCOPE, Router, evaluate_router
+    from agentgraph.graphs.support_router import support_router, support_router_path
+    from agentgraph.nodes.router import OUT_OF_SCOPE, evaluate_router
 
     rows = read_labelled(args.data, text_column=args.text_column, label_column=args.label_column)
     classifier = IntentClassifier.load(args.router or support_router_path())
     unknown = sorted({label for _, label in rows} - set(classifier.labels) - {OUT_OF_SCOPE})
     if unknown:
         raise DatasetError(f"labels {unknown} are unknown to the router; use {OUT_OF_SCOPE} for requests that should escalate")
-    result = evaluate_router(Router(**support_routing(classifier, support_act_detector(classifier.encoder))), rows)
+    result = evaluate_router(support_router(classifier), rows)
     if args.json:
         print(result.model_dump_json())
         return 0

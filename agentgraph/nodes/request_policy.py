@@ -169,17 +169,21 @@ class RequestPolicy:
         return PolicyOutcome(clarification=question, outcome=f"clarified_{question.kind}")
 
 
+def ranked(top: Mapping[str, float]) -> list[tuple[float, str]]:
+    """``(probability, label)`` of the labels a question may offer, most probable first: the out-of-scope class
+    never, nor a label under :data:`CANDIDATE_FLOOR`."""
+    return sorted(((p, label) for label, p in top.items() if label != OUT_OF_SCOPE and p >= CANDIDATE_FLOOR), reverse=True)
+
+
 def plausible(top: Mapping[str, float], label: str, max_candidates: int) -> list[str]:
-    """``label`` and the other labels of :data:`CANDIDATE_FLOOR` or more, most probable first."""
-    others = sorted((p, other) for other, p in top.items() if other not in (label, OUT_OF_SCOPE) and p >= CANDIDATE_FLOOR)
-    return [label, *(other for _, other in reversed(others))][:max_candidates]
+    """``label`` and the other labels a question may offer, most probable first."""
+    return [label, *(other for _, other in ranked(top) if other != label)][:max_candidates]
 
 
 def candidate_set(top: Mapping[str, float], gate: float, *, max_candidates: int = 3) -> list[str]:
     """The fewest labels (two or more, ``max_candidates`` at most) whose probabilities together reach ``gate``.
 
-    Only labels of :data:`CANDIDATE_FLOOR` or more count, and never the
-    out-of-scope class; an empty list when no such set reaches the gate.
+    Only the labels a question may offer count (:func:`ranked`); an empty list when no such set reaches the gate.
 
     Example:
         >>> candidate_set({"get_refund": 0.48, "track_refund": 0.41, "complaint": 0.05}, 0.8)
@@ -187,10 +191,10 @@ def candidate_set(top: Mapping[str, float], gate: float, *, max_candidates: int 
         >>> candidate_set({"get_refund": 0.40, "complaint": 0.08}, 0.8)
         []
     """
-    ranked = sorted(((p, label) for label, p in top.items() if label != OUT_OF_SCOPE and p >= CANDIDATE_FLOOR), reverse=True)
+    offered = ranked(top)[:max_candidates]
     total = 0.0
-    for count, (probability, _) in enumerate(ranked[:max_candidates], start=1):
+    for count, (probability, _) in enumerate(offered, start=1):
         total += probability
         if count >= 2 and total >= gate:
-            return [label for _, label in ranked[:count]]
+            return [label for _, label in offered[:count]]
     return []

@@ -561,8 +561,8 @@ class Router:
         return RoutingDecision(
             text=routed, route=self.escalation_route, label=None, confidence=last.confidence if last else None,
             strategy=last.strategy if last else None, model=last.model if last else None, escalated=True,
-            reason="unconfirmed_write" if outcome.write is not None else reason or "below_gate", teacher_error=teacher_error, latency_ms=(time.perf_counter() - started) * 1000,
-            **fields,
+            reason="unconfirmed_write" if outcome.write is not None else reason or "below_gate",
+            teacher_error=teacher_error, latency_ms=(time.perf_counter() - started) * 1000, **fields,
         )  # fmt: skip
 
     def _settle(
@@ -742,7 +742,10 @@ def create_router(
             },
         )
         log_decision(decision_log, decision)
-        if shadow is not None and teacher is not None and verdict.label is not None and verdict.strategy not in (teacher.name, "clarification"):
+        if (
+            shadow is not None and teacher is not None and verdict.label is not None
+            and verdict.strategy not in (teacher.name, "clarification")
+        ):  # fmt: skip
             shadow.evaluate(
                 decision, verdict.label, lambda shadow_config: teacher.propose(verdict.text, shadow_config).label,
                 teacher_model=teacher.model, decision_log=decision_log,
@@ -838,13 +841,19 @@ def evaluate_router(router: Router, rows: Iterable[tuple[str, str]], *, top_conf
     the expected label; an escalated or clarified request counts toward
     coverage, never as an error among the answered ones.
     """
+    return score_verdicts(((label, router.decide(text)) for text, label in rows), top_confusions=top_confusions)
+
+
+def score_verdicts(
+    verdicts: Iterable[tuple[str, RoutingDecision]], *, top_confusions: int = 10
+) -> RouterEvaluation:
+    """The :class:`RouterEvaluation` of ``(expected label, verdict)`` pairs routed already (see :func:`evaluate_router`)."""
     latencies, in_scope, out_of_scope = [], [], []
     reasons: Counter[str] = Counter()
     kinds: Counter[str] = Counter()
     clarified_in_scope, clarified_out_of_scope = [], []
     errors: Counter[tuple[str, str]] = Counter()
-    for text, label in rows:
-        verdict = router.decide(text)
+    for label, verdict in verdicts:
         latencies.append(verdict.latency_ms)
         answered = verdict.label is not None
         if verdict.escalated:
