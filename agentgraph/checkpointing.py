@@ -22,6 +22,14 @@ before encryption are still read as they are. The checkpoint *metadata*
 column (LangGraph's, JSON in the clear) holds the run config's string
 metadata: put no personal data there.
 
+Workers on several machines share threads through :func:`postgres_checkpointer`
+(``langgraph-checkpoint-postgres``, the ``postgres`` extra; and
+:func:`async_postgres_checkpointer`): the same encryption, its key from
+``AGENTGRAPH_CHECKPOINT_KEY`` alone (no key file serves several machines), and
+every channel value in the encrypted blobs, where LangGraph's ``PostgresSaver``
+would keep str, int, float and bool values in a JSONB column in the clear
+(:mod:`agentgraph.postgres_checkpoint`).
+
 Example:
     >>> from langgraph.checkpoint.memory import InMemorySaver
     >>> from agentgraph.checkpointing import encrypted_serializer, new_checkpoint_key, state_serializer
@@ -41,6 +49,7 @@ import os
 import sqlite3
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -57,6 +66,9 @@ from agentgraph.nodes.context_pruner import KeptChunk
 from agentgraph.nodes.loop import ActResult, Observation
 from agentgraph.nodes.output_validator import Span, ValidationReport, ValidationStep, Violation
 from agentgraph.write_safety import WriteConsent
+
+if TYPE_CHECKING:
+    from agentgraph.postgres_checkpoint import AsyncEncryptedPostgresSaver, EncryptedPostgresSaver
 
 NODE_STATE_TYPES: tuple[type, ...] = (
     Decision, HumanHandoff, KeptChunk, ActResult, Observation, ValidationReport, ValidationStep, Violation, Span,
@@ -112,10 +124,20 @@ def new_checkpoint_key() -> bytes:
     return AESGCM.generate_key(bit_length=8 * _KEY_BYTES)
 
 
-def checkpoint_key(key_file: str | Path) -> bytes:
-    """The key :data:`CHECKPOINT_KEY_ENV` holds, else the one in ``key_file`` (created, owner-only, on first use)."""
+def checkpoint_key(key_file: str | Path | None) -> bytes:
+    """The key :data:`CHECKPOINT_KEY_ENV` holds, else the one in ``key_file`` (created, owner-only, on first use).
+
+    ``key_file=None`` (a database that workers on several machines share, which no key file beside it can
+    serve) needs the variable: without it, :class:`~agentgraph.errors.ConfigError`.
+    """
     if encoded := os.environ.get(CHECKPOINT_KEY_ENV):
         return _decode_key(encoded, CHECKPOINT_KEY_ENV)
+    if key_file is None:
+        raise ConfigError(
+            f"checkpoints in a shared database are encrypted with the key in {CHECKPOINT_KEY_ENV}, the same on every "
+            "worker: set it to 32 random bytes in URL-safe base64, e.g. the output of "
+            "python -c 'import base64, os; print(base64.urlsafe_b64encode(os.urandom(32)).decode())'"
+        )
     key_file = Path(key_file)
     if not key_file.exists():
         _create_key_file(key_file)
@@ -163,10 +185,57 @@ def sqlite_checkpointer(path: str | Path, *schemas: type, key: bytes | None = No
     return SqliteSaver(connection, serde=encrypted_serializer(key, *schemas))
 
 
+_CONNECTION_OPTIONS = {"autocommit": True, "prepare_threshold": 0}
+"""What LangGraph's Postgres savers need of their connection (with ``row_factory=dict_row``)."""
+
+
+def postgres_checkpointer(url: str, *schemas: type, key: bytes | None = None) -> EncryptedPostgresSaver:
+    """A durable checkpointer in the PostgreSQL database ``url`` that restores ``schemas``; its tables are set up.
+
+    Checkpoints and pending writes are encrypted with ``key`` (default: :func:`checkpoint_key` of no key
+    file, i.e. :data:`CHECKPOINT_KEY_ENV`, which every worker sharing the database must set alike). Its
+    tables are created, or migrated, under the setup lock of :mod:`agentgraph.postgres`, so workers may
+    start at once. It holds one connection (``saver.conn``; close it when done); threads of one process
+    take turns on it.
+    """
+    from psycopg import Connection
+    from psycopg.rows import dict_row
+
+    from agentgraph.postgres import holding_setup_lock
+    from agentgraph.postgres_checkpoint import EncryptedPostgresSaver
+
+    key = key if key is not None else checkpoint_key(None)
+    connection = Connection.connect(url, row_factory=dict_row, **_CONNECTION_OPTIONS)
+    saver = EncryptedPostgresSaver(connection, serde=encrypted_serializer(key, *schemas))
+    with holding_setup_lock(connection):
+        saver.setup()
+    return saver
+
+
+async def async_postgres_checkpointer(url: str, *schemas: type, key: bytes | None = None) -> AsyncEncryptedPostgresSaver:
+    """:func:`postgres_checkpointer` for asyncio graphs (``ainvoke``, ``astream``): the same tables and key."""
+    from psycopg import AsyncConnection
+    from psycopg.rows import dict_row
+
+    from agentgraph.postgres import setup_lock
+    from agentgraph.postgres_checkpoint import AsyncEncryptedPostgresSaver
+
+    key = key if key is not None else checkpoint_key(None)
+    connection = await AsyncConnection.connect(url, row_factory=dict_row, **_CONNECTION_OPTIONS)
+    saver = AsyncEncryptedPostgresSaver(connection, serde=encrypted_serializer(key, *schemas))
+    with setup_lock(url):  # on a connection of its own, held while this one migrates
+        await saver.setup()
+    return saver
+
+
 def checkpoint_location(checkpointer: BaseCheckpointSaver) -> str:
-    """Where ``checkpointer`` keeps its threads, for messages: a SQLite saver's file, else its class."""
+    """Where ``checkpointer`` keeps its threads, for messages: a SQLite saver's file, a Postgres saver's database,
+    else its class."""
     if isinstance(checkpointer, SqliteSaver):
         with checkpointer.cursor(transaction=False) as cursor:
             file = cursor.execute("PRAGMA database_list").fetchone()[2]
         return file or "an in-memory SQLite database"
+    info = getattr(getattr(checkpointer, "conn", None), "info", None)  # a psycopg connection's (Postgres savers)
+    if info is not None and hasattr(info, "dbname"):
+        return f"the PostgreSQL database {info.dbname} on {info.host}:{info.port}"
     return f"the graph's checkpointer ({type(checkpointer).__name__})"

@@ -26,7 +26,8 @@ import json
 import operator
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Protocol, TypedDict
@@ -35,6 +36,7 @@ from langchain_core.runnables import RunnableConfig
 from pydantic import BaseModel, Field
 
 from agentgraph.pii import redact_pii_in
+from agentgraph.postgres import PostgresDialect
 from agentgraph.storage import connect_sqlite
 
 
@@ -119,46 +121,95 @@ class JSONLDecisionLog:
                     yield decision
 
 
-class SQLiteDecisionLog:
-    """Decisions in a SQLite table, queryable by node and kind; safe across threads and processes."""
+def where_clause(**filters: Any) -> tuple[str, tuple[Any, ...]]:
+    """`` WHERE column = ? AND ...`` for the filters that are not None (none: no clause), and their values."""
+    given = {column: value for column, value in filters.items() if value is not None}
+    if not given:
+        return "", ()
+    return " WHERE " + " AND ".join(f"{column} = ?" for column in given), tuple(given.values())
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = str(path)
-        self._conn = connect_sqlite(self.path)
-        self._conn.execute(
-            "CREATE TABLE IF NOT EXISTS decisions ("
-            " id TEXT PRIMARY KEY, timestamp TEXT NOT NULL, node TEXT NOT NULL, kind TEXT NOT NULL,"
-            " thread_id TEXT, record TEXT NOT NULL)"
-        )
-        self._conn.execute("CREATE INDEX IF NOT EXISTS decisions_node_kind ON decisions (node, kind, timestamp)")
+
+class SQLStore:
+    """Tables over one connection, one SQL for SQLite and PostgreSQL; a backend supplies the connection.
+
+    Queries are written with ``?`` placeholders, which :meth:`_sql` turns into the backend's own;
+    :meth:`_connection` holds the connection for one thread at a time. ``path`` says where the
+    store is: the SQLite file, or the PostgreSQL URL without its password.
+    """
+
+    _placeholder = "?"
+    _schema: tuple[str, ...] = ()
+
+    def __init__(self, connection: Any, path: str) -> None:
+        self.path = path
+        self._conn = connection
         self._lock = threading.Lock()
+        self._create_tables(self._schema)
 
-    def record(self, decision: Decision) -> None:
-        with self._lock:
-            self._conn.execute(
-                "INSERT INTO decisions (id, timestamp, node, kind, thread_id, record) VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    decision.id,
-                    decision.timestamp.isoformat(),
-                    decision.node,
-                    decision.kind,
-                    decision.thread_id,
-                    stored_record(decision),
-                ),
-            )
+    def _create_tables(self, statements: Sequence[str]) -> None:
+        for statement in statements:
+            self._conn.execute(statement)
 
-    def decisions(self, *, node: str | None = None, kind: str | None = None) -> Iterator[Decision]:
-        query = "SELECT record FROM decisions WHERE (? IS NULL OR node = ?) AND (? IS NULL OR kind = ?) ORDER BY timestamp"
+    def _sql(self, query: str) -> str:
+        return query.replace("?", self._placeholder)
+
+    @contextmanager
+    def _connection(self) -> Iterator[Callable[[str, Sequence[Any]], Any]]:
+        """The connection, held by this thread for the block; yields ``execute(sql, params) -> cursor``."""
         with self._lock:
-            rows = self._conn.execute(query, (node, node, kind, kind)).fetchall()
-        for (record,) in rows:
-            yield Decision.model_validate_json(record)
+            yield lambda query, params=(): self._conn.execute(self._sql(query), params)
 
     def close(self) -> None:
         self._conn.close()
 
 
+class SQLDecisionLog(SQLStore):
+    """The decision log's table and queries; :class:`SQLiteDecisionLog` and :class:`PostgresDecisionLog` connect."""
+
+    _schema = (
+        "CREATE TABLE IF NOT EXISTS decisions ("
+        " id TEXT PRIMARY KEY, timestamp TEXT NOT NULL, node TEXT NOT NULL, kind TEXT NOT NULL,"
+        " thread_id TEXT, record TEXT NOT NULL)",
+        "CREATE INDEX IF NOT EXISTS decisions_node_kind ON decisions (node, kind, timestamp)",
+    )
+
+    def record(self, decision: Decision) -> None:
+        with self._connection() as execute:
+            execute(
+                "INSERT INTO decisions (id, timestamp, node, kind, thread_id, record) VALUES (?, ?, ?, ?, ?, ?)",
+                (decision.id, decision.timestamp.isoformat(), decision.node, decision.kind, decision.thread_id,
+                 stored_record(decision)),
+            )  # fmt: skip
+
+    def decisions(self, *, node: str | None = None, kind: str | None = None) -> Iterator[Decision]:
+        where, params = where_clause(node=node, kind=kind)
+        with self._connection() as execute:
+            rows = execute(f"SELECT record FROM decisions{where} ORDER BY timestamp", params).fetchall()
+        for (record,) in rows:
+            yield Decision.model_validate_json(record)
+
+
+class SQLiteDecisionLog(SQLDecisionLog):
+    """Decisions in a SQLite table, queryable by node and kind; safe across threads and processes."""
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__(connect_sqlite(path), str(path))
+
+
+class PostgresDecisionLog(PostgresDialect, SQLDecisionLog):
+    """Decisions in a PostgreSQL table (psycopg 3): one log for many workers on many hosts.
+
+    Example (needs a server)::
+
+        log = PostgresDecisionLog("postgresql://agent@db/agent")
+    """
+
+
 def open_decision_log(path: str | Path) -> DecisionLog:
-    """A log by file name: ``.jsonl`` is JSON lines, anything else SQLite."""
+    """A log by name: a ``postgresql://`` URL is PostgreSQL, a ``.jsonl`` file JSON lines, any other file SQLite."""
+    from agentgraph.postgres import is_postgres_url
+
+    if is_postgres_url(path):
+        return PostgresDecisionLog(str(path))
     return JSONLDecisionLog(path) if str(path).endswith(".jsonl") else SQLiteDecisionLog(path)
 

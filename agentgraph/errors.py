@@ -2,6 +2,14 @@
 
 Nothing in agentgraph falls back silently: a node that has a fallback catches
 these explicitly and records that it did.
+
+Example:
+    >>> from agentgraph.errors import AgentGraphError, SLMError, SLMUnavailableError
+    >>> error = SLMUnavailableError("http://127.0.0.1:8000")
+    >>> isinstance(error, SLMError) and isinstance(error, AgentGraphError)
+    True
+    >>> print(error)  # doctest: +ELLIPSIS
+    cannot reach the SLM server at http://127.0.0.1:8000. Start one with `agentgraph slm serve` or ...
 """
 
 from __future__ import annotations
@@ -43,8 +51,61 @@ class SLMTimeoutError(SLMError):
         self.timeout_s = timeout_s
 
 
+class SLMHTTPError(SLMError):
+    """The SLM server answered a request with an HTTP error status; :class:`SLMRequestRejectedError` (4xx) or
+    :class:`SLMServerError` (5xx) says whose fault it is.
+
+    ``status_code`` and ``body`` (the reply's first 500 characters: vLLM puts its reason there) are kept for the caller.
+    """
+
+    def __init__(self, method: str, url: str, status_code: int, body: str, advice: str) -> None:
+        super().__init__(f"{method} {url} answered {status_code}: {body.strip() or '(no body)'}. {advice}")
+        self.method = method
+        self.url = url
+        self.status_code = status_code
+        self.body = body
+
+
+class SLMRequestRejectedError(SLMHTTPError):
+    """The SLM server refused the request (HTTP 4xx); it refuses it again if retried unchanged."""
+
+    def __init__(self, method: str, url: str, status_code: int, body: str) -> None:
+        check = (
+            "set AGENTGRAPH_SLM_API_KEY to the key the server was started with (--api-key)" if status_code in (401, 403)
+            else "check the model name (the server lists its models at /v1/models) and the prompt's length against "
+            "the server's max_model_len"
+        )  # fmt: skip
+        super().__init__(
+            method, url, status_code, body, f"The server refused the request, so retrying it unchanged fails again: {check}."
+        )
+
+
+class SLMServerError(SLMHTTPError):
+    """The SLM server failed while handling the request (HTTP 5xx); the same request may succeed later."""
+
+    def __init__(self, method: str, url: str, status_code: int, body: str) -> None:
+        super().__init__(
+            method, url, status_code, body,
+            "The server failed, not the request: retry later, and read the server's log if it keeps failing.",
+        )
+
+
 class MalformedResponseError(SLMError):
     """The SLM server answered, but not with what the protocol promises."""
+
+
+class MalformedLogprobsError(MalformedResponseError):
+    """The server's log-probabilities are missing, not finite log-probabilities, of the wrong shape or for tokens
+    not asked for: scores built on them would be wrong, so nothing is scored."""
+
+    def __init__(self, endpoint: str, problem: str) -> None:
+        super().__init__(
+            f"{endpoint} answered with unusable log-probs: {problem}. agentgraph reads the log-probs of the token "
+            "ids it names (vLLM's logprob_token_ids and return_tokens_as_token_ids): check that the server is vLLM "
+            "(`agentgraph slm serve` starts one)."
+        )
+        self.endpoint = endpoint
+        self.problem = problem
 
 
 class ContextBudgetExceededError(SLMError):
@@ -79,7 +140,7 @@ class StructuredOutputError(SLMError):
 
 
 class EmptyInputError(AgentGraphError, ValueError):
-    """A node was given no text to work on."""
+    """A node, or an SLM call, was given no text to work on."""
 
 
 class IdempotencyError(AgentGraphError):

@@ -429,21 +429,23 @@ class PostgresIdempotencyStore(SQLIdempotencyStore):
     _lock_clause = " FOR UPDATE"
 
     def __init__(self, conninfo: str, **options: Any) -> None:
-        import psycopg
+        from agentgraph.postgres import connect, holding_setup_lock
 
         super().__init__(**options)
-        self._conn = psycopg.connect(conninfo, autocommit=True)
-        self._conn.execute(_SCHEMA)
-        # Looked up first: ALTER TABLE locks the table even when it changes nothing.
-        present = {
-            name for (name,) in self._conn.execute(
-                "SELECT column_name FROM information_schema.columns WHERE table_name = 'idempotency_keys'"
-                " AND table_schema = current_schema()"
-            )
-        }  # fmt: skip
-        for name, kind in _OWNER_COLUMNS.items():
-            if name not in present:
-                self._conn.execute(f"ALTER TABLE idempotency_keys ADD COLUMN IF NOT EXISTS {name} {kind}")
+        self._conn = connect(conninfo)
+        # Workers that start at once would race to create the table: one at a time, under the setup lock.
+        with holding_setup_lock(self._conn):
+            self._conn.execute(_SCHEMA)
+            # Looked up first: ALTER TABLE locks the table even when it changes nothing.
+            present = {
+                name for (name,) in self._conn.execute(
+                    "SELECT column_name FROM information_schema.columns WHERE table_name = 'idempotency_keys'"
+                    " AND table_schema = current_schema()"
+                )
+            }  # fmt: skip
+            for name, kind in _OWNER_COLUMNS.items():
+                if name not in present:
+                    self._conn.execute(f"ALTER TABLE idempotency_keys ADD COLUMN IF NOT EXISTS {name} {kind}")
 
     @contextmanager
     def _transaction(self) -> Iterator[Callable[[str, tuple], Any]]:
@@ -452,3 +454,18 @@ class PostgresIdempotencyStore(SQLIdempotencyStore):
 
     def close(self) -> None:
         self._conn.close()
+
+
+def open_idempotency_store(location: str | Path, **options: Any) -> SQLIdempotencyStore:
+    """The idempotency store at ``location``: a ``postgresql://`` URL, else a SQLite file (``options`` go to the store).
+
+    Example:
+        >>> from agentgraph.idempotency import open_idempotency_store
+        >>> type(open_idempotency_store(":memory:", lease_s=30)).__name__
+        'SQLiteIdempotencyStore'
+    """
+    from agentgraph.postgres import is_postgres_url
+
+    if is_postgres_url(location):
+        return PostgresIdempotencyStore(str(location), **options)
+    return SQLiteIdempotencyStore(location, **options)

@@ -25,7 +25,11 @@ Turns on one thread run one at a time: two at once would both start from the
 same checkpoint, and the thread's history would fork and lose one of them.
 :func:`run_turn` holds a lock per thread in this process, and with
 ``lock_dir`` a lock file per thread there, so processes sharing the folder
-(``agentgraph run --data-dir``) queue up too; a turn that waits longer than
+(``agentgraph run --data-dir``) queue up too. Workers on several machines
+share no folder: with ``database_url`` the turn holds a PostgreSQL advisory
+lock on a hash of the thread id instead, in the database they share
+(``agentgraph run --database-url``); the server drops it when the worker's
+connection ends, a killed worker's included. A turn that waits longer than
 ``wait_s`` ends in :class:`~agentgraph.errors.ThreadBusyError`.
 
 Bad input is a typed error before anything runs: a message that is not a str
@@ -112,14 +116,16 @@ def run_turn(
     callbacks: list[BaseCallbackHandler] | None = None,
     metadata: dict[str, Any] | None = None,
     lock_dir: str | Path | None = None,
+    database_url: str | None = None,
     wait_s: float = DEFAULT_TURN_WAIT_S,
 ) -> TurnResult:
     """Send ``message`` (or, with ``resume``, answer the pending interrupt) on ``thread_id`` and report.
 
     The graph needs a checkpointer for ``resume`` and for a thread to carry over turns.
     ``callbacks`` (a Langfuse handler, say) and ``metadata`` go into the run's config.
-    The turn holds its thread (see the module docstring): in this process always, and
-    across processes through a lock file in ``lock_dir`` when given; it waits up to
+    The turn holds its thread (see the module docstring): in this process always, across
+    processes through a lock file in ``lock_dir`` when given, and across machines through an
+    advisory lock in the PostgreSQL database ``database_url`` when given; it waits up to
     ``wait_s`` seconds for a turn already on the thread.
     """
     graph_input = _turn_input(message, resume, customer_id)
@@ -130,7 +136,7 @@ def run_turn(
         "callbacks": [counter, *(callbacks or [])],
         "metadata": metadata or {},
     }
-    with hold_thread(thread_id, lock_dir=lock_dir, wait_s=wait_s):
+    with hold_thread(thread_id, lock_dir=lock_dir, database_url=database_url, wait_s=wait_s):
         if resume is not None:
             check_resumable(graph, config)
         result = _stream_turn(graph, graph_input, config, counter)
@@ -201,9 +207,14 @@ def _stream_turn(
 
 @contextmanager
 def hold_thread(
-    thread_id: str, *, lock_dir: str | Path | None = None, wait_s: float = DEFAULT_TURN_WAIT_S
+    thread_id: str,
+    *,
+    lock_dir: str | Path | None = None,
+    database_url: str | None = None,
+    wait_s: float = DEFAULT_TURN_WAIT_S,
 ) -> Iterator[None]:
-    """Hold ``thread_id`` for one turn: against this process's other turns, and with ``lock_dir`` other processes'.
+    """Hold ``thread_id`` for one turn: against this process's other turns, with ``lock_dir`` other processes'
+    on this machine, and with ``database_url`` those of every worker on that PostgreSQL database.
 
     Raises :class:`~agentgraph.errors.ThreadBusyError` when the thread is not free within ``wait_s`` seconds.
     """
@@ -214,6 +225,8 @@ def hold_thread(
         held.callback(_THREAD_LOCKS.release, thread_id)
         if lock_dir is not None:
             held.enter_context(_thread_lock_file(Path(lock_dir), thread_id, wait_s, deadline))
+        if database_url is not None:
+            held.enter_context(_ADVISORY_LOCKS.hold(database_url, thread_id, wait_s, deadline))
         yield
 
 
@@ -274,3 +287,71 @@ def _thread_lock_file(lock_dir: Path, thread_id: str, wait_s: float, deadline: f
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class _AdvisoryLocks:
+    """Session advisory locks on threads, on connections kept per database for the next turns.
+
+    A session lock belongs to its connection: the server releases it when the connection ends, so
+    a worker that dies (a SIGKILL closes its socket) frees its threads at once. A worker whose
+    machine vanishes frees them once the server notices the connection is gone (its TCP keepalive
+    settings decide when). For the same reason a connection lost in the middle of a turn loses the
+    lock with it: the turn goes on, no longer guarded.
+    """
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._idle: dict[str, list[Any]] = {}  # database URL -> connections holding no lock
+
+    @contextmanager
+    def hold(self, url: str, thread_id: str, wait_s: float, deadline: float) -> Iterator[None]:
+        from agentgraph.postgres import advisory_key, describe_url
+
+        key = advisory_key("thread", thread_id)
+        connection = self._take(url)
+        try:
+            try:
+                locked = _try_lock(connection, key)
+            except Exception:  # a kept connection the server has closed since (a restart): once more, on a new one
+                connection.close()
+                connection = self._take(url, fresh=True)
+                locked = _try_lock(connection, key)
+            while not locked:
+                if time.monotonic() >= deadline:
+                    raise ThreadBusyError(thread_id, wait_s, f"on another worker of {describe_url(url)}")
+                time.sleep(_LOCK_POLL_S)
+                locked = _try_lock(connection, key)
+        except BaseException:
+            self._give_back(url, connection)
+            raise
+        try:
+            yield
+        finally:
+            try:
+                connection.execute("SELECT pg_advisory_unlock(%s)", (key,))
+            except Exception:  # the connection broke: the server has dropped its locks with it
+                connection.close()
+            else:
+                self._give_back(url, connection)
+
+    def _take(self, url: str, *, fresh: bool = False) -> Any:
+        from agentgraph.postgres import connect
+
+        with self._guard:
+            idle = self._idle.get(url)
+            if idle and not fresh:
+                return idle.pop()
+        return connect(url)
+
+    def _give_back(self, url: str, connection: Any) -> None:
+        if connection.closed or connection.broken:
+            return
+        with self._guard:
+            self._idle.setdefault(url, []).append(connection)
+
+
+def _try_lock(connection: Any, key: int) -> bool:
+    return connection.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]
+
+
+_ADVISORY_LOCKS = _AdvisoryLocks()

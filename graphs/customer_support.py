@@ -46,7 +46,8 @@ import os
 import random
 import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import cache, cached_property
 from importlib.resources import files
@@ -64,7 +65,12 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.prebuilt import ToolNode
 from pydantic import BaseModel
 
-from agentgraph.checkpointing import state_serializer
+from agentgraph.checkpointing import (
+    async_postgres_checkpointer,
+    postgres_checkpointer,
+    sqlite_checkpointer,
+    state_serializer,
+)
 from agentgraph.clarification import Clarification
 from agentgraph.classifier import IntentClassifier, SentenceEncoder
 from agentgraph.cross_encoder import (
@@ -76,7 +82,8 @@ from agentgraph.cross_encoder import (
 )
 from agentgraph.datasets import SupportRequest, load_customer_support, split_customer_support
 from agentgraph.decisions import DecisionLog
-from agentgraph.distill.traces import LLMCallRecorder, SQLiteTraceStore
+from agentgraph.distill.traces import LLMCallRecorder, open_trace_store
+from agentgraph.errors import ConfigError
 from agentgraph.graphs.shop import DEMO_CUSTOMER, Shop
 from agentgraph.graphs.support_router import (
     CLARIFICATION_POLICY,
@@ -85,7 +92,7 @@ from agentgraph.graphs.support_router import (
     support_routing,
     support_router_path,
 )
-from agentgraph.idempotency import IdempotencyStore, SQLiteIdempotencyStore
+from agentgraph.idempotency import IdempotencyStore, open_idempotency_store
 from agentgraph.llm import HumanHandoff, default_llm
 from agentgraph.modes import Mode, NodeModes
 from agentgraph.nodes.consequence import ConsequencePolicy, create_guarded_tool_node
@@ -106,6 +113,7 @@ from agentgraph.nodes.router import (
     route_of,
 )
 from agentgraph.nodes.schema_enforcer import create_schema_enforcer
+from agentgraph.postgres import DATABASE_URL_ENV, is_postgres_url
 from agentgraph.prompting import load_prompt
 from agentgraph.shadow import ShadowConfig, ShadowEvaluator
 from agentgraph.slm import SLM, load_slm
@@ -312,6 +320,11 @@ class CustomerSupportParts:
     :class:`~agentgraph.distill.traces.SQLiteTraceStore`: the nodes' decisions and the
     LLM's calls, the training data of tomorrow; pass ``llm_call_recorder`` in a run's
     callbacks to record the calls) and ``checkpoints.db`` (threads and pending approvals).
+    With ``database_url`` (``postgresql://...``), the idempotency keys, the trace store and
+    decision log and the checkpoints (:meth:`durable_checkpointer`) live in that PostgreSQL
+    database instead, so several workers, on several machines, can share them; turns then hold
+    their thread with an advisory lock there (:attr:`turn_lock`). The shop, the example's own
+    store, stays ``shop.db`` in ``data_dir``.
     ``llm`` answers escalations and is the router's teacher (``with_structured_output``) in
     teacher and auto mode and for shadow evaluation; ``extraction_llm`` (often the same model;
     it must support ``with_structured_output``) is the schema enforcer's fallback after the
@@ -334,7 +347,11 @@ class CustomerSupportParts:
         reranker: Reranker | None = None,
         modes: NodeModes | None = None,
         shadow: ShadowConfig | None = None,
+        database_url: str | None = None,
     ) -> None:
+        if database_url is not None and not is_postgres_url(database_url):
+            raise ConfigError(f"database_url must be a postgresql:// URL, not {database_url!r}")
+        self.database_url = database_url
         self.modes = (modes if modes is not None else NodeModes.from_env()).check_nodes(DEFAULT_MODES)
         shadow = shadow if shadow is not None else ShadowConfig.from_env()
         self.data_dir = Path(data_dir) if data_dir is not None else cache_dir() / "customer-support"
@@ -343,11 +360,11 @@ class CustomerSupportParts:
         self.llm = llm
         self.extraction_llm = extraction_llm
         self.shop = Shop(self.data_dir / "shop.db")
-        self.trace_store = SQLiteTraceStore(self.data_dir / "decisions.db", decision_log=decision_log)
+        self.trace_store = open_trace_store(database_url or self.data_dir / "decisions.db", decision_log=decision_log)
         self.decision_log: DecisionLog = self.trace_store
         self.llm_call_recorder = LLMCallRecorder(self.trace_store, step_types=LLM_STEP_TYPES)
         self.shadow = ShadowEvaluator(shadow, callbacks=[self.llm_call_recorder]) if shadow.rate > 0 else None
-        self.idempotency_store = idempotency_store or SQLiteIdempotencyStore(self.data_dir / "idempotency.db")
+        self.idempotency_store = idempotency_store or open_idempotency_store(database_url or self.data_dir / "idempotency.db")
         self.classifier = IntentClassifier.load(router_path or support_router_path())
         self.acts = support_act_detector(self.classifier.encoder)
         self.reranker = reranker or Reranker(support_reranker_folder())
@@ -369,6 +386,22 @@ class CustomerSupportParts:
         """Where a durable checkpointer for this data dir keeps threads (see :func:`sqlite_checkpointer`)."""
         return self.data_dir / "checkpoints.db"
 
+    def durable_checkpointer(self) -> BaseCheckpointSaver:
+        """A new checkpointer on this graph's durable threads: in ``database_url``
+        (:func:`~agentgraph.checkpointing.postgres_checkpointer`, its key from ``AGENTGRAPH_CHECKPOINT_KEY``),
+        else ``checkpoints.db`` in ``data_dir``. Close its ``conn`` when done."""
+        if self.database_url is not None:
+            return postgres_checkpointer(self.database_url, *STATE_SCHEMAS)
+        return sqlite_checkpointer(self.checkpoints_path, *STATE_SCHEMAS)
+
+    @property
+    def turn_lock(self) -> dict[str, Any]:
+        """How a turn holds its thread against other processes (:func:`~agentgraph.running.run_turn`'s
+        ``lock_dir`` or ``database_url``): an advisory lock in ``database_url``, else lock files in ``data_dir``."""
+        if self.database_url is not None:
+            return {"database_url": self.database_url}
+        return {"lock_dir": self.data_dir / "locks"}
+
 
 def build_customer_support_graph(
     *,
@@ -384,17 +417,23 @@ def build_customer_support_graph(
     candidates: int = 6,
     modes: NodeModes | None = None,
     shadow: ShadowConfig | None = None,
+    database_url: str | None = None,
 ) -> CompiledStateGraph:
     """The compiled customer-support graph.
 
     Args:
         data_dir: where the store and the durable logs live (see :class:`CustomerSupportParts`).
+        database_url: a PostgreSQL database (``postgresql://...``) for the idempotency keys, the trace
+            store and decision log and, unless ``checkpointer`` is given, the checkpoints (encrypted with
+            ``AGENTGRAPH_CHECKPOINT_KEY``), so that several workers can share them; the shop stays in
+            ``data_dir``. Pass ``parts.turn_lock`` (``database_url=``) to ``run_turn`` to hold threads there.
         slm: the small model (default: :func:`agentgraph.slm.load_slm`, embedded unless AGENTGRAPH_SLM_URL is set).
         llm: the escalation LLM; None means escalations end in a human-handoff ticket.
         extraction_llm: the schema enforcer's fallback (``with_structured_output``); None hands
             an extraction the SLM could not make to a person.
-        checkpointer: threads, resumes and pending approvals (default: in memory; pass a durable one,
-            e.g. ``sqlite_checkpointer(path, *STATE_SCHEMAS)``, to resume across processes).
+        checkpointer: threads, resumes and pending approvals (default: in ``database_url`` when given, else
+            in memory; pass a durable one, e.g. ``sqlite_checkpointer(path, *STATE_SCHEMAS)``, to resume
+            across processes).
         decision_log, idempotency_store: defaults are SQLite files in ``data_dir``.
         router_path: a saved :class:`~agentgraph.classifier.IntentClassifier` (default: the trained example one).
         reranker: the context pruner's cross-encoder (default: the one trained from the customer-support data).
@@ -405,7 +444,10 @@ def build_customer_support_graph(
     parts = CustomerSupportParts(
         data_dir=data_dir, slm=slm, llm=llm, extraction_llm=extraction_llm, decision_log=decision_log,
         idempotency_store=idempotency_store, router_path=router_path, reranker=reranker, modes=modes, shadow=shadow,
+        database_url=database_url,
     )  # fmt: skip
+    if checkpointer is None and database_url is not None:
+        checkpointer = parts.durable_checkpointer()
     return compose(parts, checkpointer=checkpointer, candidates=candidates)
 
 
@@ -623,13 +665,34 @@ def deliver(state: CustomerSupportState) -> dict[str, Any]:
 @cache
 def _server_parts() -> CustomerSupportParts:
     llm = default_llm()
-    return CustomerSupportParts(llm=llm, extraction_llm=llm)
+    return CustomerSupportParts(llm=llm, extraction_llm=llm, database_url=os.environ.get(DATABASE_URL_ENV) or None)
 
 
 def make_graph(config: RunnableConfig | None = None) -> CompiledStateGraph:
-    """For ``langgraph dev`` (``langgraph.json``): the graph with the default SLM and the LLM from the environment.
+    """For ``langgraph dev`` and LangGraph's Agent Server (``langgraph.json``): the graph with the default SLM
+    and the LLM from the environment.
 
     The server calls this for every run, so the models and stores are loaded once per process;
-    the server brings its own persistence, so no checkpointer is set.
+    the server brings its own persistence (its PostgreSQL), so no checkpointer is set. With
+    ``AGENTGRAPH_DATABASE_URL`` set, the idempotency keys and the trace store and decision log
+    go to that PostgreSQL database, shared by every worker of the deployment (the server's own
+    database will do); without it they are SQLite files in the data dir of each worker.
     """
     return compose(_server_parts()).builder.compile(name="customer-support")  # recompiled without a checkpointer
+
+
+@asynccontextmanager
+async def make_checkpointer() -> AsyncIterator[BaseCheckpointSaver]:
+    """For an Agent Server that should keep threads the way agentgraph's own workers do (``langgraph.json``:
+    ``"checkpointer": {"path": "./graphs/customer_support.py:make_checkpointer"}``, the server's custom
+    checkpointer): the threads in ``AGENTGRAPH_DATABASE_URL``, every channel value encrypted with
+    ``AGENTGRAPH_CHECKPOINT_KEY`` (:func:`~agentgraph.checkpointing.async_postgres_checkpointer`), open for
+    the server's lifetime."""
+    url = os.environ.get(DATABASE_URL_ENV)
+    if not url:
+        raise ConfigError(f"make_checkpointer keeps threads in the PostgreSQL database {DATABASE_URL_ENV} names: set it")
+    saver = await async_postgres_checkpointer(url, *STATE_SCHEMAS)
+    try:
+        yield saver
+    finally:
+        await saver.conn.close()

@@ -9,6 +9,17 @@ import pytest
 from agentgraph.datasets import SupportRequest, load_customer_support, split_customer_support
 
 
+# Fixtures that load a real model or start a server: a test using one is slow whatever its own marks say,
+# so `-m "not slow"` stays the quick suite (vLLM tests start a server, so they are slow too).
+SLOW_FIXTURES = frozenset({"embedded_slm", "vllm_python", "vllm_server_url", "vllm_slm", "postgres_server"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("vllm") or SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def embedded_slm():
     """The packaged SmolLM2-135M-Instruct, in-process (converted on first use, then cached)."""
@@ -21,6 +32,23 @@ def embedded_slm():
 def support_splits() -> dict[str, list[SupportRequest]]:
     """The fixed-seed train/dev/test split of the Bitext customer-support data."""
     return split_customer_support(load_customer_support())
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server for the session (a failure under CI=true where none is installed)."""
+    from postgres_server import PostgresServer, require_server_binaries
+
+    server = PostgresServer(require_server_binaries())
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server) -> str:
+    """A fresh, empty database on the session's PostgreSQL server."""
+    return postgres_server.new_database()
 
 
 @pytest.fixture(scope="session")

@@ -26,8 +26,9 @@ import sqlite3
 import threading
 import time
 from collections import defaultdict, deque
+from contextlib import contextmanager
 from pathlib import Path
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Annotated, TypeVar
 
 from langchain_core.messages import AIMessage, AnyMessage
@@ -37,9 +38,13 @@ from langgraph.graph.message import add_messages
 from langgraph.types import RetryPolicy
 from pydantic import Field
 
+from langgraph.checkpoint.base import BaseCheckpointSaver
+
+from agentgraph.checkpointing import postgres_checkpointer, sqlite_checkpointer
 from agentgraph.decisions import DecisionLog, DecisionState
 from agentgraph.errors import IdempotencyConflictError
 from agentgraph.idempotency import IdempotencyStore
+from agentgraph.postgres import is_postgres_url
 from agentgraph.nodes.consequence import ConsequencePolicy, create_guarded_tool_node
 from agentgraph.write_safety import WriteConsent
 
@@ -187,6 +192,21 @@ def shop_graph(
     builder.add_node("tools", node, retry_policy=retry_policy)
     builder.add_edge(START, "tools")
     return builder.compile(checkpointer=checkpointer)
+
+
+# Checkpoints in PostgreSQL take their key from the caller (or AGENTGRAPH_CHECKPOINT_KEY): the processes of one
+# test share this one, as the workers of one deployment share theirs.
+POSTGRES_CHECKPOINT_KEY = bytes(range(32))
+
+
+@contextmanager
+def open_checkpointer(at: str) -> Iterator[BaseCheckpointSaver]:
+    """Durable, encrypted checkpoints at ``at``: a PostgreSQL URL, else a SQLite file."""
+    saver = postgres_checkpointer(at, key=POSTGRES_CHECKPOINT_KEY) if is_postgres_url(at) else sqlite_checkpointer(at)
+    try:
+        yield saver
+    finally:
+        saver.conn.close()
 
 
 def tool_calls(*calls: tuple[str, dict], **state) -> dict:

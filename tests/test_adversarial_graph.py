@@ -10,8 +10,7 @@ should not make (the store counts its own writes).
 from __future__ import annotations
 
 import pytest
-from langchain_core.language_models import GenericFakeChatModel
-from langchain_core.messages import AIMessage
+from scripted_llm import answering_llm
 
 from agentgraph.errors import AgentGraphError
 from agentgraph.graphs.shop import DEMO_CUSTOMER
@@ -23,7 +22,7 @@ pytestmark = pytest.mark.slow
 def parts(embedded_slm, tmp_path_factory):
     from agentgraph.graphs.customer_support import CustomerSupportParts
 
-    llm = GenericFakeChatModel(messages=iter([AIMessage("I am the LLM, answering an escalation.")] * 100))
+    llm = answering_llm("I am the LLM, answering an escalation.")
     return CustomerSupportParts(data_dir=tmp_path_factory.mktemp("adversarial"), slm=embedded_slm, llm=llm)
 
 
@@ -59,9 +58,10 @@ UNREADABLE = {
 
 @pytest.mark.parametrize("message", list(UNREADABLE.values()), ids=list(UNREADABLE))
 def test_a_lookup_without_a_readable_order_number_asks_which_order_instead_of_answering_for_another(graph, parts, message):
+    calls_before = len(parts.llm.calls)
     done = turn(graph, message, thread=f"unreadable-{hash(message)}")
 
-    assert done.llm_calls == 0
+    assert done.llm_calls == 0 and len(parts.llm.calls) == calls_before
     assert done.response.startswith("Which order should I look up? Your recent orders:") or done.route == "clarify"
     assert "has shipped" not in done.response and "was delivered" not in done.response
     assert parts.shop.order_status(DEMO_CUSTOMER, "10001")["status"] == "shipped", "the orders table is intact"

@@ -1,6 +1,7 @@
 """The consequence modeler: classification, exactly-once execution, approvals, faults, restarts and races.
 
-Side effects are counted in the tools' own database (:mod:`consequence_shop`).
+Side effects are counted in the tools' own database (:mod:`consequence_shop`). Every test that uses the
+idempotency store runs on SQLite and on a real PostgreSQL server (``backend``), restarts and races included.
 """
 
 from __future__ import annotations
@@ -8,28 +9,19 @@ from __future__ import annotations
 import json
 import random
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
 from langchain_core.messages import AIMessage
 from langchain_core.tools import tool
 from langgraph.checkpoint.memory import InMemorySaver
-from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.graph import START, StateGraph
 from langgraph.types import Command
 
 from agentgraph.decisions import SQLiteDecisionLog
 from agentgraph.errors import ConfigError, MissingThreadIdError, NoToolCallsError
-from agentgraph.idempotency import (
-    DEFAULT_LEASE_S,
-    SQLiteIdempotencyStore,
-    derive_idempotency_key,
-    request_fingerprint,
-)
+from agentgraph.idempotency import DEFAULT_LEASE_S, derive_idempotency_key, request_fingerprint
 from agentgraph.nodes.consequence import (
     CONSEQUENCE_DESCRIPTIONS,
     REQUEST_CHARS,
@@ -39,11 +31,22 @@ from agentgraph.nodes.consequence import (
     content_free_prior,
     create_guarded_tool_node,
 )
-from consequence_shop import POLICY, TABLE_OF, Clock, Shop, ShopState, SimulatedCrash, race, shop_graph, tool_calls
-from consequence_worker import CRASH_THREAD
+from consequence_shop import (
+    POLICY,
+    TABLE_OF,
+    Clock,
+    Shop,
+    ShopState,
+    SimulatedCrash,
+    open_checkpointer,
+    race,
+    shop_graph,
+    tool_calls,
+)
+from consequence_worker import WORKER_THREAD, run_worker
+from agentgraph.idempotency import open_idempotency_store
 from agentgraph.write_safety import WriteConsent
 
-WORKER = Path(__file__).with_name("consequence_worker.py")
 LEASE_S = 60.0
 CREDIT = ("add_credit", {"customer": "ana", "amount": 5.0, "reference": "credit-1"})
 CHARGE = ("charge_card", {"customer": "ana", "amount": 20.0, "reference": "charge-1"})
@@ -64,9 +67,27 @@ def shop(tmp_path) -> Shop:
     shop.close()
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.slow)])
+def backend(request) -> str:
+    """The database the idempotency keys and the durable checkpoints live in."""
+    return request.param
+
+
 @pytest.fixture
-def store(tmp_path) -> SQLiteIdempotencyStore:
-    store = SQLiteIdempotencyStore(tmp_path / "keys.db")
+def keys_at(backend, tmp_path, request) -> str:
+    """Where the idempotency keys live: a SQLite file, or a fresh database on a real PostgreSQL server."""
+    return str(tmp_path / "keys.db") if backend == "sqlite" else request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def checkpoints_at(backend, tmp_path, request) -> str:
+    """Where durable checkpoints live: a SQLite file, or the keys' fresh PostgreSQL database."""
+    return str(tmp_path / "checkpoints.db") if backend == "sqlite" else request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def store(keys_at):
+    store = open_idempotency_store(keys_at)
     yield store
     store.close()
 
@@ -449,28 +470,40 @@ def test_classifications_are_checkpointed_so_a_resume_does_not_ask_the_llm_again
     assert (done["decisions"][-1].strategy, done["decisions"][-1].outcome) == ("llm", "executed")
 
 
-def test_a_pending_approval_survives_a_process_restart(tmp_path, shop):
-    checkpoints = tmp_path / "checkpoints.db"
-    with SqliteSaver.from_conn_string(str(checkpoints)) as saver:
-        first_store = SQLiteIdempotencyStore(tmp_path / "keys.db")
-        shop_graph(shop, first_store, checkpointer=saver).invoke(tool_calls(CREDIT, REFUND), thread("t1"))
-        first_store.close()
-
-    with SqliteSaver.from_conn_string(str(checkpoints)) as saver:
-        store = SQLiteIdempotencyStore(tmp_path / "keys.db")
-        graph = shop_graph(shop, store, checkpointer=saver)
-        (pending,) = graph.get_state(thread("t1")).interrupts
-        assert pending.value["action_requests"][0]["name"] == "refund_order"
-
-        done = graph.invoke(Command(resume=APPROVE), thread("t1"))
-        store.close()
-
-    assert done["messages"][-1].content == "refunded 30.0 for A1"
-    assert (shop.count("refunds"), shop.count("credits")) == (1, 1)
-
-
 def _edit(arguments: dict, name: str = "refund_order") -> dict:
     return {"decisions": [{"type": "edit", "edited_action": {"name": name, "arguments": arguments}}]}
+
+
+@pytest.mark.slow  # two processes per answer
+@pytest.mark.parametrize(
+    ("answer", "outcome", "reply", "refunds"),
+    [
+        (APPROVE, "executed", "refunded 30.0 for A1", [30.0]),
+        ({"decisions": [{"type": "reject", "message": "never paid"}]}, "rejected", "never paid", []),
+        (_edit({**REFUND[1], "amount": 12.5}), "executed", "refunded 12.5 for A1", [12.5]),
+    ],
+    ids=["approve", "reject", "edit"],
+)
+def test_a_pending_approval_raised_in_one_process_is_answered_in_another(
+    tmp_path, keys_at, checkpoints_at, answer, outcome, reply, refunds
+):
+    asked = run_worker(tmp_path, "ask", [CREDIT, REFUND], keys_at=keys_at, checkpoints_at=checkpoints_at)
+    assert asked.returncode == 0, asked.stderr
+    (request,) = json.loads(asked.stdout)
+    assert (request["name"], request["arguments"]) == REFUND
+    shop = Shop(tmp_path / "shop.db")
+    assert (shop.count("credits"), shop.count("refunds")) == (0, 0), "nothing runs before the person has decided"
+
+    answered = run_worker(tmp_path, "answer", answer, keys_at=keys_at, checkpoints_at=checkpoints_at)
+
+    assert answered.returncode == 0, answered.stderr
+    assert reply in json.loads(answered.stdout)["content"]
+    assert shop.amounts("refunds", "refund-1") == refunds and shop.count("credits", "credit-1") == 1
+    credit, refund = SQLiteDecisionLog(tmp_path / "decisions.db").decisions(node="guarded_tools", kind="classify_tool")
+    assert (credit.output, credit.outcome) == ("retry_safe", "executed")
+    assert (refund.output, refund.outcome) == ("irreversible", outcome)
+    assert refund.metadata["approval"] == answer["decisions"][0]["type"]
+    shop.close()
 
 
 def test_an_edit_may_change_only_what_the_policy_lists_and_a_refused_edit_uses_nothing_up(shop, store):
@@ -610,19 +643,18 @@ def test_with_the_customers_consent_writes_run_as_their_class_allows(shop, store
     [(CREDIT, "recovered", "success"), (CHARGE, "outcome_unknown", "error")],
     ids=["retry_safe", "retry_unsafe"],
 )
-def test_a_process_killed_between_executing_and_recording(tmp_path, call, outcome, status):
+def test_a_process_killed_between_executing_and_recording(tmp_path, keys_at, checkpoints_at, call, outcome, status):
     name, arguments = call
-    worker = subprocess.run(
-        [sys.executable, str(WORKER), str(tmp_path), name, json.dumps(arguments)], capture_output=True, text=True
-    )
+    worker = run_worker(tmp_path, "crash", [name, arguments], keys_at=keys_at, checkpoints_at=checkpoints_at)
     assert worker.returncode == -signal.SIGKILL, worker.stderr
     shop = Shop(tmp_path / "shop.db")
     assert shop.count(TABLE_OF[name]) == 1, "the tool committed before the process died"
     clock = Clock(start=time.time() + DEFAULT_LEASE_S + 1)  # the dead worker held the default lease
-    store = SQLiteIdempotencyStore(tmp_path / "keys.db", lease_s=LEASE_S, clock=clock)
+    store = open_idempotency_store(keys_at, lease_s=LEASE_S, clock=clock)
 
-    with SqliteSaver.from_conn_string(str(tmp_path / "checkpoints.db")) as saver:
-        result = shop_graph(shop, store, checkpointer=saver).invoke(None, CRASH_THREAD)
+    with open_checkpointer(checkpoints_at) as saver:
+        result = shop_graph(shop, store, checkpointer=saver).invoke(None, WORKER_THREAD)
+    store.close()
 
     message, decision = result["messages"][-1], result["decisions"][-1]
     assert (decision.outcome, message.status) == (outcome, status)
@@ -635,11 +667,14 @@ def test_a_process_killed_between_executing_and_recording(tmp_path, call, outcom
 # --- races and randomized faults --------------------------------------------------------------------------
 
 
-def test_concurrent_duplicate_calls_from_threads_run_once(tmp_path, shop):
+def test_concurrent_duplicate_calls_from_threads_run_once(keys_at, shop):
     shop.inject("charge_card", "slow")
-    graphs = [shop_graph(shop, SQLiteIdempotencyStore(tmp_path / "keys.db"), retry_policy=None) for _ in range(8)]
+    stores = [open_idempotency_store(keys_at) for _ in range(8)]  # a connection each, as separate workers have
+    graphs = [shop_graph(shop, store, retry_policy=None) for store in stores]
 
     outcomes = race(lambda graph: graph.invoke(tool_calls(CHARGE), thread("shared"))["decisions"][-1].outcome, graphs)
+    for store in stores:
+        store.close()
 
     assert outcomes.count("executed") == 1
     assert set(outcomes) <= {"executed", "conflict", "replayed"} and len(outcomes) == len(graphs)
@@ -679,19 +714,19 @@ def _drive(graph_of, restart, rng: random.Random, step: int, config: dict, first
 
 
 @pytest.mark.slow  # 40-60 s on two busy cores
-def test_1000_randomized_retries_and_resumes_cause_no_duplicate_side_effects(tmp_path, shop):
+def test_1000_randomized_retries_and_resumes_cause_no_duplicate_side_effects(keys_at, shop):
     rng = random.Random(20240611)
     clock = Clock()
-    # Checkpoints stay in memory across the simulated restarts (real restarts are tested above, with SQLite).
+    # Checkpoints stay in memory across the simulated restarts (real restarts are tested above, on both backends).
     saver = InMemorySaver()
-    live = {"store": SQLiteIdempotencyStore(tmp_path / "keys.db", lease_s=LEASE_S, clock=clock), "restarts": 0}
+    live = {"store": open_idempotency_store(keys_at, lease_s=LEASE_S, clock=clock), "restarts": 0}
     live["graph"] = shop_graph(shop, live["store"], checkpointer=saver)
 
     def restart() -> None:
         """A new process: fresh store connection and graph, after the dead worker's lease ran out."""
         live["store"].close()
         clock.advance(LEASE_S + 1)
-        live["store"] = SQLiteIdempotencyStore(tmp_path / "keys.db", lease_s=LEASE_S, clock=clock)
+        live["store"] = open_idempotency_store(keys_at, lease_s=LEASE_S, clock=clock)
         live["graph"] = shop_graph(shop, live["store"], checkpointer=saver)
         live["restarts"] += 1
 
@@ -715,6 +750,7 @@ def test_1000_randomized_retries_and_resumes_cause_no_duplicate_side_effects(tmp
         rejected = taken[-1:] == ["reject"]
         amount = step + 0.5 if taken[-1:] == ["edit"] else float(step)
         expected[reference] = (TABLE_OF[name], int(runs_commit and not rejected), amount)
+    live["store"].close()
 
     for reference, (table, rows, amount) in expected.items():
         assert shop.count(table, reference) == rows, reference

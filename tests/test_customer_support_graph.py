@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
 import pytest
-from langchain_core.language_models import GenericFakeChatModel
-from langchain_core.messages import AIMessage
-
 from agentgraph.checkpointing import sqlite_checkpointer
 from agentgraph.graphs.support_router import CUSTOMER_SUPPORT_INTENTS, ROUTES
 from agentgraph.graphs.customer_support import (
@@ -30,6 +28,7 @@ from agentgraph.graphs.customer_support import (
 )
 from agentgraph.graphs.shop import DEMO_CUSTOMER, Shop, ShopError
 from agentgraph.running import run_turn
+from scripted_llm import answering_llm
 
 
 def test_every_intent_of_the_data_has_a_route_and_every_lookup_or_action_a_tool():
@@ -90,8 +89,22 @@ def test_the_store_refuses_other_customers_orders_and_impossible_changes(tmp_pat
 
 
 @pytest.fixture(scope="module")
-def parts(embedded_slm, tmp_path_factory):
-    return CustomerSupportParts(data_dir=tmp_path_factory.mktemp("support"), slm=embedded_slm)
+def llm():
+    """The escalation LLM, attached so that a call on a routine path would show in ``llm.calls``."""
+    return answering_llm("I am the LLM, answering an escalation.")
+
+
+@pytest.fixture(scope="module")
+def parts(embedded_slm, llm, tmp_path_factory):
+    return CustomerSupportParts(data_dir=tmp_path_factory.mktemp("support"), slm=embedded_slm, llm=llm)
+
+
+@pytest.fixture(autouse=True)
+def routine_paths_never_call_the_llm(request):
+    """Every test on the shared graph is a routine request: none may reach the LLM."""
+    yield
+    if "parts" in request.fixturenames:
+        assert request.getfixturevalue("llm").calls == [], "a routine request called the LLM"
 
 
 @pytest.fixture(scope="module")
@@ -183,8 +196,9 @@ def test_a_knowledge_question_is_answered_from_the_policy_section_the_pruner_kee
 
 @pytest.mark.slow
 @pytest.mark.parametrize("message", ["I want to talk to a human agent", "What's the weather in Lisbon tomorrow?"])
-def test_without_an_llm_escalations_end_in_a_handoff_ticket(graph, message):
-    turn = run_turn(graph, message, thread_id=f"escalate-{len(message)}")
+def test_without_an_llm_escalations_end_in_a_handoff_ticket(embedded_slm, tmp_path, message):
+    graph = compose(CustomerSupportParts(data_dir=tmp_path, slm=embedded_slm))
+    turn = run_turn(graph, message, thread_id="escalate")
 
     assert turn.route == "escalate" and turn.llm_calls == 0
     assert turn.nodes == ["router", "escalate", "answer", "validate", "deliver"]
@@ -193,13 +207,13 @@ def test_without_an_llm_escalations_end_in_a_handoff_ticket(graph, message):
 
 @pytest.mark.slow
 def test_the_llm_answers_escalations_and_its_reply_is_validated_before_it_leaves(parts):
-    llm = GenericFakeChatModel(messages=iter([AIMessage("I'm sorry. Write to me at dana.lee@example.com and I will fix it.")]))
-    with_llm = CustomerSupportParts(data_dir=parts.data_dir, slm=parts.slm, llm=llm)  # no extraction fallback
+    escalation_llm = answering_llm("I'm sorry. Write to me at dana.lee@example.com and I will fix it.")
+    with_llm = CustomerSupportParts(data_dir=parts.data_dir, slm=parts.slm, llm=escalation_llm)  # no extraction fallback
 
     turn = run_turn(compose(with_llm), "I want to file a complaint, your service is terrible", thread_id="complaint-1",
                     callbacks=[with_llm.llm_call_recorder])  # fmt: skip
 
-    assert (turn.route, turn.intent, turn.llm_calls) == ("escalate", "complaint", 1)
+    assert (turn.route, turn.intent, turn.llm_calls, len(escalation_llm.calls)) == ("escalate", "complaint", 1, 1)
     assert turn.response == "I'm sorry. Write to me at [EMAIL] and I will fix it."
     [validation] = [d for d in turn.decisions if d.kind == "validate"]
     assert validation.outcome == "redacted"
@@ -209,11 +223,21 @@ def test_the_llm_answers_escalations_and_its_reply_is_validated_before_it_leaves
     assert call.output.startswith("I'm sorry.") and "terrible" in call.messages[-1]["content"]
 
 
+def closed_port() -> int:
+    """A localhost port nothing listens on (bound, then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 @pytest.mark.slow
 def test_the_cli_runs_one_request_and_prints_one_json_object(tmp_path):
     command = [sys.executable, "-m", "agentgraph.cli", "run", "customer-support", "track order 48213",
                "--json", "--data-dir", str(tmp_path)]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=900, env=os.environ | {"AGENTGRAPH_LLM_MODEL": ""})
+    # A real ChatOpenAI client is configured, pointed at a port nothing listens on: a call would be
+    # counted in llm_calls (and fail), so 0 calls means the routine path did not try one.
+    unreachable_llm = {"AGENTGRAPH_LLM_MODEL": "frontier", "AGENTGRAPH_LLM_BASE_URL": f"http://127.0.0.1:{closed_port()}/v1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900, env=os.environ | unreachable_llm)
 
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
@@ -223,21 +247,45 @@ def test_the_cli_runs_one_request_and_prints_one_json_object(tmp_path):
     assert result["response"].startswith("Order 48213")
 
 
+REFUND_REQUEST = "I need a refund of $20 for order 10001"
+EDITED_REFUND = {"customer_id": DEMO_CUSTOMER, "order_id": "10001", "amount": 15}
+
+
 @pytest.mark.slow
-def test_the_cli_answers_a_pending_approval_in_a_later_process(tmp_path):
+@pytest.mark.parametrize(
+    ("message", "tool", "decision", "outcome", "reply", "writes"),
+    [
+        ("delete my account", "delete_account", {"type": "approve"}, "executed", "Your account is deleted", 1),
+        (REFUND_REQUEST, "issue_refund", {"type": "reject", "message": "paid in cash"}, "rejected",
+         "Our team reviewed this request and did not approve it, so nothing was changed.", 0),
+        (REFUND_REQUEST, "issue_refund",
+         {"type": "edit", "edited_action": {"name": "issue_refund", "arguments": EDITED_REFUND}},
+         "executed", "A refund of 15.00 EUR for order 10001 is approved", 1),
+    ],
+    ids=["approve", "reject", "edit"],
+)  # fmt: skip
+def test_the_cli_answers_a_pending_approval_in_a_later_process(tmp_path, message, tool, decision, outcome, reply, writes):
+    from agentgraph.decisions import SQLiteDecisionLog
+
     cli = [sys.executable, "-m", "agentgraph.cli", "run", "customer-support"]
     options = ["--data-dir", str(tmp_path), "--json", "--thread", "t-cli"]
     env = os.environ | {"AGENTGRAPH_LLM_MODEL": ""}
-    paused = subprocess.run([*cli, "delete my account", *options], capture_output=True, text=True, timeout=900, env=env)
+    paused = subprocess.run([*cli, message, *options], capture_output=True, text=True, timeout=900, env=env)
     assert paused.returncode == 0, paused.stderr
-    assert json.loads(paused.stdout)["interrupt"]["action_requests"][0]["name"] == "delete_account"
+    [action] = json.loads(paused.stdout)["interrupt"]["action_requests"]
+    assert action["name"] == tool and Shop(tmp_path / "shop.db").count_writes() == 0, "nothing runs before a person decides"
 
-    resumed = subprocess.run([*cli, *options, "--resume", '{"decisions": [{"type": "approve"}]}'],
+    resumed = subprocess.run([*cli, *options, "--resume", json.dumps({"decisions": [decision]})],
                              capture_output=True, text=True, timeout=900, env=env)  # fmt: skip
 
     assert resumed.returncode == 0, resumed.stderr
-    assert json.loads(resumed.stdout)["response"].startswith("Your account is deleted")
-    assert Shop(tmp_path / "shop.db").count_writes("delete_account") == 1
+    assert json.loads(resumed.stdout)["response"].startswith(reply)
+    shop = Shop(tmp_path / "shop.db")
+    assert (shop.count_writes(tool), shop.count_writes()) == (writes, writes)
+    if decision["type"] == "edit":
+        assert shop.refund_status(DEMO_CUSTOMER, "10001")["amount"] == 15.0, "the edited figure, not the asked one"
+    [logged] = SQLiteDecisionLog(tmp_path / "decisions.db").decisions(kind="classify_tool")
+    assert (logged.input["tool"], logged.outcome, logged.metadata["approval"]) == (tool, outcome, decision["type"])
 
 
 @pytest.mark.slow

@@ -152,7 +152,7 @@ def test_loss_is_on_label_tokens_only_and_sharing_the_prefix_changes_nothing(tin
     examples = [("cancel my order", "cancel_order"), ("where is parcel 77?", "track_order"),
                 ("I need my money back for the broken lamp", "get_refund")]  # fmt: skip
     rows = [encoder.encode(text, label) for text, label in examples]
-    for row, (_, label) in zip(rows, examples):
+    for row, (_, label) in zip(rows, examples, strict=True):
         assert row.labels[: len(row.prompt)] == [-100] * len(row.prompt)
         assert row.labels[len(row.prompt) :] == row.target == encoder.target_ids(label)
         assert tokenizer.decode(row.target) == f"{label}<|im_end|>\n"
@@ -179,6 +179,7 @@ def test_loss_is_on_label_tokens_only_and_sharing_the_prefix_changes_nothing(tin
     assert abs(float(unmasked.detach()) / len(rows) - float(loss.detach())) > 1e-3
 
 
+@pytest.mark.slow  # trains a model
 def test_training_writes_a_router_model_folder_with_its_manifest(tiny_model, small_data, tmp_path):
     out = tmp_path / "model"
     result = train_router_slm(small_data, output_dir=out, base=tiny_model, settings=_tiny_settings(epochs=2))
@@ -212,6 +213,7 @@ def learnt_router(tiny_model, small_data, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow  # trains a model
 def test_a_learnt_label_set_routes_without_a_label_list(learnt_router):
     manifest = read_manifest(learnt_router)
     assert manifest["router"]["list_labels"] is False
@@ -221,6 +223,7 @@ def test_a_learnt_label_set_routes_without_a_label_list(learnt_router):
     assert strategy.propose("where is my order 123?").label in INTENTS
 
 
+@pytest.mark.slow  # trains a model
 def test_backend_agreement_reports_same_answers_accuracy_and_the_risk_coverage_curve(learnt_router, small_data, tmp_path):
     from agentgraph.distill.agreement import backend_agreement
     from agentgraph.slm import TransformersSLM
@@ -249,7 +252,7 @@ def test_a_distilled_router_served_by_vllm_answers_as_the_embedded_backend(learn
         report = backend_agreement(learnt_router, TransformersSLM(learnt_router), served, data_dir=small_data, limit=None)
     assert report.rows == 12 and report.role == "route"
     assert report.same_answer == 1.0, report.disagreements
-    assert report.probability_gap_max < 0.02
+    assert report.probability_gap_max < 2e-5, report.probability_gap_max
 
 
 @pytest.fixture(scope="module")
@@ -262,6 +265,7 @@ def lora_router(tiny_model, small_data, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow  # trains a model
 def test_a_lora_run_writes_an_adapter_on_its_base_that_the_embedded_backend_merges(lora_router, tiny_model, capsys):
     from peft import PeftModel
     from safetensors.torch import load_file
@@ -294,6 +298,7 @@ def test_a_lora_run_writes_an_adapter_on_its_base_that_the_embedded_backend_merg
     assert load_router_strategy(lora_router).propose("where is my order 123?").label in INTENTS
 
 
+@pytest.mark.slow  # trains a model
 def test_distill_merge_writes_a_whole_model_that_answers_as_the_adapter(lora_router, tiny_model, tmp_path, capsys):
     from agentgraph.slm import TransformersSLM
     from agentgraph.slm.models import is_adapter_folder, model_and_adapter
@@ -322,6 +327,7 @@ def test_distill_merge_writes_a_whole_model_that_answers_as_the_adapter(lora_rou
     assert not (tmp_path / "again").exists()
 
 
+@pytest.mark.slow  # trains a model
 def test_an_adapter_whose_base_is_gone_is_a_clear_error(lora_router, tmp_path):
     import shutil
 
@@ -353,15 +359,16 @@ def test_a_lora_router_served_by_vllm_beside_its_base_answers_as_the_embedded_ba
         report = backend_agreement(lora_router, TransformersSLM(lora_router), served, data_dir=small_data, limit=None)
         base = VLLMSLM(server.base_url, tiny_model.name).choose("cancel my order", list(INTENTS))
     assert report.rows == 12 and report.same_answer == 1.0, report.disagreements
-    assert report.probability_gap_max < 0.02
+    assert report.probability_gap_max < 2e-5, report.probability_gap_max
     # The base is served too, unchanged by the adapter.
     assert base.label in INTENTS
 
 
+@pytest.mark.slow  # trains a model, twice
 @pytest.mark.parametrize(
     ("lora", "weights_file"),
     [pytest.param(None, "model.safetensors", id="full"),
-     pytest.param(LoraSettings(rank=4), "adapter_model.safetensors", id="lora", marks=pytest.mark.slow)],
+     pytest.param(LoraSettings(rank=4), "adapter_model.safetensors", id="lora")],
 )  # fmt: skip
 def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_weights(tiny_model, small_data, tmp_path, lora, weights_file):
     from safetensors.torch import load_file
@@ -399,17 +406,20 @@ def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_weights(tiny_model
     assert any(not torch.equal(straight[name], different[name]) for name in straight)
 
 
-def test_the_gate_refuses_promotion_below_the_threshold_and_records_it(tiny_model, small_data, tmp_path):
+@pytest.mark.slow  # trains a model
+def test_the_gate_refuses_promotion_below_its_default_threshold_of_92_percent_and_records_it(tiny_model, small_data, tmp_path):
     out = tmp_path / "model"
     train_router_slm(small_data, output_dir=out, base=tiny_model, settings=_tiny_settings())
-    report = gate_router(out, threshold=0.99, base=tiny_model, dev_limit=6)
+    report = gate_router(out, base=tiny_model, dev_limit=6)  # the threshold left at its default
     assert report.test_rows == 12 and report.dev_rows == 6 and report.dataset_matches
-    assert report.agreement == report.student.evaluation.accuracy < 0.99  # a random two-layer model cannot
+    assert report.agreement == report.student.evaluation.accuracy < 0.92  # a random two-layer model cannot
     assert report.base is not None and report.base.evaluation.in_scope == 12
-    assert report.decision == "refused"
-    with pytest.raises(PromotionRefusedError, match="not promoted: agreement"):
+    assert (report.threshold, report.decision) == (0.92, "refused")
+    assert report.reason == f"agreement {report.agreement:.4f} < threshold 0.9200"
+    with pytest.raises(PromotionRefusedError, match="not promoted: agreement .* < threshold 0.9200"):
         promote(out, report)
-    assert read_manifest(out)["promotion"]["decision"] == "refused"
+    promotion = read_manifest(out)["promotion"]
+    assert (promotion["decision"], promotion["threshold"]) == ("refused", 0.92), "the default is what the manifest records"
 
     accepted = gate_router(out, threshold=0.0, base=False, dev_limit=6, limit=3)
     assert accepted.base is None and accepted.test_rows == 3 and accepted.passed
@@ -423,6 +433,7 @@ def test_the_gate_refuses_promotion_below_the_threshold_and_records_it(tiny_mode
     assert not foreign.dataset_matches and foreign.decision == "refused"
 
 
+@pytest.mark.slow  # trains a model
 def test_cli_trains_gates_and_refuses_to_promote(tiny_model, small_data, tmp_path, capsys):
     out = tmp_path / "model"
     args = ["distill", "train", "--role", "route", "--data", str(small_data), "--out", str(out), "--base", str(tiny_model),
@@ -433,12 +444,14 @@ def test_cli_trains_gates_and_refuses_to_promote(tiny_model, small_data, tmp_pat
     assert main(args) == 2
     assert "--overwrite" in capsys.readouterr().err
 
-    gate = ["distill", "gate", "--model", str(out), "--threshold", "0.99", "--dev-limit", "6", "--no-base", "--promote"]
+    gate = ["distill", "gate", "--model", str(out), "--dev-limit", "6", "--no-base", "--promote"]  # no --threshold: 0.92
     assert main(gate) == 2
     captured = capsys.readouterr()
-    assert "decision    refused" in captured.out and "not promoted" in captured.err
+    assert "decision    refused: agreement " in captured.out and "< threshold 0.9200" in captured.out
+    assert "not promoted" in captured.err and read_manifest(out)["promotion"]["threshold"] == 0.92
     assert main([*gate[:-1], "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["decision"] == "refused"
+    printed = json.loads(capsys.readouterr().out)
+    assert (printed["threshold"], printed["decision"]) == (0.92, "refused") and printed["agreement"] < 0.92
     assert main(["distill", "train", "--role", "route", "--data", str(tmp_path), "--out", str(tmp_path / "m2")]) == 2
     assert "agentgraph distill dataset --role route" in capsys.readouterr().err
 
@@ -449,6 +462,7 @@ def test_a_dataset_of_another_role_is_refused(tmp_path):
         load_route_dataset(tmp_path)
 
 
+@pytest.mark.slow  # trains a model
 def test_extraction_trains_on_the_prompt_its_schema_enforcer_sends_and_is_gated(tiny_model, tmp_path):
     from agentgraph.distill.agreement import backend_agreement
     from agentgraph.nodes.schema_enforcer import create_schema_enforcer
@@ -490,9 +504,11 @@ def test_extraction_trains_on_the_prompt_its_schema_enforcer_sends_and_is_gated(
     assert (agreement.role, agreement.rows, agreement.same_answer) == ("extract", 3, 1.0)
     assert set(agreement.accuracy) == {"spied", "fresh"} and agreement.accuracy["spied"] == agreement.accuracy["fresh"]
 
-    report = gate_extractor(out, threshold=0.99, base=False)
+    report = gate_extractor(out, base=False)  # the threshold left at its default
     assert report.test_rows == 6 and 0 <= report.student.schema_valid <= 1
-    assert report.agreement == report.student.entity_exact_match < 0.99 and report.decision == "refused"
+    assert report.agreement == report.student.entity_exact_match < 0.92
+    assert (report.threshold, report.decision) == (0.92, "refused")
+    assert report.reason == f"agreement {report.agreement:.4f} < threshold 0.9200"
     with pytest.raises(PromotionRefusedError):
         promote(out, report)
     assert read_manifest(out)["promotion"]["decision"] == "refused"

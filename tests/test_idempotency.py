@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import sqlite3
-import tempfile
 from collections.abc import Callable, Iterator
-from pathlib import Path
-
 import pytest
 
 from agentgraph.errors import IdempotencyConflictError, IdempotencyKeyReuseError, IdempotencyOutcomeUnknownError
@@ -30,44 +25,6 @@ LEASE_S = 60.0
 RETENTION_S = 3600.0
 REFUND = request_fingerprint("refund", {"order_id": "A1", "amount": 5})
 OTHER_REFUND = request_fingerprint("refund", {"order_id": "A1", "amount": 50})
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A PostgreSQL server in a temporary folder on a free localhost port, for this session only."""
-    if shutil.which("initdb") is None or shutil.which("pg_ctl") is None:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not on PATH")
-    folder = Path(tempfile.mkdtemp(prefix="agentgraph-pg-"))
-    # initdb refuses to run as root; the server then runs as the postgres account.
-    as_server_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    if as_server_user:
-        shutil.chown(folder, "postgres")
-    data = folder / "data"
-    subprocess.run(
-        [*as_server_user, "initdb", "-D", str(data), "-A", "trust", "-U", "agent", "--no-sync"],
-        check=True,
-        capture_output=True,
-    )
-    port = _free_port()
-    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"
-    subprocess.run(
-        [*as_server_user, "pg_ctl", "-D", str(data), "-l", str(folder / "server.log"), "-o", options, "-w", "start"],
-        check=True,
-        capture_output=True,
-    )
-    try:
-        yield f"postgresql://agent@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run(
-            [*as_server_user, "pg_ctl", "-D", str(data), "-m", "immediate", "-w", "stop"], capture_output=True
-        )
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture
@@ -98,12 +55,7 @@ def backend(request, tmp_path) -> tuple[type[SQLIdempotencyStore], str]:
     """One fresh, empty backend: the store class and what it connects to."""
     if request.param == "sqlite":
         return SQLiteIdempotencyStore, str(tmp_path / "keys.db")
-    import psycopg
-
-    url = request.getfixturevalue("postgres_url")
-    with psycopg.connect(url, autocommit=True) as admin:
-        admin.execute("DROP TABLE IF EXISTS idempotency_keys")
-    return PostgresIdempotencyStore, url
+    return PostgresIdempotencyStore, request.getfixturevalue("postgres_url")
 
 
 @pytest.fixture

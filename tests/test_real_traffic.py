@@ -14,8 +14,7 @@ import re
 from pathlib import Path
 
 import pytest
-from langchain_core.language_models import GenericFakeChatModel
-from langchain_core.messages import AIMessage
+from scripted_llm import answering_llm
 
 from agentgraph.acts import ActVerdict
 from agentgraph.clarification import Clarification, ClarificationPolicy, ClarifiedRequest, ReferencePattern
@@ -238,17 +237,13 @@ def test_an_explicit_write_request_still_runs_with_the_customers_consent(router,
 # The example graph, turn after turn on one thread.
 
 
-def scripted_llm() -> GenericFakeChatModel:
-    """A stand-in for the frontier LLM that answers anything, so a test can assert it was never called."""
-    return GenericFakeChatModel(messages=iter([AIMessage("I am the LLM.")] * 20))
-
-
 @pytest.fixture
 def support(embedded_slm, tmp_path):
     from agentgraph.graphs.customer_support import CustomerSupportParts, compose
 
-    parts = CustomerSupportParts(data_dir=tmp_path, slm=embedded_slm, llm=scripted_llm())
-    return parts, compose(parts)
+    parts = CustomerSupportParts(data_dir=tmp_path, slm=embedded_slm, llm=answering_llm())
+    yield parts, compose(parts)
+    assert parts.llm.calls == [], "none of these turns may reach the LLM"
 
 
 def turns(graph, thread: str, *messages: str):

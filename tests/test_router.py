@@ -27,6 +27,7 @@ from agentgraph.nodes.router import (
     create_router,
     route_of,
 )
+from scripted_llm import answering_llm
 
 pytestmark = pytest.mark.slow
 
@@ -63,9 +64,11 @@ def support_graph(router_node, *, llm=None, log=None, goto=True, state=RouterSta
 def test_routes_by_command_and_records_the_decision_in_state_and_sqlite(classifier, tmp_path):
     log = SQLiteDecisionLog(tmp_path / "decisions.sqlite")
     node = create_router(ClassifierStrategy(classifier), routes=ROUTES, default_route="knowledge", decision_log=log)
-    graph = support_graph(node, log=log)
+    llm = answering_llm()
+    graph = support_graph(node, llm=llm, log=log)
     result = graph.invoke({"text": "I want to cancel order 12345"}, {"configurable": {"thread_id": "t-1"}})
     assert (result["route"], result["intent"], result["escalation_reason"]) == ("action", "cancel_order", None)
+    assert llm.calls == [], "a routed request never reaches the escalation LLM"
     decision = result["decisions"][0]
     assert decision.output == {"route": "action", "intent": "cancel_order"}
     assert decision.strategy == "classifier" and decision.model == "all-MiniLM-L6-v2-int8"
@@ -205,6 +208,30 @@ def test_instructions_inside_a_request_never_choose_its_route(classifier, reques
     verdict = Router([ClassifierStrategy(classifier)]).decide(request_text)
     assert verdict.label != injected
     assert verdict.label == meant or verdict.escalated
+
+
+def test_calibrated_confidence_is_calibrated_on_the_held_out_test_split(classifier, support_splits):
+    """Expected calibration error (10 equal-width bins) of the router's confidence on the 2,029 Bitext test requests.
+
+    Measured: 0.0074 with the fitted temperature (0.79), 0.0175 at temperature 1; the test split fits nothing.
+    """
+    import numpy as np
+
+    from agentgraph.calibration import TemperatureScaling, expected_calibration_error
+    from agentgraph.classifier import canonical_text
+
+    requests = support_splits["test"]
+    texts = [canonical_text(r.text) for r in requests]
+    logits = classifier.logits(classifier.encoder.encode(texts), texts)  # what predict() scores, in one batch
+    truth = np.array([classifier.labels.index(r.intent) for r in requests])
+
+    def calibration_error(calibrator: TemperatureScaling) -> float:
+        probabilities = calibrator.transform(logits)
+        return expected_calibration_error(probabilities.max(axis=1), probabilities.argmax(axis=1) == truth, bins=10)
+
+    calibrated, uncalibrated = calibration_error(classifier.manifest.temperature), calibration_error(TemperatureScaling())
+    assert calibrated < 0.009
+    assert calibrated < 0.6 * uncalibrated
 
 
 def test_slm_prompt_quotes_the_request_as_data(embedded_slm):

@@ -7,21 +7,16 @@ real clock, long before the dead worker's 300 s lease would run out.
 
 from __future__ import annotations
 
-import json
 import signal
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from langgraph.checkpoint.sqlite import SqliteSaver
 
 from agentgraph.idempotency import DEFAULT_LEASE_S, SQLiteIdempotencyStore
-from consequence_shop import TABLE_OF, Shop, shop_graph
-from consequence_worker import CRASH_THREAD
+from consequence_shop import TABLE_OF, Shop, open_checkpointer, shop_graph
+from consequence_worker import WORKER_THREAD, run_worker
 
-WORKER = Path(__file__).with_name("consequence_worker.py")
 CREDIT = ("add_credit", {"customer": "C1", "amount": 5.0, "reference": "credit-1"})
 CHARGE = ("charge_card", {"customer": "C1", "amount": 9.0, "reference": "charge-1"})
 
@@ -33,16 +28,15 @@ CHARGE = ("charge_card", {"customer": "C1", "amount": 9.0, "reference": "charge-
 )
 def test_a_killed_workers_call_is_settled_at_once(tmp_path, call, outcome, status, reruns):
     name, arguments = call
-    worker = subprocess.run([sys.executable, str(WORKER), str(tmp_path), name, json.dumps(arguments)],
-                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    worker = run_worker(tmp_path, "crash", [name, arguments])
     assert worker.returncode == -signal.SIGKILL, worker.stderr
     shop = Shop(tmp_path / "shop.db")
     store = SQLiteIdempotencyStore(tmp_path / "keys.db")  # the real clock: the dead worker's lease is still live
     [record] = [store.get(key) for key in _keys(tmp_path)]
     assert record.status == "in_flight" and record.lease_expires_at > store.clock() + DEFAULT_LEASE_S / 2
 
-    with SqliteSaver.from_conn_string(str(tmp_path / "checkpoints.db")) as saver:
-        result = shop_graph(shop, store, checkpointer=saver).invoke(None, CRASH_THREAD)
+    with open_checkpointer(str(tmp_path / "checkpoints.db")) as saver:
+        result = shop_graph(shop, store, checkpointer=saver).invoke(None, WORKER_THREAD)
 
     message, decision = result["messages"][-1], result["decisions"][-1]
     assert (decision.outcome, message.status) == (outcome, status)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import socket
 import threading
 import time
@@ -12,10 +13,15 @@ from pathlib import Path
 import pytest
 
 from agentgraph.errors import (
+    EmptyInputError,
+    MalformedLogprobsError,
     MalformedResponseError,
     ModelNotFoundError,
     ServerStartError,
     SLMError,
+    SLMHTTPError,
+    SLMRequestRejectedError,
+    SLMServerError,
     SLMTimeoutError,
     SLMUnavailableError,
 )
@@ -27,14 +33,22 @@ MODELS_REPLY = {"object": "list", "data": [{"id": "smol", "max_model_len": 2048}
 
 
 def serve_replies(routes: dict[str, object], delay_s: float = 0.0) -> ThreadingHTTPServer:
-    """A loopback HTTP server answering each path with a canned body (bytes as-is, else JSON)."""
+    """A loopback HTTP server answering each path with a scripted reply.
+
+    A reply is a body (bytes as-is, else JSON; status 200), a ``(status, body)`` pair, or a function of the
+    request's JSON returning either; a path not in ``routes`` is a 404.
+    """
 
     class Handler(BaseHTTPRequestHandler):
         def _reply(self) -> None:
             time.sleep(delay_s if self.path != "/v1/models" else 0)
-            body = routes.get(self.path, b"not found")
+            length = int(self.headers.get("Content-Length") or 0)
+            reply = routes.get(self.path, (404, b"not found"))
+            if callable(reply):
+                reply = reply(json.loads(self.rfile.read(length)))
+            status, body = reply if isinstance(reply, tuple) else (200, reply)
             payload = body if isinstance(body, bytes) else json.dumps(body).encode()
-            self.send_response(200 if self.path in routes else 404)
+            self.send_response(status)
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
             self.wfile.write(payload)
@@ -107,8 +121,171 @@ def test_malformed_replies_are_typed(fake_server_url):
     indirect=True,
 )
 def test_a_reply_without_logprobs_is_malformed(fake_server_url):
-    with pytest.raises(MalformedResponseError, match="logprobs"):
+    with pytest.raises(MalformedLogprobsError, match="expected logprobs"):
         VLLMSLM(fake_server_url).generate("hello")
+
+
+ROLE_IDS, END_OF_TURN = {"system": 1, "user": 2, "assistant": 3}, 4
+
+
+def chat_tokens(request: dict) -> dict:
+    """A /tokenize reply as a chat template renders: each turn its role's id, its characters' codes, end of turn."""
+    tokens = [t for m in request["messages"] for t in (ROLE_IDS[m["role"]], *map(ord, m["content"]), END_OF_TURN)]
+    return {"tokens": tokens + [ROLE_IDS["assistant"]] * request["add_generation_prompt"]}
+
+
+SAMPLED = "token_id:79"  # the greedy token, which vLLM reports beside those asked for
+
+
+def next_token_logprobs(request: dict) -> dict:
+    """A /v1/completions reply as vLLM gives one: per prompt, the log-prob of every token asked for (and the sampled one)."""
+    asked = {f"token_id:{token}": -1.0 for token in request["logprob_token_ids"]}
+    return {
+        "choices": [
+            {"index": i, "text": "O", "logprobs": {"tokens": [SAMPLED], "top_logprobs": [{**asked, SAMPLED: -0.5}]}}
+            for i in range(len(request["prompt"]))
+        ]
+    }
+
+
+def scoring_server(breaks=lambda reply: reply) -> tuple[dict, float]:
+    """Routes for ``choose``: a chat tokenizer and next-token log-probs, spoilt by ``breaks``."""
+    routes = {"/v1/models": MODELS_REPLY, "/tokenize": chat_tokens, "/v1/completions": lambda r: breaks(next_token_logprobs(r))}
+    return routes, 0
+
+
+def set_first_logprob(value):
+    def spoil(reply: dict) -> dict:
+        top = reply["choices"][0]["logprobs"]["top_logprobs"][0]
+        top[next(iter(top))] = value
+        return reply
+
+    return spoil
+
+
+def spoil_choices(change):
+    def spoil(reply: dict) -> dict:
+        for choice in reply["choices"]:
+            change(choice)
+        return reply
+
+    return spoil
+
+
+@pytest.mark.parametrize("fake_server_url", [scoring_server()], indirect=True)
+def test_the_scripted_log_prob_server_is_scored(fake_server_url):
+    """The unspoilt scripted replies score: the failures below come from what each spoils."""
+    result = VLLMSLM(fake_server_url).choose("hello", ["yes", "no"])
+    # Every step has log-prob -1: "no" (2 letters and end of turn) beats "yes" (3 and end of turn) by e.
+    assert result.label == "no" and result.probabilities["no"] == pytest.approx(math.e / (1 + math.e))
+
+
+@pytest.mark.parametrize(
+    ("fake_server_url", "problem"),
+    [
+        pytest.param(scoring_server(spoil_choices(lambda c: c.pop("logprobs"))), "expected top_logprobs", id="missing"),
+        pytest.param(scoring_server(set_first_logprob(float("nan"))), "not a finite number", id="nan"),
+        pytest.param(scoring_server(set_first_logprob(float("-inf"))), "not a finite number", id="minus-infinity"),
+        pytest.param(scoring_server(set_first_logprob(0.5)), "not a finite number <= 0", id="positive"),
+        pytest.param(scoring_server(set_first_logprob("-1.0")), "not a finite number", id="string"),
+        pytest.param(scoring_server(set_first_logprob(None)), "not a finite number", id="null"),
+        pytest.param(scoring_server(lambda reply: {"choices": reply["choices"][:-1]}), "prompts, got choices", id="choice-short"),
+        pytest.param(
+            scoring_server(lambda reply: {"choices": [{**c, "index": 0} for c in reply["choices"]]}),
+            "prompts, got choices", id="repeated-index",
+        ),
+        pytest.param(
+            scoring_server(spoil_choices(lambda c: c["logprobs"]["top_logprobs"].append({}))), "expected top_logprobs",
+            id="two-positions",
+        ),
+        pytest.param(
+            scoring_server(spoil_choices(lambda c: c["logprobs"].update(top_logprobs=[
+                {chr(int(k.removeprefix("token_id:"))): v for k, v in c["logprobs"]["top_logprobs"][0].items()}
+            ]))),
+            "asked for", id="tokens-as-text",
+        ),  # fmt: skip
+        pytest.param(
+            scoring_server(spoil_choices(lambda c: c["logprobs"]["top_logprobs"][0].update({"token_id:7": -2.0}))),
+            "asked for", id="tokens-not-asked-for",
+        ),
+    ],
+    indirect=["fake_server_url"],
+)
+def test_malformed_log_probs_for_choose_are_typed(fake_server_url, problem):
+    with pytest.raises(MalformedLogprobsError, match=problem) as caught:
+        VLLMSLM(fake_server_url).choose("hello", ["yes", "no"])
+    assert caught.value.endpoint == f"{fake_server_url}/v1/completions"
+    assert "agentgraph slm serve" in str(caught.value)
+    assert isinstance(caught.value, MalformedResponseError)  # what callers that predate the subclass catch
+
+
+def chat_reply(logprob) -> dict:
+    content = [{"token": "hi", "logprob": logprob}]
+    return {"choices": [{"message": {"content": "hi"}, "finish_reason": "stop", "logprobs": {"content": content}}]}
+
+
+@pytest.mark.parametrize(
+    "fake_server_url",
+    [({"/v1/models": MODELS_REPLY, "/tokenize": chat_tokens, "/v1/chat/completions": chat_reply(float("nan"))}, 0)],
+    indirect=True,
+)
+def test_a_non_finite_generation_log_prob_is_malformed(fake_server_url):
+    with pytest.raises(MalformedLogprobsError, match="log-prob of 'hi' is nan"):
+        VLLMSLM(fake_server_url).generate("hello")
+
+
+CONTEXT_TOO_LONG = {"error": {"message": "This model's maximum context length is 2048 tokens.", "type": "BadRequestError",
+                              "code": 400}}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("fake_server_url", "status"),
+    [
+        (({"/v1/models": MODELS_REPLY, "/tokenize": (400, CONTEXT_TOO_LONG)}, 0), 400),
+        (({"/v1/models": MODELS_REPLY, "/tokenize": (404, {"error": {"message": "The model `smol` does not exist."}})}, 0), 404),
+    ],
+    indirect=["fake_server_url"],
+)
+def test_a_refused_request_is_a_typed_error_that_says_retrying_will_not_help(fake_server_url, status):
+    with pytest.raises(SLMRequestRejectedError, match="retrying it unchanged fails again") as caught:
+        VLLMSLM(fake_server_url).choose("hello", ["yes", "no"])
+    error = caught.value
+    assert (error.status_code, error.method, error.url) == (status, "POST", f"{fake_server_url}/tokenize")
+    assert json.loads(error.body)["error"]["message"] in str(error)
+    assert isinstance(error, SLMHTTPError) and not isinstance(error, SLMServerError)
+
+
+@pytest.mark.parametrize("fake_server_url", [({"/v1/models": (401, {"error": "Unauthorized"})}, 0)], indirect=True)
+def test_a_server_that_wants_an_api_key_refuses_the_client_at_once(fake_server_url):
+    with pytest.raises(SLMRequestRejectedError, match="AGENTGRAPH_SLM_API_KEY") as caught:
+        VLLMSLM(fake_server_url)
+    assert (caught.value.status_code, caught.value.method) == (401, "GET")
+
+
+@pytest.mark.parametrize(
+    ("fake_server_url", "status"),
+    [
+        (({"/v1/models": MODELS_REPLY, "/tokenize": chat_tokens, "/v1/completions": (500, b"Internal Server Error")}, 0), 500),
+        (({"/v1/models": MODELS_REPLY, "/tokenize": (503, {"error": {"message": "engine is overloaded"}})}, 0), 503),
+    ],
+    indirect=["fake_server_url"],
+)
+def test_a_failing_server_is_a_typed_error_that_says_to_retry(fake_server_url, status):
+    with pytest.raises(SLMServerError, match="retry later") as caught:
+        VLLMSLM(fake_server_url).choose("hello", ["yes", "no"])
+    assert caught.value.status_code == status and caught.value.body
+    assert caught.value.body in str(caught.value)
+    assert isinstance(caught.value, SLMHTTPError) and not isinstance(caught.value, SLMRequestRejectedError)
+
+
+@pytest.mark.parametrize("fake_server_url", [({"/v1/models": MODELS_REPLY}, 0)], indirect=True)
+def test_an_empty_prompt_is_refused_before_any_request(fake_server_url):
+    """The server has no /tokenize: any request for the prompt would end in a 404, not EmptyInputError."""
+    slm = VLLMSLM(fake_server_url)
+    with pytest.raises(EmptyInputError, match="the prompt is empty"):
+        slm.choose("", ["yes", "no"])
+    with pytest.raises(SLMRequestRejectedError):
+        slm.choose("hello", ["yes", "no"])
 
 
 @pytest.mark.parametrize("fake_server_url", [({"/v1/models": MODELS_REPLY}, 0)], indirect=True)

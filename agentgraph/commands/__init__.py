@@ -1,1 +1,18 @@
 """Sub-commands of the ``agentgraph`` CLI; each module has ``register(subparsers)``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from agentgraph.errors import AgentGraphError
+
+
+def open_traces(location: str, hint: str) -> Any:
+    """The trace store ``--traces`` names: a ``postgresql://`` URL, or a SQLite file that must exist."""
+    from agentgraph.distill.traces import open_trace_store
+    from agentgraph.postgres import is_postgres_url
+
+    if not is_postgres_url(location) and not Path(location).is_file():
+        raise AgentGraphError(f"no trace store at {location}; {hint}")
+    return open_trace_store(location)

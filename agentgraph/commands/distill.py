@@ -3,7 +3,8 @@
 ``agentgraph distill dataset --role route --out DIR [--traces STORE] [--import FILE ...] [--customer-support [CSV]]``
 curates a training set for one role (``route`` or ``extract``) from the
 accepted calls in a trace store (the SQLite file an
-:class:`~agentgraph.distill.traces.LLMCallRecorder` writes), labelled CSV/JSONL
+:class:`~agentgraph.distill.traces.LLMCallRecorder` writes, or the ``postgresql://``
+URL of the database several workers share), labelled CSV/JSONL
 files and the Bitext customer-support data (its own train/dev/test split kept);
 it scrubs PII, de-duplicates, clusters, splits and balances
 (:mod:`agentgraph.distill.dataset`), writes ``train.jsonl``, ``dev.jsonl``,
@@ -42,6 +43,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from agentgraph.commands import open_traces
 from agentgraph.errors import AgentGraphError
 
 
@@ -57,7 +59,7 @@ def register(groups: argparse._SubParsersAction) -> None:
     dataset = commands.add_parser("dataset", help="curate train/dev/test splits for one role from traces and labelled files")
     dataset.add_argument("--role", choices=ROLES, required=True, help="route: a label per input; extract: a JSON object")
     dataset.add_argument("--out", type=Path, required=True, help="folder for train/dev/test.jsonl and manifest.json")
-    dataset.add_argument("--traces", type=Path, help="a trace store (SQLite) written by LLMCallRecorder")
+    dataset.add_argument("--traces", help="a trace store written by LLMCallRecorder: a SQLite file or a postgresql:// URL")
     dataset.add_argument("--import", dest="imports", type=Path, action="append", default=[], metavar="FILE",
                          help="a labelled CSV or JSONL file (repeatable)")  # fmt: skip
     dataset.add_argument("--text-column", help="of imported files (default: the first of text, input, instruction, request)")
@@ -119,7 +121,8 @@ def register(groups: argparse._SubParsersAction) -> None:
     gate = commands.add_parser("gate", help="evaluate a distilled model on held-out data against the base model; --promote")
     gate.add_argument("--model", type=Path, required=True, help="a model folder written by `agentgraph distill train`")
     gate.add_argument("--data", type=Path, help="the dataset folder (default: the one the model was trained on)")
-    gate.add_argument("--threshold", type=float, default=0.92, help="agreement needed to promote (default 0.92)")
+    # The default is the library's DEFAULT_THRESHOLD (0.92), read when the gate runs: the gate module is slow to import.
+    gate.add_argument("--threshold", type=float, help="agreement needed to promote (default 0.92)")
     gate.add_argument("--limit", type=int, help="N test rows, round-robin over classes (default: all)")
     gate.add_argument("--dev-limit", type=int, help="dev rows to fit calibration and gate on (default: all)")
     gate.add_argument("--base-limit", type=int, help="dev and test rows for the base model (default: as --dev-limit and --limit)")
@@ -140,7 +143,8 @@ def register(groups: argparse._SubParsersAction) -> None:
     agree.set_defaults(handler=_agree)
 
     drift = commands.add_parser("drift", help="compare recent routing with the training set; exit 3 when a retrain is due")
-    drift.add_argument("--traces", type=Path, required=True, help="the trace store (SQLite) the router logs its decisions to")
+    drift.add_argument("--traces", required=True,
+                       help="the trace store the router logs its decisions to: a SQLite file or a postgresql:// URL")
     drift.add_argument("--data", type=Path, required=True, help="the router's dataset (`agentgraph distill dataset --role route`)")
     drift.add_argument("--node", default="router", help="the router node's name in the decisions (default router)")
     drift.add_argument("--window", type=int, default=200, help="the last N route decisions (default 200)")
@@ -165,8 +169,6 @@ def _dataset(args: argparse.Namespace) -> int:
         trace_examples,
         write_dataset,
     )
-    from agentgraph.distill.traces import SQLiteTraceStore
-
     if not (args.traces or args.imports or args.customer_support):
         raise AgentGraphError("nothing to curate: give --traces STORE, --import FILE or --customer-support")
     options = {
@@ -181,9 +183,7 @@ def _dataset(args: argparse.Namespace) -> int:
 
     sources = []
     if args.traces:
-        if not args.traces.is_file():
-            raise AgentGraphError(f"no trace store at {args.traces}; record calls with LLMCallRecorder first")
-        store = SQLiteTraceStore(args.traces)
+        store = open_traces(args.traces, "record calls with LLMCallRecorder first")
         try:
             sources.append(trace_examples(store, role=config.role, step_types=config.step_types, label_field=config.label_field))
         finally:
@@ -294,9 +294,11 @@ def _merge(args: argparse.Namespace) -> int:
 
 
 def _gate(args: argparse.Namespace) -> int:
-    from agentgraph.distill.gate import gate_router, promote
+    from agentgraph.distill.gate import DEFAULT_THRESHOLD, gate_router, promote
     from agentgraph.distill.train import read_manifest
 
+    if args.threshold is None:
+        args.threshold = DEFAULT_THRESHOLD
     if read_manifest(args.model).get("role") == "extract":
         from agentgraph.distill.extract import gate_extractor
 
@@ -393,25 +395,22 @@ def _drift(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime, timedelta
 
     from agentgraph.distill.drift import build_dataset_reference, cached_reference, default_encoder, monitor_drift
-    from agentgraph.distill.traces import SQLiteTraceStore
     from agentgraph.distill.train import load_route_dataset
 
-    if not args.traces.is_file():
-        raise AgentGraphError(f"no trace store at {args.traces}; give the store the router logs its decisions to")
-    dataset = load_route_dataset(args.data)
-    encoder = default_encoder()
-    reference = None if args.rebuild_reference else cached_reference(dataset.sha256, args.split)
-    if reference is None:
-        from agentgraph.classifier import IntentClassifier
-        from agentgraph.graphs.support_router import support_router_path
-        from agentgraph.nodes.router import ClassifierStrategy, Router
-
-        classifier = IntentClassifier.load(args.classifier or support_router_path(), encoder=encoder)
-        router = Router([ClassifierStrategy(classifier)])
-        reference = build_dataset_reference(dataset, split=args.split, router=router, encoder=encoder)
-    since = datetime.now(UTC) - timedelta(hours=args.hours) if args.hours else None
-    store = SQLiteTraceStore(args.traces)
+    store = open_traces(args.traces, "give the store the router logs its decisions to")
     try:
+        dataset = load_route_dataset(args.data)
+        encoder = default_encoder()
+        reference = None if args.rebuild_reference else cached_reference(dataset.sha256, args.split)
+        if reference is None:
+            from agentgraph.classifier import IntentClassifier
+            from agentgraph.graphs.support_router import support_router_path
+            from agentgraph.nodes.router import ClassifierStrategy, Router
+
+            classifier = IntentClassifier.load(args.classifier or support_router_path(), encoder=encoder)
+            router = Router([ClassifierStrategy(classifier)])
+            reference = build_dataset_reference(dataset, split=args.split, router=router, encoder=encoder)
+        since = datetime.now(UTC) - timedelta(hours=args.hours) if args.hours else None
         report = monitor_drift(store, reference, node=args.node, window=args.window, since=since, encoder=encoder)
     finally:
         store.close()

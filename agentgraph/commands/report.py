@@ -2,7 +2,7 @@
 
 ``agentgraph report --traces STORE --out report.png [--bucket hour|day|week] [--json]``
 reads a trace store (the SQLite file a graph writes its decisions and LLM calls
-to, ``decisions.db`` for ``agentgraph run``) and prints, per hour, day or week (UTC),
+to, ``decisions.db`` for ``agentgraph run``, or its ``postgresql://`` database) and prints, per hour, day or week (UTC),
 route volumes, LLM calls, the share of requests that used the LLM, shadow
 agreement and the latest drift check (:mod:`agentgraph.distill.report` defines
 each), then writes the same series as a PNG to ``--out``. ``--json`` prints the
@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from agentgraph.errors import AgentGraphError
+from agentgraph.commands import open_traces
 
 BUCKETS = ("hour", "day", "week")
 """As :data:`agentgraph.shadow.Bucket`, named here so that building the parser imports nothing heavy."""
@@ -24,7 +24,8 @@ BUCKETS = ("hour", "day", "week")
 
 def register(groups: argparse._SubParsersAction) -> None:
     report = groups.add_parser("report", help="route volumes, LLM share, shadow agreement and drift over time: table and PNG")
-    report.add_argument("--traces", type=Path, required=True, help="a trace store (SQLite), e.g. the graph's decisions.db")
+    report.add_argument("--traces", required=True,
+                        help="a trace store: a SQLite file (the graph's decisions.db) or a postgresql:// URL")  # fmt: skip
     report.add_argument("--out", type=Path, required=True, help="the PNG to write")
     report.add_argument("--bucket", choices=BUCKETS, default="day", help="time bucket (UTC; default day)")
     report.add_argument("--json", action="store_true", help="print the report as JSON instead of the table")
@@ -33,11 +34,8 @@ def register(groups: argparse._SubParsersAction) -> None:
 
 def _report(args: argparse.Namespace) -> int:
     from agentgraph.distill.report import build_report, plot_report, report_table
-    from agentgraph.distill.traces import SQLiteTraceStore
 
-    if not args.traces.is_file():
-        raise AgentGraphError(f"no trace store at {args.traces}; give the graph's decisions.db (agentgraph run writes one)")
-    store = SQLiteTraceStore(args.traces)
+    store = open_traces(args.traces, "give the graph's decisions.db (agentgraph run writes one) or its database URL")
     try:
         report = build_report(store, bucket=args.bucket)
     finally:

@@ -16,6 +16,14 @@ a thread in a new process.
 Turns on one thread run one at a time, across processes too: a turn waits
 (``--wait``, default 120 s) for one already running on its thread.
 
+``--database-url postgresql://...`` (or ``AGENTGRAPH_DATABASE_URL``) keeps the
+threads and approvals, the idempotency keys and the trace store and decision
+log in that PostgreSQL database instead, so commands on several machines serve
+the same threads: an approval raised on one is answered on another. Turns then
+hold their thread with an advisory lock in the database; checkpoints are
+encrypted with ``AGENTGRAPH_CHECKPOINT_KEY``, which every machine must set alike.
+The shop stays in ``--data-dir``.
+
 ``--slm-url`` uses a vLLM server instead of the embedded model; the LLM for
 escalations comes from ``AGENTGRAPH_LLM_*`` (none: a human-handoff ticket);
 ``--mode NODE=MODE`` (repeatable, over ``AGENTGRAPH_MODES``) runs ``router`` or
@@ -30,12 +38,14 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import os
 import sys
 import uuid
 from pathlib import Path
 from typing import Any
 
 from agentgraph.errors import AgentGraphError, ApprovalResponseError, InvalidTextError
+from agentgraph.postgres import DATABASE_URL_ENV
 from agentgraph.text import require_utf8
 
 EXAMPLES = ("customer-support",)
@@ -52,12 +62,15 @@ def register(groups: argparse._SubParsersAction) -> None:
     run.add_argument("--slm-url", help="a vLLM server's base URL instead of the embedded SLM (env AGENTGRAPH_SLM_URL)")
     run.add_argument("--slm-model", help="embedded: a model folder; vLLM: the served model name")
     run.add_argument("--data-dir", type=Path, help="store, logs and threads (default: ~/.cache/agentgraph/customer-support)")
+    run.add_argument("--database-url", metavar="URL",
+                     help="a PostgreSQL database (postgresql://...) for threads, approvals, idempotency keys and the "
+                     f"trace store, shared by several workers (env {DATABASE_URL_ENV}; needs AGENTGRAPH_CHECKPOINT_KEY)")
     run.add_argument("--json", action="store_true", help="print each turn as one JSON object")
     run.add_argument("--reviewer", metavar="NAME",
                      help="who answers approvals asked in the terminal, recorded as the approver (default: your login name)")
     run.add_argument("--wait", type=float, metavar="SECONDS",
-                     help="how long a turn waits for another turn on its thread (in any process on --data-dir) "
-                     "to finish (default 120)")  # fmt: skip
+                     help="how long a turn waits for another turn on its thread (in any process on --data-dir, "
+                     "or any worker on --database-url) to finish (default 120)")  # fmt: skip
     run.add_argument("--trace", action="store_true", help="trace to Langfuse (needs LANGFUSE_* credentials)")
     run.add_argument("--mode", action="append", default=[], metavar="NODE=MODE",
                      help="run router or extract as teacher, auto or student (repeatable; env AGENTGRAPH_MODES)")
@@ -93,7 +106,20 @@ def _checked_arguments(args: argparse.Namespace) -> dict[str, Any] | None:
                        ("--resume", args.resume)):  # fmt: skip
         if text is not None:
             require_utf8(text, what=what)
+    args.database_url = args.database_url or os.environ.get(DATABASE_URL_ENV) or None
+    if args.database_url is not None:
+        _check_database_url(args.database_url)
     return _parse_resume(args.resume) if args.resume else None
+
+
+def _check_database_url(url: str) -> None:
+    """A usable PostgreSQL URL and the checkpoint key every worker on it shares, before any model loads."""
+    from agentgraph.checkpointing import checkpoint_key
+    from agentgraph.postgres import describe_url, is_postgres_url
+
+    if not is_postgres_url(url):
+        raise AgentGraphError(f"--database-url must be a postgresql:// URL, not {describe_url(url)!r}")
+    checkpoint_key(None)  # set, and 32 bytes: or a ConfigError that says how to make one
 
 
 def _parse_resume(text: str) -> dict[str, Any]:
@@ -110,8 +136,7 @@ class _Session:
     """One graph, one thread, one output format, for the life of the command."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        from agentgraph.checkpointing import sqlite_checkpointer
-        from agentgraph.graphs.customer_support import DEFAULT_MODES, STATE_SCHEMAS, CustomerSupportParts, compose
+        from agentgraph.graphs.customer_support import DEFAULT_MODES, CustomerSupportParts, compose
         from agentgraph.graphs.shop import DEMO_CUSTOMER
         from agentgraph.llm import default_llm
         from agentgraph.modes import NodeModes
@@ -130,10 +155,11 @@ class _Session:
         slm = load_slm(SLMSettings.from_env(url=args.slm_url, model=args.slm_model))
         llm = default_llm()
         self.parts = CustomerSupportParts(
-            data_dir=args.data_dir, slm=slm, llm=llm, extraction_llm=llm, modes=modes, shadow=shadow
-        )
+            data_dir=args.data_dir, slm=slm, llm=llm, extraction_llm=llm, modes=modes, shadow=shadow,
+            database_url=args.database_url,
+        )  # fmt: skip
         self.llm_call_recorder = self.parts.llm_call_recorder  # every LLM call into the trace store, for distillation
-        self._checkpointer = sqlite_checkpointer(self.parts.checkpoints_path, *STATE_SCHEMAS)
+        self._checkpointer = self.parts.durable_checkpointer()  # checkpoints.db, or the PostgreSQL database
         self.graph = compose(self.parts, checkpointer=self._checkpointer)
         self.tracer = DecisionTracingHandler() if args.trace or tracing_configured() else None
         # Approvals are asked on stdin (a terminal, or answers piped in); --json output never prompts.
@@ -151,7 +177,7 @@ class _Session:
                     self.graph, message, resume=resume, thread_id=self.thread_id, customer_id=self.customer_id,
                     callbacks=[self.llm_call_recorder, *([self.tracer] if self.tracer else [])],
                     metadata=trace_metadata(session_id=self.thread_id, user_id=self.customer_id),
-                    lock_dir=self.parts.data_dir / "locks",  # other processes on this data dir wait their turn
+                    **self.parts.turn_lock,  # other processes on this data dir, or database, wait their turn
                     wait_s=DEFAULT_TURN_WAIT_S if self.args.wait is None else self.args.wait,
                 )  # fmt: skip
             except ApprovalResponseError as exc:
@@ -201,8 +227,9 @@ class _Session:
             for action in result.interrupt["action_requests"]:
                 print(f"  {action['name']}({json.dumps(action['arguments'])})")
             if not self.ask:
+                shared = " (and the same --database-url)" if self.args.database_url else ""
                 print(f"  answer with: agentgraph run {self.args.graph} --thread {result.thread_id} "
-                      "--resume '{\"decisions\": [{\"type\": \"approve\"}]}'")  # fmt: skip
+                      "--resume '{\"decisions\": [{\"type\": \"approve\"}]}'" + shared)  # fmt: skip
         else:
             print(f"\n{result.response}")
 

@@ -1,7 +1,8 @@
 """Distillation: from the frontier LLM's logged calls to training data for a small model.
 
 - :mod:`agentgraph.distill.traces` records every LLM call a graph makes
-  (:class:`LLMCallRecorder`) in a trace store (:class:`SQLiteTraceStore`) that
+  (:class:`LLMCallRecorder`) in a trace store (:class:`SQLiteTraceStore`, or
+  :class:`PostgresTraceStore` that workers share; :func:`open_trace_store` opens either) that
   also holds the SLM decisions, and takes each call's outcome later.
 - :mod:`agentgraph.distill.dataset` curates a training set for one role from
   accepted calls and labelled files (``agentgraph distill dataset``).
@@ -27,7 +28,14 @@ from agentgraph.distill.dataset import (
     trace_examples,
     write_dataset,
 )
-from agentgraph.distill.traces import LLMCall, LLMCallRecorder, SQLiteTraceStore, TraceNotFoundError
+from agentgraph.distill.traces import (
+    LLMCall,
+    LLMCallRecorder,
+    PostgresTraceStore,
+    SQLiteTraceStore,
+    TraceNotFoundError,
+    open_trace_store,
+)
 
 __all__ = [
     "CuratedDataset",
@@ -36,6 +44,7 @@ __all__ = [
     "Example",
     "LLMCall",
     "LLMCallRecorder",
+    "PostgresTraceStore",
     "SQLiteTraceStore",
     "Source",
     "SupportExtraction",
@@ -43,6 +52,7 @@ __all__ = [
     "build_dataset",
     "customer_support_examples",
     "file_examples",
+    "open_trace_store",
     "trace_examples",
     "write_dataset",
 ]

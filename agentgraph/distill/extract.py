@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field
 
-from agentgraph.distill.gate import GateVerdict, promotion_decision
+from agentgraph.distill.gate import DEFAULT_THRESHOLD, GateVerdict, promotion_decision
 from agentgraph.distill.train import (
     MANIFEST,
     DistillError,
@@ -286,7 +286,7 @@ def gate_extractor(
     model_dir: str | os.PathLike[str],
     data_dir: str | os.PathLike[str] | None = None,
     *,
-    threshold: float = 0.92,
+    threshold: float = DEFAULT_THRESHOLD,
     limit: int | None = None,
     base: bool | str | os.PathLike[str] = True,
     base_limit: int | None = None,

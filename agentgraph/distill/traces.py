@@ -2,8 +2,10 @@
 
 :class:`LLMCallRecorder` is a langchain-core callback handler: pass it in a
 run's config (``graph.invoke(inputs, config={"callbacks": [recorder]})``) and
-each chat-model call anywhere in the graph is written to a
-:class:`SQLiteTraceStore` as an :class:`LLMCall`: the prompt (messages in
+each chat-model call anywhere in the graph is written to a trace store
+(:class:`SQLiteTraceStore`, or :class:`PostgresTraceStore` for workers that
+share one database; :func:`open_trace_store` takes either a file or a
+``postgresql://`` URL) as an :class:`LLMCall`: the prompt (messages in
 OpenAI format), the output (text and tool calls), the node (LangGraph's
 ``langgraph_node`` metadata), the step type, latency, token counts, model and
 thread.
@@ -15,7 +17,7 @@ first match wins, from the call's metadata key ``agentgraph_step_type``, a tag
 ``step_types`` (node name to step type) or its ``default_step_type``.
 
 A call's outcome comes later, from whoever can judge it (the customer, a
-reviewer, a check): :meth:`SQLiteTraceStore.mark` sets ``accepted`` to True or
+reviewer, a check): :meth:`SQLTraceStore.mark` sets ``accepted`` to True or
 False by call id; until then it is None and the call is no training data. A
 call that failed is stored as rejected, with its error. A call is stored with the
 personal data in its prompt, answer and metadata masked (see
@@ -23,8 +25,9 @@ personal data in its prompt, answer and metadata masked (see
 
 SLM decisions stay in the decision log (:mod:`agentgraph.decisions`). The store
 is a :class:`~agentgraph.decisions.DecisionLog` itself, by default kept in the
-same SQLite file, so one file (one ``--traces`` path) holds both: give the store
-to nodes as their ``decision_log``, or give it another log to read from.
+same SQLite file or PostgreSQL database, so one ``--traces`` path or URL holds
+both: give the store to nodes as their ``decision_log``, or give it another log
+to read from.
 
 Example:
     >>> from langchain_core.language_models import FakeListChatModel
@@ -55,8 +58,17 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, conver
 from langchain_core.outputs import ChatGeneration, LLMResult
 from pydantic import BaseModel, Field
 
-from agentgraph.decisions import Decision, DecisionLog, SQLiteDecisionLog, stored_record
+from agentgraph.decisions import (
+    Decision,
+    DecisionLog,
+    PostgresDecisionLog,
+    SQLiteDecisionLog,
+    SQLStore,
+    stored_record,
+    where_clause,
+)
 from agentgraph.errors import AgentGraphError
+from agentgraph.postgres import PostgresDialect, is_postgres_url
 from agentgraph.storage import connect_sqlite
 
 STEP_TYPE_KEY = "agentgraph_step_type"
@@ -73,7 +85,7 @@ class TraceNotFoundError(AgentGraphError, KeyError):
 
     def __init__(self, call_id: str, path: str) -> None:
         super().__init__(
-            f"no LLM call {call_id!r} in the trace store {path}; list the ids with SQLiteTraceStore.calls()"
+            f"no LLM call {call_id!r} in the trace store {path}; list the ids with the store's calls()"
         )
         self.call_id = call_id
 
@@ -125,48 +137,39 @@ def message_text(message: Mapping[str, Any]) -> str:
     return "\n".join(parts)
 
 
-class SQLiteTraceStore:
-    """LLM calls in a SQLite table; SLM decisions through a :class:`~agentgraph.decisions.DecisionLog`.
+class SQLTraceStore(SQLStore):
+    """LLM calls in a SQL table; SLM decisions through a :class:`~agentgraph.decisions.DecisionLog`.
 
-    Args:
-        path: the SQLite file (``":memory:"`` for a throwaway store).
-        decision_log: where decisions are written and read; default a
-            :class:`~agentgraph.decisions.SQLiteDecisionLog` on the same file.
-
-    Safe across threads and processes (WAL mode, a busy timeout), like the decision log.
+    One implementation for both backends (:class:`SQLiteTraceStore`, :class:`PostgresTraceStore`),
+    which supply the connection and the decision log (by default one in the same database). Safe
+    across threads and processes.
     """
 
-    def __init__(self, path: str | Path, *, decision_log: DecisionLog | None = None) -> None:
-        self.path = str(path)
-        self._conn = connect_sqlite(self.path)
-        # ``accepted`` lives in its own column (NULL: no outcome yet) and never in ``record``, so marking
-        # a call is one UPDATE and there is one source of truth for it.
-        self._conn.execute(
-            "CREATE TABLE IF NOT EXISTS llm_calls ("
-            " id TEXT PRIMARY KEY, timestamp TEXT NOT NULL, node TEXT, step_type TEXT, thread_id TEXT,"
-            " accepted INTEGER, record TEXT NOT NULL)"
-        )
-        self._conn.execute("CREATE INDEX IF NOT EXISTS llm_calls_step ON llm_calls (step_type, timestamp)")
-        self._conn.execute("CREATE INDEX IF NOT EXISTS llm_calls_thread ON llm_calls (thread_id)")
-        self._lock = threading.Lock()
-        self.decision_log: DecisionLog = decision_log if decision_log is not None else SQLiteDecisionLog(self.path)
+    # ``accepted`` lives in its own column (NULL: no outcome yet) and never in ``record``, so marking
+    # a call is one UPDATE and there is one source of truth for it.
+    _schema = (
+        "CREATE TABLE IF NOT EXISTS llm_calls ("
+        " id TEXT PRIMARY KEY, timestamp TEXT NOT NULL, node TEXT, step_type TEXT, thread_id TEXT,"
+        " accepted INTEGER, record TEXT NOT NULL)",
+        "CREATE INDEX IF NOT EXISTS llm_calls_step ON llm_calls (step_type, timestamp)",
+        "CREATE INDEX IF NOT EXISTS llm_calls_thread ON llm_calls (thread_id)",
+    )
+
+    def __init__(self, connection: Any, path: str, *, decision_log: DecisionLog) -> None:
+        super().__init__(connection, path)
+        self.decision_log = decision_log
 
     def record_call(self, call: LLMCall) -> LLMCall:
         """Store ``call``, its personal data masked (a call already stored under its id is replaced); returns it."""
-        with self._lock:
-            self._conn.execute(
-                "INSERT OR REPLACE INTO llm_calls (id, timestamp, node, step_type, thread_id, accepted, record)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    call.id,
-                    call.timestamp.isoformat(),
-                    call.node,
-                    call.step_type,
-                    call.thread_id,
-                    None if call.accepted is None else int(call.accepted),
-                    stored_record(call, exclude={"accepted"}),
-                ),
-            )
+        with self._connection() as execute:
+            execute(
+                "INSERT INTO llm_calls (id, timestamp, node, step_type, thread_id, accepted, record)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET timestamp = excluded.timestamp,"
+                " node = excluded.node, step_type = excluded.step_type, thread_id = excluded.thread_id,"
+                " accepted = excluded.accepted, record = excluded.record",
+                (call.id, call.timestamp.isoformat(), call.node, call.step_type, call.thread_id,
+                 None if call.accepted is None else int(call.accepted), stored_record(call, exclude={"accepted"})),
+            )  # fmt: skip
         return call
 
     def calls(
@@ -178,30 +181,27 @@ class SQLiteTraceStore:
         pending: bool | None = None,
     ) -> Iterator[LLMCall]:
         """Stored calls in the order they started, filtered by node, step type, thread and (``pending``) outcome."""
-        query = (
-            "SELECT accepted, record FROM llm_calls WHERE (? IS NULL OR node = ?) AND (? IS NULL OR step_type = ?)"
-            " AND (? IS NULL OR thread_id = ?) AND (? IS NULL OR (accepted IS NULL) = ?) ORDER BY timestamp, id"
-        )
-        with self._lock:
-            rows = self._conn.execute(
-                query, (node, node, step_type, step_type, thread_id, thread_id, pending, pending)
-            ).fetchall()
-        for accepted, record in rows:
-            yield LLMCall.model_validate_json(record).model_copy(update={"accepted": None if accepted is None else bool(accepted)})
+        where, params = where_clause(node=node, step_type=step_type, thread_id=thread_id)
+        if pending is not None:
+            outcome = "accepted IS NULL" if pending else "accepted IS NOT NULL"
+            where = f"{where} AND {outcome}" if where else f" WHERE {outcome}"
+        with self._connection() as execute:
+            rows = execute(f"SELECT accepted, record FROM llm_calls{where} ORDER BY timestamp, id", params).fetchall()
+        for row in rows:
+            yield _stored_call(*row)
 
     def get(self, call_id: str) -> LLMCall:
         """The call stored under ``call_id``; :class:`TraceNotFoundError` when there is none."""
-        with self._lock:
-            row = self._conn.execute("SELECT accepted, record FROM llm_calls WHERE id = ?", (call_id,)).fetchone()
+        with self._connection() as execute:
+            row = execute("SELECT accepted, record FROM llm_calls WHERE id = ?", (call_id,)).fetchone()
         if row is None:
             raise TraceNotFoundError(call_id, self.path)
-        accepted, record = row
-        return LLMCall.model_validate_json(record).model_copy(update={"accepted": None if accepted is None else bool(accepted)})
+        return _stored_call(*row)
 
     def mark(self, call_id: str, *, accepted: bool | None) -> LLMCall:
         """Set the outcome of one call (None: back to no outcome); returns the updated call."""
-        with self._lock:
-            updated = self._conn.execute(
+        with self._connection() as execute:
+            updated = execute(
                 "UPDATE llm_calls SET accepted = ? WHERE id = ?", (None if accepted is None else int(accepted), call_id)
             ).rowcount
         if not updated:
@@ -214,10 +214,10 @@ class SQLiteTraceStore:
         Calls already judged keep their outcome: a later verdict on the whole
         conversation should not overturn one given on a single answer.
         """
-        with self._lock:
-            return self._conn.execute(
-                "UPDATE llm_calls SET accepted = ? WHERE thread_id = ? AND (? IS NULL OR node = ?) AND accepted IS NULL",
-                (int(accepted), thread_id, node, node),
+        where, params = where_clause(thread_id=thread_id, node=node)
+        with self._connection() as execute:
+            return execute(
+                f"UPDATE llm_calls SET accepted = ?{where} AND accepted IS NULL", (int(accepted), *params)
             ).rowcount
 
     # The DecisionLog protocol, so nodes can be given the store as their decision_log.
@@ -228,10 +228,48 @@ class SQLiteTraceStore:
         return self.decision_log.decisions(node=node, kind=kind)
 
     def close(self) -> None:
-        self._conn.close()
+        super().close()
         close = getattr(self.decision_log, "close", None)
         if close is not None:
             close()
+
+
+def _stored_call(accepted: int | None, record: str) -> LLMCall:
+    return LLMCall.model_validate_json(record).model_copy(update={"accepted": None if accepted is None else bool(accepted)})
+
+
+class SQLiteTraceStore(SQLTraceStore):
+    """The trace store in a SQLite file (``":memory:"`` for a throwaway store).
+
+    Args:
+        path: the SQLite file.
+        decision_log: where decisions are written and read; default a
+            :class:`~agentgraph.decisions.SQLiteDecisionLog` on the same file.
+    """
+
+    def __init__(self, path: str | Path, *, decision_log: DecisionLog | None = None) -> None:
+        super().__init__(
+            connect_sqlite(path), str(path), decision_log=decision_log if decision_log is not None else SQLiteDecisionLog(path)
+        )
+
+
+class PostgresTraceStore(PostgresDialect, SQLTraceStore):
+    """The trace store in a PostgreSQL database (psycopg 3), shared by workers on many hosts.
+
+    Args:
+        url: the database, ``postgresql://user@host/db``.
+        decision_log: default a :class:`~agentgraph.decisions.PostgresDecisionLog` in the same database.
+    """
+
+    def __init__(self, url: str, *, decision_log: DecisionLog | None = None) -> None:
+        super().__init__(url, decision_log=decision_log if decision_log is not None else PostgresDecisionLog(url))
+
+
+def open_trace_store(location: str | Path, *, decision_log: DecisionLog | None = None) -> SQLTraceStore:
+    """The trace store at ``location``: a ``postgresql://`` URL (:class:`PostgresTraceStore`) or a SQLite file."""
+    if is_postgres_url(location):
+        return PostgresTraceStore(str(location), decision_log=decision_log)
+    return SQLiteTraceStore(location, decision_log=decision_log)
 
 
 class LLMCallRecorder(BaseCallbackHandler):
@@ -249,7 +287,7 @@ class LLMCallRecorder(BaseCallbackHandler):
 
     def __init__(
         self,
-        store: SQLiteTraceStore,
+        store: SQLTraceStore,
         *,
         step_types: Mapping[str, str] | None = None,
         default_step_type: str | None = None,

@@ -116,6 +116,22 @@ class LoopState(DecisionState, total=False):
     slm_calls: int
 
 
+class LabelledObservation(BaseModel):
+    """A loop state at one evaluation and the verdict it calls for: a case to measure the evaluator on."""
+
+    goal: str
+    plan: list[str]
+    done: int = Field(ge=1, description="plan steps carried out; the latest of them is the one observed")
+    result: str
+    error: bool = False
+    verdict: Verdict
+
+    def state(self) -> dict[str, Any]:
+        """The :class:`LoopState` the evaluator sees after the ``done``-th step."""
+        observation = Observation(step=self.plan[self.done - 1], result=self.result, error=self.error)
+        return {"goal": self.goal, "plan": self.plan, "step_index": self.done, "observations": [observation]}
+
+
 def parse_plan(text: str) -> list[str]:
     """The steps of a numbered or bulleted plan, in order; other lines are ignored."""
     return [match["step"] for line in text.splitlines() if (match := _PLAN_STEP.match(line))]
@@ -283,7 +299,14 @@ def create_evaluator(
     a probability under ``min_confidence`` or an SLM error turns it into
     ``escalate``. ``done`` ends the loop with the last result as the answer;
     any other verdict once ``max_iterations`` steps have run ends it in a
-    handoff.
+    handoff. The decision keeps the SLM's own pick (``metadata["slm_verdict"]``)
+    and, when the gate overrode it, why (``metadata["escalation_reason"]``).
+
+    Measured (``python benchmarks/loop.py``): the packaged 135M SLM's picks
+    follow the plan's position (``continue`` mid-plan, ``done`` at its end,
+    ``replan`` after a failure) far more than the result's content, and its
+    probability barely separates right from wrong picks, so raising
+    ``min_confidence`` buys little accuracy for the LLM calls it adds.
     """
     template = load_prompt("loop_evaluate")
 
@@ -303,6 +326,7 @@ def create_evaluator(
         )
         probabilities: dict[str, float] | None = None
         confidence: float | None = None
+        judged: dict[str, Any] = {}
         try:
             choice = slm.choose(prompt, labels)
         except SLMError as exc:  # the explicit fallback: a stronger model judges instead
@@ -313,6 +337,11 @@ def create_evaluator(
             low = confidence < min_confidence
             verdict = "escalate" if low else choice.label
             strategy, outcome = "slm", "low_confidence" if low else "ok"
+            judged = {"slm_verdict": choice.label}
+            if low:
+                judged["escalation_reason"] = (
+                    f"the SLM's {choice.label!r} had p={confidence:.2f}, under min_confidence={min_confidence}"
+                )
         update: dict[str, Any] = {"verdict": verdict, "slm_calls": state.get("slm_calls", 0) + 1}
         if verdict == "done":
             update |= {"status": "done", "answer": observation.result}
@@ -331,7 +360,7 @@ def create_evaluator(
             model=model,
             latency_ms=(time.perf_counter() - started) * 1000,
             thread_id=thread_id_of(config),
-            metadata={"prompt": template.id, "labels": list(labels), "probabilities": probabilities},
+            metadata={"prompt": template.id, "labels": list(labels), "probabilities": probabilities, **judged},
         )
         return {**update, "decisions": [log_decision(decision_log, decision)]}
 

@@ -23,7 +23,7 @@ from typing import Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agentgraph.errors import ContextBudgetExceededError, StructuredOutputError
+from agentgraph.errors import ContextBudgetExceededError, EmptyInputError, StructuredOutputError
 from agentgraph.prompting import render_prompt
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -98,6 +98,20 @@ def to_messages(prompt: Prompt, system: str | None = None) -> list[dict[str, str
     return messages
 
 
+def require_prompt(prompt: Prompt) -> Prompt:
+    """``prompt``, unless the user message it ends with is blank: :class:`EmptyInputError`, before any model call.
+
+    A model asked about nothing still answers (a label read off the listing alone, a greeting), and the answer
+    would pass for one about a request.
+    """
+    if not (to_messages(prompt)[-1].get("content") or "").strip():
+        raise EmptyInputError(
+            "the prompt is empty (its last user message is blank): there is nothing for the model to answer. "
+            "Pass the text to answer; nodes refuse empty input before calling their SLM"
+        )
+    return prompt
+
+
 def label_options(labels: Labels) -> dict[str, str | None]:
     """Labels as an ordered ``{label: description or None}``; rejects empty or repeated labels."""
     options: dict[str, str | None] = (
@@ -162,7 +176,8 @@ class SLM(ABC):
     """A small language model behind one contract.
 
     Every method is deterministic (greedy decoding) and thread-safe; every
-    result carries :class:`Usage` (latency, model name, token counts).
+    result carries :class:`Usage` (latency, model name, token counts). A blank
+    prompt is refused (:func:`require_prompt`).
     """
 
     model_name: str
@@ -183,7 +198,7 @@ class SLM(ABC):
         which then reads a prompt a few times shorter.
         """
         options = label_options(labels)
-        messages = choice_messages(prompt, options, system, list_labels=list_labels)
+        messages = choice_messages(require_prompt(prompt), options, system, list_labels=list_labels)
         prefix = self.tokenize_chat(messages, add_generation_prompt=True)
         suffixes = {label: self._label_suffix(label) for label in options}
         self.check_budget(len(prefix) + max(map(len, suffixes.values())))
@@ -209,7 +224,7 @@ class SLM(ABC):
         --role extract``), which learnt it. A value the grammar cannot express
         (a custom validator, say) raises :class:`~agentgraph.errors.StructuredOutputError`.
         """
-        messages = structured_messages(prompt, schema, system, describe_schema=describe_schema)
+        messages = structured_messages(require_prompt(prompt), schema, system, describe_schema=describe_schema)
         prompt_ids = self.tokenize_chat(messages, add_generation_prompt=True)
         self.check_budget(len(prompt_ids) + max_tokens)
         generation = self._generate_json(messages, prompt_ids, schema.model_json_schema(), max_tokens)
@@ -229,7 +244,7 @@ class SLM(ABC):
         stop: Sequence[str] = (),
     ) -> GenerationResult:
         """Generate free text greedily, with the log-probability of every token."""
-        messages = to_messages(prompt, system)
+        messages = to_messages(require_prompt(prompt), system)
         prompt_ids = self.tokenize_chat(messages, add_generation_prompt=True)
         self.check_budget(len(prompt_ids) + max_tokens)
         return self._generate_text(messages, prompt_ids, max_tokens, list(stop))

@@ -166,7 +166,7 @@ class TransformersSLM(SLM):
         return GenerationResult(
             text=text,
             tokens=[
-                TokenLogprob(token=self.tokenizer.decode([t]), logprob=lp) for t, lp in zip(generated, logprobs)
+                TokenLogprob(token=self.tokenizer.decode([t]), logprob=lp) for t, lp in zip(generated, logprobs, strict=True)
             ],
             finish_reason=finish_reason,
             usage=Usage(

@@ -10,6 +10,9 @@
   slm serve`` does) for the compact JSON the embedded backend decodes: with free whitespace a
   small model can emit blanks until ``max_tokens``.
 - ``generate`` is a chat completion with ``logprobs``.
+- An HTTP 4xx reply is :class:`~agentgraph.errors.SLMRequestRejectedError` (the request is at fault), a 5xx
+  :class:`~agentgraph.errors.SLMServerError` (retry later); log-probs that are missing, not finite, of the wrong
+  shape or for tokens not asked for are :class:`~agentgraph.errors.MalformedLogprobsError`, never scored.
 
 Start a server with ``agentgraph slm serve``.
 
@@ -22,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +33,15 @@ from typing import Any
 
 import httpx
 
-from agentgraph.errors import MalformedResponseError, SLMError, SLMTimeoutError, SLMUnavailableError
+from agentgraph.errors import (
+    MalformedLogprobsError,
+    MalformedResponseError,
+    SLMError,
+    SLMRequestRejectedError,
+    SLMServerError,
+    SLMTimeoutError,
+    SLMUnavailableError,
+)
 from agentgraph.slm.base import SLM, ChatMessage, GenerationResult, TokenLogprob, Usage
 
 # The most ``logprob_token_ids`` vLLM takes in one request (vllm.sampling_params.MAX_LOGPROB_TOKEN_IDS).
@@ -128,17 +140,24 @@ class VLLMSLM(SLM):
                 "return_tokens_as_token_ids": True,
             },
         )
-        choices = sorted(_field(reply, "choices", list), key=lambda c: c["index"])
-        if len(choices) != len(paths):
-            raise MalformedResponseError(f"sent {len(paths)} prompts, got {len(choices)} choices")
+        endpoint = f"{self.base_url}/v1/completions"
+        choices = _field(reply, "choices", list)
+        indices = {c.get("index") if isinstance(c, dict) else None for c in choices}
+        if len(choices) != len(paths) or indices != set(range(len(paths))):
+            raise MalformedLogprobsError(endpoint, f"sent {len(paths)} prompts, got choices {choices!r:.200}")
+        asked = {f"token_id:{token}": token for token in tokens}
         step_logprobs = {}
-        for path, choice in zip(paths, choices):
-            top = _field(_field(choice, "logprobs", dict), "top_logprobs", list)
-            try:
-                for token in tokens:
-                    step_logprobs[(*path, token)] = float(top[0][f"token_id:{token}"])
-            except (IndexError, KeyError, TypeError, ValueError) as exc:
-                raise MalformedResponseError(f"logprobs lack the requested token ids: {exc!r}") from exc
+        for path, choice in zip(paths, sorted(choices, key=lambda c: c["index"]), strict=True):
+            logprobs = choice.get("logprobs")
+            top = logprobs.get("top_logprobs") if isinstance(logprobs, dict) else None
+            if not (isinstance(top, list) and len(top) == 1 and isinstance(top[0], dict)):
+                raise MalformedLogprobsError(endpoint, f"expected top_logprobs for the one token asked, got {logprobs!r:.200}")
+            missing, unasked = set(asked) - set(top[0]), set(top[0]) - set(asked)
+            # logprobs=1: the sampled token may come beside the tokens asked for, nothing else.
+            if missing or len(unasked) > 1:
+                raise MalformedLogprobsError(endpoint, f"asked for {sorted(asked)}, got log-probs for {sorted(top[0])}")
+            for name, token in asked.items():
+                step_logprobs[(*path, token)] = _logprob(top[0][name], endpoint, name)
         return step_logprobs
 
     def _generate_json(
@@ -166,11 +185,18 @@ class VLLMSLM(SLM):
                 **extra,
             },
         )
-        choice = _field(reply, "choices", list)[0]
+        endpoint = f"{self.base_url}/v1/chat/completions"
+        choices = _field(reply, "choices", list)
+        if not choices:
+            raise MalformedResponseError(f"{endpoint} answered with no choices")
+        choice = choices[0]
         content = _field(_field(choice, "message", dict), "content", str)
+        logprobs = choice.get("logprobs")
+        items = logprobs.get("content") if isinstance(logprobs, dict) else None
+        if not isinstance(items, list) or not all(isinstance(item, dict) and isinstance(item.get("token"), str) for item in items):
+            raise MalformedLogprobsError(endpoint, f"expected logprobs with a token and its logprob per output token, got {logprobs!r:.200}")
         tokens = [
-            TokenLogprob(token=item["token"], logprob=float(item["logprob"]))
-            for item in _field(_field(choice, "logprobs", dict), "content", list)
+            TokenLogprob(token=item["token"], logprob=_logprob(item.get("logprob"), endpoint, item["token"])) for item in items
         ]
         return GenerationResult(
             text=content,
@@ -229,7 +255,8 @@ def _trie_reads(continuations: Mapping[str, list[int]]) -> list[tuple[list[tuple
 
 def _decode(response: httpx.Response) -> dict[str, Any]:
     if response.status_code >= 400:
-        raise SLMError(f"{response.request.method} {response.request.url} failed with {response.status_code}: {response.text[:500]}")
+        error = SLMRequestRejectedError if response.status_code < 500 else SLMServerError
+        raise error(response.request.method, str(response.request.url), response.status_code, response.text[:500])
     try:
         body = response.json()
     except ValueError as exc:
@@ -237,6 +264,13 @@ def _decode(response: httpx.Response) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise MalformedResponseError(f"{response.request.url} answered with {type(body).__name__}, not an object")
     return body
+
+
+def _logprob(value: Any, endpoint: str, token: str) -> float:
+    """``value`` as a log-probability (a finite number, at most 0); anything else is a malformed reply."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value > 0:
+        raise MalformedLogprobsError(endpoint, f"the log-prob of {token!r} is {value!r:.100}, not a finite number <= 0")
+    return float(value)
 
 
 def _field(obj: Any, name: str, kind: type) -> Any:
