@@ -41,6 +41,17 @@ def split_plain_values(
     return {**checkpoint, "channel_values": rest}, plain, versions
 
 
+def plain_values_as_blobs(
+    saver: PostgresSaver | AsyncPostgresSaver, config: RunnableConfig, checkpoint: Checkpoint, new_versions: ChannelVersions
+) -> tuple[Checkpoint, list[tuple]]:
+    """``checkpoint`` without its plain values, and the (encrypted) blob rows ``saver`` writes for them."""
+    checkpoint, plain, versions = split_plain_values(checkpoint, new_versions)
+    if not versions:
+        return checkpoint, []
+    configurable = config["configurable"]
+    return checkpoint, saver._dump_blobs(configurable["thread_id"], configurable["checkpoint_ns"], plain, versions)
+
+
 class EncryptedPostgresSaver(PostgresSaver):
     """LangGraph's ``PostgresSaver`` that keeps every channel value in the blobs table, through its serializer.
 
@@ -53,10 +64,8 @@ class EncryptedPostgresSaver(PostgresSaver):
     def put(
         self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata, new_versions: ChannelVersions
     ) -> RunnableConfig:
-        checkpoint, plain, versions = split_plain_values(checkpoint, new_versions)
-        if versions:
-            configurable = config["configurable"]
-            rows = self._dump_blobs(configurable["thread_id"], configurable["checkpoint_ns"], plain, versions)
+        checkpoint, rows = plain_values_as_blobs(self, config, checkpoint, new_versions)
+        if rows:
             with self._cursor(pipeline=True) as cursor:
                 cursor.executemany(self.UPSERT_CHECKPOINT_BLOBS_SQL, rows)
         return super().put(config, checkpoint, metadata, new_versions)
@@ -68,10 +77,8 @@ class AsyncEncryptedPostgresSaver(AsyncPostgresSaver):
     async def aput(
         self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata, new_versions: ChannelVersions
     ) -> RunnableConfig:
-        checkpoint, plain, versions = split_plain_values(checkpoint, new_versions)
-        if versions:
-            configurable = config["configurable"]
-            rows = self._dump_blobs(configurable["thread_id"], configurable["checkpoint_ns"], plain, versions)
+        checkpoint, rows = plain_values_as_blobs(self, config, checkpoint, new_versions)
+        if rows:
             async with self._cursor(pipeline=True) as cursor:
                 await cursor.executemany(self.UPSERT_CHECKPOINT_BLOBS_SQL, rows)
         return await super().aput(config, checkpoint, metadata, new_versions)

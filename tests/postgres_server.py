@@ -9,13 +9,14 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
 from pathlib import Path
 
 import pytest
+
+from agentgraph.slm.server import free_port
 
 
 def server_binaries() -> Path | None:
@@ -41,12 +42,6 @@ def require_server_binaries() -> Path:
     return folder
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 class PostgresServer:
     """One server in a temporary folder, listening on 127.0.0.1 only, trusting local connections."""
 
@@ -54,7 +49,7 @@ class PostgresServer:
         self.binaries = binaries
         self.folder = Path(tempfile.mkdtemp(prefix="agentgraph-pg-"))
         self.data = self.folder / "data"
-        self.port = _free_port()
+        self.port = free_port()
         # initdb refuses to run as root; the server then runs as the postgres account.
         self._as_server_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
         if self._as_server_user:

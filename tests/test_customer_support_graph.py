@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -28,6 +27,7 @@ from agentgraph.graphs.customer_support import (
 )
 from agentgraph.graphs.shop import DEMO_CUSTOMER, Shop, ShopError
 from agentgraph.running import run_turn
+from agentgraph.slm.server import free_port
 from scripted_llm import answering_llm
 
 
@@ -223,20 +223,13 @@ def test_the_llm_answers_escalations_and_its_reply_is_validated_before_it_leaves
     assert call.output.startswith("I'm sorry.") and "terrible" in call.messages[-1]["content"]
 
 
-def closed_port() -> int:
-    """A localhost port nothing listens on (bound, then released)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_the_cli_runs_one_request_and_prints_one_json_object(tmp_path):
     command = [sys.executable, "-m", "agentgraph.cli", "run", "customer-support", "track order 48213",
                "--json", "--data-dir", str(tmp_path)]  # fmt: skip
     # A real ChatOpenAI client is configured, pointed at a port nothing listens on: a call would be
     # counted in llm_calls (and fail), so 0 calls means the routine path did not try one.
-    unreachable_llm = {"AGENTGRAPH_LLM_MODEL": "frontier", "AGENTGRAPH_LLM_BASE_URL": f"http://127.0.0.1:{closed_port()}/v1"}
+    unreachable_llm = {"AGENTGRAPH_LLM_MODEL": "frontier", "AGENTGRAPH_LLM_BASE_URL": f"http://127.0.0.1:{free_port()}/v1"}
     done = subprocess.run(command, capture_output=True, text=True, timeout=900, env=os.environ | unreachable_llm)
 
     assert done.returncode == 0, done.stderr

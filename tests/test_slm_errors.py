@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -27,7 +26,7 @@ from agentgraph.errors import (
 )
 from agentgraph.slm import VLLMSLM, SLMSettings, load_slm
 from agentgraph.slm import models as slm_models
-from agentgraph.slm.server import ServeSettings, find_vllm_python, vllm_command
+from agentgraph.slm.server import ServeSettings, find_vllm_python, free_port, vllm_command
 
 MODELS_REPLY = {"object": "list", "data": [{"id": "smol", "max_model_len": 2048}]}
 
@@ -71,14 +70,8 @@ def fake_server_url(request):
     server.shutdown()
 
 
-def unused_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_unreachable_server_says_how_to_start_one():
-    url = f"http://127.0.0.1:{unused_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(SLMUnavailableError, match="agentgraph slm serve") as caught:
         VLLMSLM(url)
     assert caught.value.base_url == url

@@ -159,7 +159,7 @@ class VLLMServer:
         """Start the server and block until ``/health`` answers; returns the base URL."""
         folder, _ = model_and_adapter(self.settings.model)
         python = find_vllm_python(self.settings.python)
-        port = self.settings.port or _free_port(self.settings.host)
+        port = self.settings.port or free_port(self.settings.host)
         self.base_url = f"http://{self.settings.host}:{port}"
         if _healthy(self.base_url):
             raise ServerStartError(f"something already answers at {self.base_url}; choose another --port")
@@ -218,7 +218,8 @@ def _healthy(base_url: str) -> bool:
         return False
 
 
-def _free_port(host: str) -> int:
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port on ``host`` that nothing listens on now (bound, then released: another process may take it next)."""
     with socket.socket() as probe:
         probe.bind((host, 0))
         return probe.getsockname()[1]
