@@ -59,7 +59,7 @@ from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.checkpoint.sqlite import SqliteSaver
 
 from agentgraph.clarification import Clarification
-from agentgraph.decisions import Decision
+from agentgraph.records.decisions import Decision
 from agentgraph.errors import CheckpointDecryptionError, ConfigError
 from agentgraph.llm import HumanHandoff
 from agentgraph.nodes.context_pruner import KeptChunk

@@ -1,7 +1,7 @@
 """Modes per node: who answers, the LLM (teacher), the SLM (student), or the SLM with the LLM behind its gate (auto).
 
 - ``teacher``: the frontier LLM answers every request and its calls are
-  recorded (:mod:`agentgraph.distill.traces`): the phase that collects
+  recorded (:mod:`agentgraph.records.traces`): the phase that collects
   training data before a small model exists, or while it is retrained.
 - ``auto``: the SLM answers what passes its gate; the LLM takes the rest, and
   those calls become the next training data.

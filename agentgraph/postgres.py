@@ -1,7 +1,7 @@
 """PostgreSQL for the stores that several workers share: connections, URLs in messages, and advisory locks.
 
-The trace store and decision log (:mod:`agentgraph.distill.traces`,
-:mod:`agentgraph.decisions`), the idempotency store
+The trace store and decision log (:mod:`agentgraph.records.traces`,
+:mod:`agentgraph.records.decisions`), the idempotency store
 (:mod:`agentgraph.idempotency`), the checkpointer
 (:func:`agentgraph.checkpointing.postgres_checkpointer`) and the per-thread
 turn lock (:func:`agentgraph.running.hold_thread`) all take a
@@ -126,7 +126,7 @@ def setup_lock(url: str) -> Iterator[None]:
 
 
 class PostgresDialect:
-    """Mixed into an :class:`agentgraph.decisions.SQLStore`: a connection to a URL, psycopg's placeholders, and
+    """Mixed into an :class:`agentgraph.records.decisions.SQLStore`: a connection to a URL, psycopg's placeholders, and
     tables created under :data:`SETUP_LOCK` (workers that start at once create them one after another)."""
 
     _placeholder = "%s"

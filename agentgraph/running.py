@@ -59,7 +59,7 @@ from langgraph.types import Command
 from pydantic import BaseModel, Field
 
 from agentgraph.checkpointing import checkpoint_location
-from agentgraph.decisions import Decision
+from agentgraph.records.decisions import Decision
 from agentgraph.errors import (
     ApprovalResponseError,
     NothingToResumeError,

@@ -16,12 +16,12 @@ kind ``shadow``::
 Which requests are sampled depends only on the seed, the node and the input
 (a hash), so a run is reproducible and a request is sampled or not wherever it
 is routed. The teacher's calls go to the evaluator's ``callbacks`` (give it an
-:class:`~agentgraph.distill.traces.LLMCallRecorder` to keep them in the trace
+:class:`~agentgraph.records.traces.LLMCallRecorder` to keep them in the trace
 store) with the metadata ``agentgraph_shadow: True`` and ``shadow_of``.
 :func:`shadow_agreement` turns the log into agreement over time.
 
 Example:
-    >>> from agentgraph.decisions import Decision, SQLiteDecisionLog
+    >>> from agentgraph.records.decisions import Decision, SQLiteDecisionLog
     >>> from agentgraph.shadow import ShadowConfig, ShadowEvaluator, shadow_agreement
     >>> log = SQLiteDecisionLog(":memory:")
     >>> shadow = ShadowEvaluator(ShadowConfig(rate=1.0))
@@ -53,7 +53,7 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.runnables import RunnableConfig
 from pydantic import BaseModel, Field, ValidationError
 
-from agentgraph.decisions import Decision, DecisionLog, log_decision
+from agentgraph.records.decisions import Decision, DecisionLog, log_decision
 from agentgraph.errors import ConfigError
 
 logger = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ from uuid import UUID
 from langfuse.langchain import CallbackHandler
 from langgraph.types import Command
 
-from agentgraph.decisions import Decision
+from agentgraph.records.decisions import Decision
 
 TRACING_ENV = ("LANGFUSE_PUBLIC_KEY", "LANGFUSE_SECRET_KEY")
 

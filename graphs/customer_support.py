@@ -81,8 +81,8 @@ from agentgraph.cross_encoder import (
     support_relevance_pairs,
 )
 from agentgraph.datasets import SupportRequest, load_customer_support, split_customer_support
-from agentgraph.decisions import DecisionLog
-from agentgraph.distill.traces import LLMCallRecorder, open_trace_store
+from agentgraph.records.decisions import DecisionLog
+from agentgraph.records.traces import LLMCallRecorder, open_trace_store
 from agentgraph.errors import ConfigError
 from agentgraph.graphs.shop import DEMO_CUSTOMER, Shop
 from agentgraph.graphs.support_router import (
@@ -317,7 +317,7 @@ class CustomerSupportParts:
 
     Everything durable lives in ``data_dir`` (default ``cache_dir()/customer-support``):
     ``shop.db`` (the store), ``idempotency.db``, ``decisions.db`` (a
-    :class:`~agentgraph.distill.traces.SQLiteTraceStore`: the nodes' decisions and the
+    :class:`~agentgraph.records.traces.SQLiteTraceStore`: the nodes' decisions and the
     LLM's calls, the training data of tomorrow; pass ``llm_call_recorder`` in a run's
     callbacks to record the calls) and ``checkpoints.db`` (threads and pending approvals).
     With ``database_url`` (``postgresql://...``), the idempotency keys, the trace store and

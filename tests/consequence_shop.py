@@ -41,7 +41,7 @@ from pydantic import Field
 from langgraph.checkpoint.base import BaseCheckpointSaver
 
 from agentgraph.checkpointing import postgres_checkpointer, sqlite_checkpointer
-from agentgraph.decisions import DecisionLog, DecisionState
+from agentgraph.records.decisions import DecisionLog, DecisionState
 from agentgraph.errors import IdempotencyConflictError
 from agentgraph.idempotency import IdempotencyStore
 from agentgraph.postgres import is_postgres_url

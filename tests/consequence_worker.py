@@ -20,7 +20,7 @@ from pathlib import Path
 
 from langgraph.types import Command
 
-from agentgraph.decisions import SQLiteDecisionLog
+from agentgraph.records.decisions import SQLiteDecisionLog
 from agentgraph.idempotency import open_idempotency_store
 from consequence_shop import Shop, open_checkpointer, shop_graph, tool_calls
 

@@ -19,7 +19,7 @@ from langgraph.graph.message import add_messages
 from langgraph.types import Command
 
 from agentgraph.checkpointing import sqlite_checkpointer
-from agentgraph.decisions import DecisionState
+from agentgraph.records.decisions import DecisionState
 from agentgraph.errors import NoToolCallsError
 from agentgraph.graphs.shop import DEMO_CUSTOMER, Shop, ShopError
 from agentgraph.idempotency import SQLiteIdempotencyStore

@@ -19,7 +19,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import START, StateGraph
 from langgraph.types import Command
 
-from agentgraph.decisions import SQLiteDecisionLog
+from agentgraph.records.decisions import SQLiteDecisionLog
 from agentgraph.errors import ConfigError, MissingThreadIdError, NoToolCallsError
 from agentgraph.idempotency import DEFAULT_LEASE_S, derive_idempotency_key, request_fingerprint
 from agentgraph.nodes.consequence import (

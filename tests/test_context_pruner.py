@@ -6,7 +6,7 @@ import pytest
 from langchain_core.documents import Document
 from langgraph.graph import START, StateGraph
 
-from agentgraph.decisions import SQLiteDecisionLog
+from agentgraph.records.decisions import SQLiteDecisionLog
 from agentgraph.errors import EmptyInputError
 from agentgraph.nodes.context_pruner import (
     ContextPrunerState,

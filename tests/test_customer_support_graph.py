@@ -258,7 +258,7 @@ EDITED_REFUND = {"customer_id": DEMO_CUSTOMER, "order_id": "10001", "amount": 15
     ids=["approve", "reject", "edit"],
 )  # fmt: skip
 def test_the_cli_answers_a_pending_approval_in_a_later_process(tmp_path, message, tool, decision, outcome, reply, writes):
-    from agentgraph.decisions import SQLiteDecisionLog
+    from agentgraph.records.decisions import SQLiteDecisionLog
 
     cli = [sys.executable, "-m", "agentgraph.cli", "run", "customer-support"]
     options = ["--data-dir", str(tmp_path), "--json", "--thread", "t-cli"]
@@ -283,7 +283,7 @@ def test_the_cli_answers_a_pending_approval_in_a_later_process(tmp_path, message
 
 @pytest.mark.slow
 def test_an_approval_asked_in_the_terminal_refuses_an_edit_of_the_target_asks_again_and_records_the_reviewer(tmp_path):
-    from agentgraph.decisions import SQLiteDecisionLog
+    from agentgraph.records.decisions import SQLiteDecisionLog
 
     command = [sys.executable, "-m", "agentgraph.cli", "run", "customer-support", "please delete my account",
                "--data-dir", str(tmp_path), "--reviewer", "ops-anna"]  # fmt: skip

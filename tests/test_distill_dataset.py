@@ -27,7 +27,7 @@ from agentgraph.distill.dataset import (
     trace_examples,
     write_dataset,
 )
-from agentgraph.distill.traces import LLMCall, SQLiteTraceStore
+from agentgraph.records.traces import LLMCall, SQLiteTraceStore
 from agentgraph.idempotency import canonical_json
 
 SPLITS = ("train", "dev", "test")

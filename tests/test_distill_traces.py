@@ -14,8 +14,8 @@ from langchain_core.messages import AIMessage
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import START, StateGraph
 
-from agentgraph.decisions import JSONLDecisionLog, open_decision_log
-from agentgraph.distill.traces import (
+from agentgraph.records.decisions import JSONLDecisionLog, open_decision_log
+from agentgraph.records.traces import (
     LLMCall,
     LLMCallRecorder,
     PostgresTraceStore,

@@ -18,7 +18,7 @@ import pytest
 
 from agentgraph.classifier import SentenceEncoder, encoder_onnx_folder
 from agentgraph.cli import main
-from agentgraph.decisions import Decision
+from agentgraph.records.decisions import Decision
 from agentgraph.distill.drift import (
     DriftError,
     DriftMetrics,
@@ -33,7 +33,7 @@ from agentgraph.distill.drift import (
     route_window,
 )
 from agentgraph.distill.report import build_report, requests_using_llm
-from agentgraph.distill.traces import LLMCall, SQLiteTraceStore
+from agentgraph.records.traces import LLMCall, SQLiteTraceStore
 from agentgraph.distill.train import load_route_dataset
 
 OFF_TOPIC = [

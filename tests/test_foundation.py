@@ -9,7 +9,7 @@ from langchain_core.language_models.fake_chat_models import FakeListChatModel, G
 from langchain_core.messages import AIMessage
 
 from agentgraph.datasets import load_customer_support, split_customer_support
-from agentgraph.decisions import Decision, JSONLDecisionLog, SQLiteDecisionLog, open_decision_log
+from agentgraph.records.decisions import Decision, JSONLDecisionLog, SQLiteDecisionLog, open_decision_log
 from agentgraph.errors import EmptyInputError
 from agentgraph.llm import HumanHandoff, default_llm, escalate
 from agentgraph.text import clean_text, require_text, truncate_to_tokens

@@ -12,7 +12,7 @@ from langchain_core.messages import AIMessage
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import START, StateGraph
 
-from agentgraph.decisions import SQLiteDecisionLog
+from agentgraph.records.decisions import SQLiteDecisionLog
 from agentgraph.errors import EmptyInputError
 from agentgraph.nodes.loop import (
     ActResult,

@@ -19,9 +19,9 @@ from scripted_llm import scripted_llm, tool_call
 
 from agentgraph.graphs.support_router import CUSTOMER_SUPPORT_INTENTS
 from agentgraph.cli import main
-from agentgraph.decisions import Decision, DecisionState, SQLiteDecisionLog
+from agentgraph.records.decisions import Decision, DecisionState, SQLiteDecisionLog
 from agentgraph.distill.dataset import trace_examples
-from agentgraph.distill.traces import LLMCallRecorder, SQLiteTraceStore
+from agentgraph.records.traces import LLMCallRecorder, SQLiteTraceStore
 from agentgraph.errors import ConfigError, SLMUnavailableError
 from agentgraph.llm import HumanHandoff
 from agentgraph.modes import NodeModes

@@ -11,7 +11,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command, interrupt
 from pydantic import BaseModel, Field
 
-from agentgraph.decisions import DecisionState, SQLiteDecisionLog
+from agentgraph.records.decisions import DecisionState, SQLiteDecisionLog
 from agentgraph.errors import EmptyInputError
 from agentgraph.nodes.output_validator import (
     ValidationReport,

@@ -116,7 +116,7 @@ def test_the_async_postgres_checkpointer_shares_the_tables_and_the_key(postgres_
 
 
 def test_workers_that_start_at_once_set_up_the_same_tables_without_a_race(postgres_url):
-    from agentgraph.distill.traces import PostgresTraceStore
+    from agentgraph.records.traces import PostgresTraceStore
     from agentgraph.idempotency import PostgresIdempotencyStore
 
     errors: list[BaseException] = []
@@ -199,7 +199,7 @@ def test_url_passwords_stay_out_of_messages():
 
 def test_distill_dataset_reads_a_trace_store_in_postgres(postgres_url, tmp_path, capsys):
     from agentgraph.cli import main
-    from agentgraph.distill.traces import LLMCall, open_trace_store
+    from agentgraph.records.traces import LLMCall, open_trace_store
 
     store = open_trace_store(postgres_url)
     requests = {"where is my parcel": "track_order", "where is order 12345": "track_order",
@@ -244,7 +244,7 @@ def test_the_cli_checks_the_database_url_and_the_key_before_loading_anything(tmp
 
 @pytest.mark.slow
 def test_an_approval_raised_by_one_cli_process_is_answered_by_another_with_its_own_data_dir(postgres_url, tmp_path):
-    from agentgraph.decisions import PostgresDecisionLog
+    from agentgraph.records.decisions import PostgresDecisionLog
     from agentgraph.graphs.shop import Shop
 
     env = os.environ | {CHECKPOINT_KEY_ENV: base64.urlsafe_b64encode(new_checkpoint_key()).decode(), "AGENTGRAPH_LLM_MODEL": ""}

@@ -13,7 +13,7 @@ from langchain_core.language_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.graph import END, START, StateGraph
 
-from agentgraph.decisions import SQLiteDecisionLog
+from agentgraph.records.decisions import SQLiteDecisionLog
 from agentgraph.errors import EmptyInputError
 from agentgraph.llm import HumanHandoff
 from agentgraph.nodes.router import (

@@ -23,8 +23,8 @@ from langgraph.graph import START, StateGraph
 from langgraph.graph.message import add_messages
 
 from agentgraph.checkpointing import CHECKPOINT_KEY_ENV, new_checkpoint_key, sqlite_checkpointer
-from agentgraph.decisions import Decision, DecisionState, JSONLDecisionLog
-from agentgraph.distill.traces import LLMCallRecorder, SQLiteTraceStore
+from agentgraph.records.decisions import Decision, DecisionState, JSONLDecisionLog
+from agentgraph.records.traces import LLMCallRecorder, SQLiteTraceStore
 from agentgraph.errors import CheckpointDecryptionError, ConfigError
 from agentgraph.idempotency import SQLiteIdempotencyStore
 from agentgraph.nodes.consequence import ConsequencePolicy, create_guarded_tool_node

@@ -11,7 +11,7 @@ import pytest
 from scripted_llm import scripted_llm, tool_call
 from test_slm_errors import MODELS_REPLY, serve_replies
 
-from agentgraph.decisions import SQLiteDecisionLog
+from agentgraph.records.decisions import SQLiteDecisionLog
 from agentgraph.errors import SLMUnavailableError
 from agentgraph.llm import HumanHandoff
 from agentgraph.nodes.schema_enforcer import create_schema_enforcer

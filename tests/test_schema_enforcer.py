@@ -16,7 +16,7 @@ from langgraph.graph import START, StateGraph
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
 from scripted_llm import scripted_llm, tool_call
 
-from agentgraph.decisions import DecisionState, SQLiteDecisionLog
+from agentgraph.records.decisions import DecisionState, SQLiteDecisionLog
 from agentgraph.errors import EmptyInputError
 from agentgraph.llm import HumanHandoff
 from agentgraph.nodes.schema_enforcer import create_schema_enforcer, source_text_of

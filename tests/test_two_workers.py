@@ -285,7 +285,7 @@ def story(url: str, checkpointer: Any, thread_id: str) -> str:
 
 def check_everything(url: str, data_dir: Path, threads: list[Thread], checkpointer: Any) -> dict[str, Any]:
     """The shop, the threads' state and the decision log, against what was sent; the figures for the report."""
-    from agentgraph.decisions import PostgresDecisionLog
+    from agentgraph.records.decisions import PostgresDecisionLog
 
     with sqlite3.connect(data_dir / "shop.db") as shop:
         writes = Counter(shop.execute("SELECT tool, target FROM writes").fetchall())

@@ -3,7 +3,7 @@
 ``agentgraph distill dataset --role route --out DIR [--traces STORE] [--import FILE ...] [--customer-support [CSV]]``
 curates a training set for one role (``route`` or ``extract``) from the
 accepted calls in a trace store (the SQLite file an
-:class:`~agentgraph.distill.traces.LLMCallRecorder` writes, or the ``postgresql://``
+:class:`~agentgraph.records.traces.LLMCallRecorder` writes, or the ``postgresql://``
 URL of the database several workers share), labelled CSV/JSONL
 files and the Bitext customer-support data (its own train/dev/test split kept);
 it scrubs PII, de-duplicates, clusters, splits and balances

@@ -1,6 +1,6 @@
 """Distillation: from the frontier LLM's logged calls to training data for a small model.
 
-- :mod:`agentgraph.distill.traces` records every LLM call a graph makes
+- :mod:`agentgraph.records.traces` records every LLM call a graph makes
   (:class:`LLMCallRecorder`) in a trace store (:class:`SQLiteTraceStore`, or
   :class:`PostgresTraceStore` that workers share; :func:`open_trace_store` opens either) that
   also holds the SLM decisions, and takes each call's outcome later.
@@ -28,7 +28,7 @@ from agentgraph.distill.dataset import (
     trace_examples,
     write_dataset,
 )
-from agentgraph.distill.traces import (
+from agentgraph.records.traces import (
     LLMCall,
     LLMCallRecorder,
     PostgresTraceStore,

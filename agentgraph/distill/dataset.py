@@ -3,11 +3,11 @@
 Two roles: ``route`` (the target is a label) and ``extract`` (the target is a
 JSON object). Examples come from:
 
-- the trace store (:mod:`agentgraph.distill.traces`): calls of the role's step
+- the trace store (:mod:`agentgraph.records.traces`): calls of the role's step
   types whose outcome is *accepted*. Rejected and failed calls are dropped;
   calls without an outcome yet are dropped too, and counted, since nobody has
   vouched for them. The input is the request (:attr:`LLMCall.input_text
-  <agentgraph.distill.traces.LLMCall.input_text>`: the one the node recorded,
+  <agentgraph.records.traces.LLMCall.input_text>`: the one the node recorded,
   else the last user message; a schema enforcer call whose prompt held context
   has none and is counted unusable), the target the call's
   tool-call arguments, its output parsed as a JSON object, or (route) its text;
@@ -81,7 +81,7 @@ from agentgraph.datasets import (
     read_records,
     split_customer_support,
 )
-from agentgraph.distill.traces import LLMCall, SQLiteTraceStore
+from agentgraph.records.traces import LLMCall, SQLiteTraceStore
 from agentgraph.errors import DatasetError
 from agentgraph.idempotency import canonical_json
 from agentgraph.pii import PIIMatch, redact_pii

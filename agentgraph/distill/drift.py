@@ -64,7 +64,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from agentgraph.classifier import canonical_text
-from agentgraph.decisions import Decision, DecisionLog
+from agentgraph.records.decisions import Decision, DecisionLog
 from agentgraph.errors import AgentGraphError
 from agentgraph.slm.models import cache_dir
 

@@ -1,6 +1,6 @@
 """What the control layer did over time, from one trace store: route volumes, LLM share, shadow agreement, drift.
 
-:func:`build_report` reads a :class:`~agentgraph.distill.traces.SQLiteTraceStore`
+:func:`build_report` reads a :class:`~agentgraph.records.traces.SQLiteTraceStore`
 (its LLM calls and decisions) and counts, per hour, day or week (UTC, by each record's
 timestamp):
 
@@ -30,9 +30,9 @@ same series as a PNG of four panels sharing the time axis.
 
 Example:
     >>> from datetime import UTC, datetime
-    >>> from agentgraph.decisions import Decision
+    >>> from agentgraph.records.decisions import Decision
     >>> from agentgraph.distill.report import build_report, report_table
-    >>> from agentgraph.distill.traces import SQLiteTraceStore
+    >>> from agentgraph.records.traces import SQLiteTraceStore
     >>> store = SQLiteTraceStore(":memory:")
     >>> for day, route, strategy in [(1, "lookup", "llm"), (1, "action", "classifier"), (2, "lookup", "classifier")]:
     ...     store.record(Decision(node="router", kind="route", input="where is my order?", output={"route": route},
@@ -53,9 +53,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, computed_field
 
-from agentgraph.decisions import Decision
+from agentgraph.records.decisions import Decision
 from agentgraph.distill.drift import RETRAIN, DriftReport
-from agentgraph.distill.traces import LLMCall, SQLiteTraceStore
+from agentgraph.records.traces import LLMCall, SQLiteTraceStore
 from agentgraph.errors import AgentGraphError
 from agentgraph.shadow import SHADOW_KEY, Bucket, bucket_start, shadow_agreement
 

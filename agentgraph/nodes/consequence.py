@@ -88,7 +88,7 @@ from langgraph.func import task
 from langgraph.types import interrupt
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
-from agentgraph.decisions import Decision, DecisionLog, log_decision, thread_id_of
+from agentgraph.records.decisions import Decision, DecisionLog, log_decision, thread_id_of
 from agentgraph.errors import (
     ApprovalResponseError,
     ConfigError,
@@ -476,7 +476,7 @@ def create_guarded_tool_node(
         policy: the operator's class table, SLM confidence threshold and the arguments a person may edit.
         slm: classifies undeclared tools; without one they go to the LLM.
         llm: the verdict on unknown calls; without one they need a person's approval.
-        decision_log: also receives every call's :class:`~agentgraph.decisions.Decision`.
+        decision_log: also receives every call's :class:`~agentgraph.records.decisions.Decision`.
         key_for: the idempotency key of a call, from the call and the thread id; by default
             derived from thread, tool and arguments (so the same call in the same thread runs
             once within the store's retention window). ``lambda call, thread: call["id"]`` keys

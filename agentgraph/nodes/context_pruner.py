@@ -46,7 +46,7 @@ from langchain_core.documents import Document
 from langchain_core.runnables import RunnableConfig
 from pydantic import BaseModel, Field
 
-from agentgraph.decisions import Decision, DecisionLog, DecisionState, log_decision, thread_id_of
+from agentgraph.records.decisions import Decision, DecisionLog, DecisionState, log_decision, thread_id_of
 from agentgraph.errors import ModelNotFoundError
 from agentgraph.text import clean_text, require_text
 

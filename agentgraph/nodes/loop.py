@@ -58,7 +58,7 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, StateGraph
 from pydantic import BaseModel, Field
 
-from agentgraph.decisions import Decision, DecisionLog, DecisionState, log_decision, thread_id_of
+from agentgraph.records.decisions import Decision, DecisionLog, DecisionState, log_decision, thread_id_of
 from agentgraph.errors import SLMError
 from agentgraph.llm import HumanHandoff, escalate
 from agentgraph.prompting import load_prompt

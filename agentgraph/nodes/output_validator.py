@@ -17,7 +17,7 @@ after each step:
    None and the report keeps the last candidate and the reason, so a graph can
    route to a reviewer (for instance a node that calls ``interrupt``).
 
-Every call ends in one :class:`~agentgraph.decisions.Decision` with outcome
+Every call ends in one :class:`~agentgraph.records.decisions.Decision` with outcome
 ``ok``, ``redacted``, ``regenerated`` or ``flagged``.
 
 Example:
@@ -40,7 +40,7 @@ from typing import Any, Literal, Protocol
 from langchain_core.runnables import RunnableConfig
 from pydantic import BaseModel, Field, ValidationError
 
-from agentgraph.decisions import Decision, DecisionLog, log_decision, thread_id_of
+from agentgraph.records.decisions import Decision, DecisionLog, log_decision, thread_id_of
 from agentgraph.errors import EmptyInputError
 from agentgraph.pii import PII_KINDS, PIIKind, find_pii, redact_spans
 

@@ -38,7 +38,7 @@ thanks), keeps writes to messages that ask for them
 as the answer to its question.
 
 The node emits ``Command(goto=route)``, or a plain update for a conditional
-edge with :func:`route_of`. Its :class:`~agentgraph.decisions.Decision` (input,
+edge with :func:`route_of`. Its :class:`~agentgraph.records.decisions.Decision` (input,
 route, confidence, strategy, latency, escalated, model, and the mode in its
 metadata) goes into the state and into ``decision_log``.
 :func:`create_escalation_node` is the node to escalate to: the LLM, or a
@@ -106,8 +106,8 @@ from agentgraph.calibration import (
 from agentgraph.acts import ActDetector, ActVerdict
 from agentgraph.classifier import OUT_OF_SCOPE, IntentClassifier
 from agentgraph.clarification import Clarification, ClarificationPolicy
-from agentgraph.decisions import Decision, DecisionLog, DecisionState, log_decision, thread_id_of
-from agentgraph.distill.traces import STEP_TAG_PREFIX
+from agentgraph.records.decisions import Decision, DecisionLog, DecisionState, log_decision, thread_id_of
+from agentgraph.records.traces import STEP_TAG_PREFIX
 from agentgraph.errors import EmptyInputError
 from agentgraph.llm import HumanHandoff, escalate, llm_name
 from agentgraph.modes import Mode
@@ -330,7 +330,7 @@ class LLMStrategy:
     the user message alone (prompt ``router_teacher`` is the system message),
     so a traced call is a training example as it stands. Its calls carry the
     step type ``route`` (tag ``step:route``) for the
-    :class:`~agentgraph.distill.traces.LLMCallRecorder`. Confidence is the
+    :class:`~agentgraph.records.traces.LLMCallRecorder`. Confidence is the
     label's token probability when the provider returns log-probs (e.g.
     ``ChatOpenAI(logprobs=True)`` with JSON-schema output), else None: it is
     measured, never asked for, and the teacher is not gated.
@@ -678,7 +678,7 @@ def create_router(
         gate: per-label or per-route thresholds (default: each strategy's fitted one).
         escalation_route: the node that handles escalations (see :func:`create_escalation_node`).
         goto: return ``Command(goto=route)``; with False, a plain update to pair with :func:`route_of`.
-        decision_log: where each :class:`~agentgraph.decisions.Decision` is also written.
+        decision_log: where each :class:`~agentgraph.records.decisions.Decision` is also written.
         name: the node name in decision records.
         mode: ``student`` (the strategies alone, below the gate escalates), ``auto`` (the teacher routes
             what the strategies leave below the gate) or ``teacher`` (the teacher alone); see :class:`Router`.

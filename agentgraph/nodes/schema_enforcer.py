@@ -39,7 +39,7 @@ handoff under ``handoff_key``.
 Example:
     >>> from typing import TypedDict
     >>> from langgraph.graph import START, StateGraph
-    >>> from agentgraph.decisions import DecisionState
+    >>> from agentgraph.records.decisions import DecisionState
     >>> from agentgraph.nodes.schema_enforcer import create_schema_enforcer
     >>> from agentgraph.slm import TransformersSLM
     >>> from agentgraph.support_schema import SupportTicket
@@ -73,8 +73,8 @@ from langchain_core.messages import HumanMessage, SystemMessage
 from langchain_core.runnables import RunnableConfig
 from pydantic import BaseModel, Field, ValidationError, ValidationInfo
 
-from agentgraph.decisions import Decision, DecisionLog, log_decision, thread_id_of
-from agentgraph.distill.traces import REQUEST_TEXT_KEY, STEP_TAG_PREFIX
+from agentgraph.records.decisions import Decision, DecisionLog, log_decision, thread_id_of
+from agentgraph.records.traces import REQUEST_TEXT_KEY, STEP_TAG_PREFIX
 from agentgraph.errors import EmptyInputError, SLMError, StructuredOutputError
 from agentgraph.llm import HumanHandoff, llm_name
 from agentgraph.modes import Mode
@@ -206,7 +206,7 @@ def create_schema_enforcer(
         schema: the pydantic model to produce. Validators may read the input via :func:`source_text_of`.
         llm: the fallback after the SLM and its repair fail; it must support ``with_structured_output``.
             None goes straight to a human handoff.
-        decision_log: where each call's :class:`~agentgraph.decisions.Decision` is also written.
+        decision_log: where each call's :class:`~agentgraph.records.decisions.Decision` is also written.
         input_key: state key of the text to extract from.
         context_key: optional state key of extra text (earlier turns, say) shown to the model
             beside the text; values may come from either.

@@ -21,17 +21,17 @@ reviewer, a check): :meth:`SQLTraceStore.mark` sets ``accepted`` to True or
 False by call id; until then it is None and the call is no training data. A
 call that failed is stored as rejected, with its error. A call is stored with the
 personal data in its prompt, answer and metadata masked (see
-:func:`agentgraph.decisions.stored_record`): training data never holds a card number.
+:func:`agentgraph.records.decisions.stored_record`): training data never holds a card number.
 
-SLM decisions stay in the decision log (:mod:`agentgraph.decisions`). The store
-is a :class:`~agentgraph.decisions.DecisionLog` itself, by default kept in the
+SLM decisions stay in the decision log (:mod:`agentgraph.records.decisions`). The store
+is a :class:`~agentgraph.records.decisions.DecisionLog` itself, by default kept in the
 same SQLite file or PostgreSQL database, so one ``--traces`` path or URL holds
 both: give the store to nodes as their ``decision_log``, or give it another log
 to read from.
 
 Example:
     >>> from langchain_core.language_models import FakeListChatModel
-    >>> from agentgraph.distill.traces import LLMCallRecorder, SQLiteTraceStore
+    >>> from agentgraph.records.traces import LLMCallRecorder, SQLiteTraceStore
     >>> store = SQLiteTraceStore(":memory:")
     >>> llm = FakeListChatModel(responses=["track_order"])
     >>> _ = llm.invoke("where is my parcel?", config={"callbacks": [LLMCallRecorder(store)], "tags": ["step:route"]})
@@ -58,7 +58,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, conver
 from langchain_core.outputs import ChatGeneration, LLMResult
 from pydantic import BaseModel, Field
 
-from agentgraph.decisions import (
+from agentgraph.records.decisions import (
     Decision,
     DecisionLog,
     PostgresDecisionLog,
@@ -138,7 +138,7 @@ def message_text(message: Mapping[str, Any]) -> str:
 
 
 class SQLTraceStore(SQLStore):
-    """LLM calls in a SQL table; SLM decisions through a :class:`~agentgraph.decisions.DecisionLog`.
+    """LLM calls in a SQL table; SLM decisions through a :class:`~agentgraph.records.decisions.DecisionLog`.
 
     One implementation for both backends (:class:`SQLiteTraceStore`, :class:`PostgresTraceStore`),
     which supply the connection and the decision log (by default one in the same database). Safe
@@ -244,7 +244,7 @@ class SQLiteTraceStore(SQLTraceStore):
     Args:
         path: the SQLite file.
         decision_log: where decisions are written and read; default a
-            :class:`~agentgraph.decisions.SQLiteDecisionLog` on the same file.
+            :class:`~agentgraph.records.decisions.SQLiteDecisionLog` on the same file.
     """
 
     def __init__(self, path: str | Path, *, decision_log: DecisionLog | None = None) -> None:
@@ -258,7 +258,7 @@ class PostgresTraceStore(PostgresDialect, SQLTraceStore):
 
     Args:
         url: the database, ``postgresql://user@host/db``.
-        decision_log: default a :class:`~agentgraph.decisions.PostgresDecisionLog` in the same database.
+        decision_log: default a :class:`~agentgraph.records.decisions.PostgresDecisionLog` in the same database.
     """
 
     def __init__(self, url: str, *, decision_log: DecisionLog | None = None) -> None:

@@ -9,7 +9,7 @@ IBANs and the rest become ``[CARD_NUMBER]``, ``[EMAIL]``, ``[IBAN]``. The
 record in graph state, which the run itself uses, keeps them.
 
 Example:
-    >>> from agentgraph.decisions import Decision, SQLiteDecisionLog
+    >>> from agentgraph.records.decisions import Decision, SQLiteDecisionLog
     >>> log = SQLiteDecisionLog(":memory:")
     >>> log.record(Decision(node="router", kind="route", input="where is my order?", output="track_order",
     ...                     confidence=0.97, strategy="classifier", latency_ms=3.1))
