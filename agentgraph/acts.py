@@ -41,7 +41,7 @@ import re
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Literal, cast, get_args
 
 from pydantic import BaseModel, Field
 
@@ -167,6 +167,7 @@ class ActDetector:
         """The act of ``text`` (already cleaned)."""
         prediction = self.classifier.predict(text, detect_scope=False)
         return ActVerdict(
-            act=prediction.label, confidence=prediction.confidence, negation_cue=self.cues.negation_cue(text),
+            act=cast(RequestAct, prediction.label),  # trained on RequestActs; ActVerdict still validates it
+            confidence=prediction.confidence, negation_cue=self.cues.negation_cue(text),
             probabilities=prediction.probabilities,
         )  # fmt: skip

@@ -32,10 +32,12 @@ would keep str, int, float and bool values in a JSONB column in the clear
 
 Example:
     >>> from langgraph.checkpoint.memory import InMemorySaver
+    >>> from pydantic import BaseModel
     >>> from agentgraph.checkpointing import encrypted_serializer, new_checkpoint_key, state_serializer
-    >>> from agentgraph.support_schema import SupportTicket
-    >>> saver = InMemorySaver(serde=state_serializer(SupportTicket))
-    >>> serde = encrypted_serializer(new_checkpoint_key(), SupportTicket)
+    >>> class Ticket(BaseModel):  # one of your own types in state
+    ...     order_id: str | None = None
+    >>> saver = InMemorySaver(serde=state_serializer(Ticket))
+    >>> serde = encrypted_serializer(new_checkpoint_key(), Ticket)
     >>> kind, blob = serde.dumps_typed({"text": "card 4111 1111 1111 1111"})
     >>> kind, b"4111" in blob, serde.loads_typed((kind, blob))
     ('msgpack+aesgcm', False, {'text': 'card 4111 1111 1111 1111'})
@@ -49,7 +51,7 @@ import os
 import sqlite3
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -185,7 +187,7 @@ def sqlite_checkpointer(path: str | Path, *schemas: type, key: bytes | None = No
     return SqliteSaver(connection, serde=encrypted_serializer(key, *schemas))
 
 
-_CONNECTION_OPTIONS = {"autocommit": True, "prepare_threshold": 0}
+_CONNECTION_OPTIONS: dict[str, Any] = {"autocommit": True, "prepare_threshold": 0}
 """What LangGraph's Postgres savers need of their connection (with ``row_factory=dict_row``)."""
 
 

@@ -257,7 +257,7 @@ class ClarificationPolicy(BaseModel):
                 return self.declined(request=pending.request)
             allowed = YES_WORDS | YES_COMPANIONS | self._action_words(pending.candidates[0]) | set(_tokens(pending.reference or ""))
             if _says(tokens, YES_WORDS) and not _says(tokens, NO_WORDS) and all(token in allowed for token in tokens):
-                how = "confirmed" if pending.kind == "confirm" else "chosen"
+                how: Literal["confirmed", "chosen"] = "confirmed" if pending.kind == "confirm" else "chosen"
                 return ClarifiedRequest(label=pending.candidates[0], text=pending.request, consent=how)
         if pending.kind == "choose":
             label = self._picked(pending, tokens, best_label)

@@ -25,8 +25,17 @@ calibration, metrics, data hash) and ``arrays.npz``: no pickles.
 
 Example:
     >>> from agentgraph.classifier import IntentClassifier
-    >>> from agentgraph.graphs.support_router import support_router_path
-    >>> classifier = IntentClassifier.load(support_router_path())  # trained on first use (~2-3 min)
+    >>> examples = {
+    ...     "cancel_order": ["cancel my order", "please cancel order 1234", "I want to cancel the purchase",
+    ...                      "stop my order", "cancel it now", "I no longer want order 55"],
+    ...     "track_order": ["where is my order", "track order 1234", "when does my parcel arrive",
+    ...                     "status of my purchase", "has my order shipped", "where is package 77"],
+    ...     "get_refund": ["I want my money back", "refund order 1234", "give me a refund", "can I get a refund",
+    ...                    "return my money please", "refund for the broken lamp"],
+    ... }
+    >>> texts = [text for requests in examples.values() for text in requests]
+    >>> labels = [label for label, requests in examples.items() for _ in requests]
+    >>> classifier = IntentClassifier.train(texts, labels)  # a few seconds on CPU
     >>> prediction = classifier.predict("I want to cancel order 1234")
     >>> prediction.label, prediction.in_scope
     ('cancel_order', True)

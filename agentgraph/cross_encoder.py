@@ -8,17 +8,20 @@ them into one relevance logit. Training is listwise: the passages of each
 query compete in one softmax (sentence-transformers' :class:`ListNetLoss`), so
 every step teaches the model to put the relevant passage first, which a
 pointwise loss on a few hundred CPU steps does not (it learns the base rate).
-The example reranker is trained on the customer-support data: a request is
-relevant to the reference responses of its own intent and irrelevant to those
-of other intents (hard negatives from the same category first).
+:func:`cached_cross_encoder` trains one on first use and keeps it, retrained
+when its pairs, settings or recipe change. The example graph's reranker is
+trained that way on the customer-support data
+(:func:`agentgraph.graphs.customer_support.policies.support_reranker_folder`).
 
 Example:
-    >>> from agentgraph.cross_encoder import RelevancePair, train_cross_encoder
+    >>> from agentgraph.cross_encoder import RelevancePair, pairs_digest, ranking_lists, train_cross_encoder
     >>> pairs = [RelevancePair(query="where is my parcel?", passage="Track it under Orders.", label=1.0),
     ...          RelevancePair(query="where is my parcel?", passage="Your invoice is attached.", label=0.0)]
+    >>> ranking_lists(pairs)
+    [('where is my parcel?', ['Track it under Orders.', 'Your invoice is attached.'], [1.0, 0.0])]
+    >>> len(pairs_digest(pairs))
+    64
     >>> folder = train_cross_encoder(pairs, output_dir="/tmp/tiny-reranker")  # doctest: +SKIP
-    >>> from agentgraph.graphs.customer_support import support_reranker_folder
-    >>> folder = support_reranker_folder()  # the example's reranker: trained on first use (minutes on CPU), cached after
 """
 
 from __future__ import annotations
@@ -28,7 +31,6 @@ import json
 import logging
 import math
 import os
-import random
 import shutil
 import tempfile
 import time
@@ -40,7 +42,6 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, Field
 from torch import Tensor, nn
 
-from agentgraph.datasets import SupportRequest
 from agentgraph.errors import ModelNotFoundError
 from agentgraph.slm.models import cache_dir
 
@@ -233,49 +234,6 @@ def train_cross_encoder(
         shutil.rmtree(staging, ignore_errors=True)
     logger.info("trained a cross-encoder on %d pairs in %.0f s into %s", len(pairs), info["training_seconds"], output)
     return output
-
-
-def support_relevance_pairs(
-    rows: Sequence[SupportRequest],
-    *,
-    max_queries: int = 400,
-    negatives_per_query: int = 2,
-    seed: int = TRAINING_SEED,
-) -> list[RelevancePair]:
-    """Relevance pairs from customer-support requests and their reference responses.
-
-    For each of up to ``max_queries`` requests (sampled with ``seed``): one
-    positive, a reference response written for another request of the same
-    intent (the reranker must learn intent relevance, not recognise a
-    request's own answer), and ``negatives_per_query`` negatives, responses of
-    other intents, half of them (rounded up) from the same category, where
-    they are hardest to tell apart.
-    """
-    if negatives_per_query < 1:
-        raise ValueError("negatives_per_query must be at least 1")
-    by_intent: dict[str, list[SupportRequest]] = defaultdict(list)
-    for row in rows:
-        by_intent[row.intent].append(row)
-    if len(by_intent) < 2:
-        raise ValueError("relevance pairs need requests of at least two intents")
-    intents_by_category: dict[str, set[str]] = defaultdict(set)
-    for row in rows:
-        intents_by_category[row.category].add(row.intent)
-
-    rng = random.Random(seed)
-    queries = rng.sample(list(rows), min(max_queries, len(rows)))
-    pairs: list[RelevancePair] = []
-    for query in queries:
-        same_intent = [row for row in by_intent[query.intent] if row is not query] or [query]
-        pairs.append(RelevancePair(query=query.text, passage=rng.choice(same_intent).response, label=1.0))
-        near_intents = sorted(intents_by_category[query.category] - {query.intent})
-        far_intents = sorted(set(by_intent) - {query.intent} - set(near_intents))
-        hard = (negatives_per_query + 1) // 2 if near_intents else 0
-        for position in range(negatives_per_query):
-            pool = near_intents if position < hard else (far_intents or near_intents)
-            negative = rng.choice(by_intent[rng.choice(pool)])
-            pairs.append(RelevancePair(query=query.text, passage=negative.response, label=0.0))
-    return pairs
 
 
 def training_info(folder: str | os.PathLike[str]) -> dict[str, Any] | None:

@@ -143,6 +143,10 @@ class EmptyInputError(AgentGraphError, ValueError):
     """A node, or an SLM call, was given no text to work on."""
 
 
+class InputTooLargeError(AgentGraphError, ValueError):
+    """A node was given more input than its ``max_input_chars`` allows."""
+
+
 class IdempotencyError(AgentGraphError):
     """An idempotency key could not be used as asked."""
 
@@ -172,6 +176,14 @@ class MissingThreadIdError(AgentGraphError, ValueError):
 
 class NoToolCallsError(AgentGraphError, ValueError):
     """A tool node found no AI message with tool calls to run."""
+
+
+class ToolCallIdError(AgentGraphError, ValueError):
+    """Tool calls of one message lack ids or share one, so an answer cannot be matched to its call."""
+
+
+class ToolArgumentsError(AgentGraphError, ValueError):
+    """Arguments made for a tool do not fit its schema."""
 
 
 class ApprovalResponseError(AgentGraphError, ValueError):

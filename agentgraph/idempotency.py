@@ -277,15 +277,17 @@ class SQLIdempotencyStore(ABC):
                     return Reservation(key=key, started=True, token=token)
                 # Postgres: another transaction inserted the key since we looked; read what it wrote.
                 record = self._locked_record(execute, key)
+                if record is None:  # ... and it was forgotten again before this transaction could lock it
+                    raise IdempotencyConflictError(key, "another worker reserved and dropped this key meanwhile; retry")
             if record.request_hash != request_hash:
                 raise IdempotencyKeyReuseError(key, "it was first used with other arguments; use a new key")
             if record.status != "in_flight":
                 return Reservation(key=key, started=False, record=record)
-            owner_dead = record.owner is not None and record.owner.is_dead()
-            if self._lease_live(record, now) and not owner_dead:
+            dead_owner = record.owner if record.owner is not None and record.owner.is_dead() else None
+            if self._lease_live(record, now) and dead_owner is None:
                 raise IdempotencyConflictError(key, "a call with this key is still running; retry when it is done")
             if not recover_stale:
-                raise IdempotencyOutcomeUnknownError(key, _outcome_unknown(record, owner_dead))
+                raise IdempotencyOutcomeUnknownError(key, _outcome_unknown(record, dead_owner))
             execute(
                 self._sql(
                     "UPDATE idempotency_keys SET token = ?, attempts = attempts + 1, updated_at = ?,"
@@ -366,10 +368,11 @@ class SQLIdempotencyStore(ABC):
         return IdempotencyRecord.model_validate(values)
 
 
-def _outcome_unknown(record: IdempotencyRecord, owner_dead: bool) -> str:
-    """Why a stale key's outcome is unknown, and what the operator and the customer can do about it."""
-    if owner_dead:
-        died = f"its worker (pid {record.owner.pid} on {record.owner.host.split()[0]}) died"
+def _outcome_unknown(record: IdempotencyRecord, dead_owner: KeyOwner | None) -> str:
+    """Why a stale key's outcome is unknown (``dead_owner``: the worker known to have died, if any), and what the
+    operator and the customer can do about it."""
+    if dead_owner is not None:
+        died = f"its worker (pid {dead_owner.pid} on {dead_owner.host.split()[0]}) died"
     else:
         died = "its worker's lease ran out (it died, or ran past lease_s)"
     return (

@@ -29,10 +29,16 @@ import hashlib
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from agentgraph.errors import ConfigError
+
+if TYPE_CHECKING:
+    # The type checker sees the mixin's place in the MRO; at run time records imports this module, not the reverse.
+    from agentgraph.records.decisions import SQLStore as _DialectBase
+else:
+    _DialectBase = object
 
 URL_SCHEMES = ("postgresql://", "postgres://")
 
@@ -125,12 +131,11 @@ def setup_lock(url: str) -> Iterator[None]:
         yield
 
 
-class PostgresDialect:
+class PostgresDialect(_DialectBase):
     """Mixed into an :class:`agentgraph.records.decisions.SQLStore`: a connection to a URL, psycopg's placeholders, and
     tables created under :data:`SETUP_LOCK` (workers that start at once create them one after another)."""
 
     _placeholder = "%s"
-    _conn: Any
 
     def __init__(self, url: str, **options: Any) -> None:
         super().__init__(connect(url), describe_url(url), **options)

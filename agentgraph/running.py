@@ -46,7 +46,7 @@ import hashlib
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -112,7 +112,9 @@ def run_turn(
     *,
     resume: Any = None,
     thread_id: str | None = None,
-    customer_id: str | None = None,
+    inputs: Mapping[str, str | None] | None = None,
+    input_key: str = "text",
+    response_key: str = "response",
     callbacks: list[BaseCallbackHandler] | None = None,
     metadata: dict[str, Any] | None = None,
     lock_dir: str | Path | None = None,
@@ -122,13 +124,17 @@ def run_turn(
     """Send ``message`` (or, with ``resume``, answer the pending interrupt) on ``thread_id`` and report.
 
     The graph needs a checkpointer for ``resume`` and for a thread to carry over turns.
+    The message goes into the state under ``input_key`` (the router's ``text``), beside ``inputs``, the
+    graph's own further input keys (``{"customer_id": "C1001"}``, say; one without a value is left out);
+    the response is read from ``response_key`` once the turn ends. The route, intent and confidence are
+    the router's keys (:class:`~agentgraph.nodes.router.RouterState`), when the graph has a router.
     ``callbacks`` (a Langfuse handler, say) and ``metadata`` go into the run's config.
     The turn holds its thread (see the module docstring): in this process always, across
     processes through a lock file in ``lock_dir`` when given, and across machines through an
     advisory lock in the PostgreSQL database ``database_url`` when given; it waits up to
     ``wait_s`` seconds for a turn already on the thread.
     """
-    graph_input = _turn_input(message, resume, customer_id)
+    graph_input = _turn_input(message, resume, input_key, inputs)
     thread_id = uuid.uuid4().hex if thread_id in (None, "") else require_utf8(thread_id, what="thread id")
     counter = LLMCallCounter()
     config: RunnableConfig = {
@@ -139,7 +145,7 @@ def run_turn(
     with hold_thread(thread_id, lock_dir=lock_dir, database_url=database_url, wait_s=wait_s):
         if resume is not None:
             check_resumable(graph, config)
-        result = _stream_turn(graph, graph_input, config, counter)
+        result = _stream_turn(graph, graph_input, config, counter, response_key)
     if resume is not None and result.interrupt is not None and "error" in result.interrupt:
         # The node asked again because the answer did not fit: the caller's resume value was wrong.
         refusal = " ".join(str(result.interrupt["error"]).split())
@@ -150,15 +156,16 @@ def run_turn(
     return result
 
 
-def _turn_input(message: Any, resume: Any, customer_id: str | None) -> Any:
-    """What the graph is given for a turn: the resume command, or the new message (and its customer)."""
+def _turn_input(message: Any, resume: Any, input_key: str, inputs: Mapping[str, str | None] | None) -> Any:
+    """What the graph is given for a turn: the resume command, or the new message (and the other input keys)."""
     if (message is None) == (resume is None):
         raise TurnInputError("give a message or a resume value, not both or neither")
     if resume is not None:
         return Command(resume=resume)
-    graph_input = {"text": require_utf8(message, what="message")}
-    if customer_id:
-        graph_input["customer_id"] = require_utf8(customer_id, what="customer id")
+    graph_input = {input_key: require_utf8(message, what="message")}
+    for key, value in (inputs or {}).items():
+        if value:
+            graph_input[key] = require_utf8(value, what=key.replace("_", " "))
     return graph_input
 
 
@@ -175,7 +182,7 @@ def check_resumable(graph: CompiledStateGraph, config: RunnableConfig) -> None:
 
 
 def _stream_turn(
-    graph: CompiledStateGraph, graph_input: Any, config: RunnableConfig, counter: LLMCallCounter
+    graph: CompiledStateGraph, graph_input: Any, config: RunnableConfig, counter: LLMCallCounter, response_key: str
 ) -> TurnResult:
     started = time.perf_counter()
     nodes: list[str] = []
@@ -198,7 +205,7 @@ def _stream_turn(
         nodes=nodes,
         llm_calls=counter.calls,
         slm_calls=sum(decision.strategy in SMALL_MODEL_STRATEGIES for decision in decisions),
-        response=None if pending else state.get("response"),
+        response=None if pending else state.get(response_key),
         interrupt=pending,
         latency_ms=latency_ms,
         decisions=decisions,

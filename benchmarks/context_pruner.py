@@ -27,8 +27,8 @@ from collections import defaultdict
 import numpy as np
 
 from agentgraph.cross_encoder import packaged_minilm, training_info
-from agentgraph.datasets import SupportRequest, load_customer_support, split_customer_support
 from agentgraph.graphs.customer_support import support_reranker_folder
+from agentgraph.graphs.customer_support.bitext import SupportRequest, load_customer_support, split_customer_support
 from agentgraph.nodes.context_pruner import Reranker, create_context_pruner
 
 POOL_SIZE = 20

@@ -30,14 +30,14 @@ from collections import Counter, defaultdict
 import numpy as np
 from langchain_core.language_models import FakeListChatModel
 
-from agentgraph.datasets import load_customer_support, split_customer_support
 from agentgraph.graphs.customer_support import (
     POLICY_SECTION_OF_INTENT,
+    ROUTES,
     CustomerSupportParts,
     compose,
     load_policy_sections,
 )
-from agentgraph.graphs.support_router import ROUTES
+from agentgraph.graphs.customer_support.bitext import load_customer_support, split_customer_support
 from agentgraph.running import run_turn
 from agentgraph.slm import SLMSettings, load_slm
 

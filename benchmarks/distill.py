@@ -43,6 +43,7 @@ from agentgraph.commands.distill import extraction_gate_lines, gate_lines
 from agentgraph.distill.extract import gate_extractor, train_extractor_slm
 from agentgraph.distill.gate import gate_router
 from agentgraph.distill.train import DistillSettings, LoraSettings, train_router_slm
+from agentgraph.graphs.customer_support import CUSTOMER_SUPPORT_INTENTS, SupportExtraction
 
 
 def build_dataset(folder: Path, role: str) -> Path:
@@ -86,15 +87,18 @@ def main() -> int:
         num_threads=args.threads, describe_schema=args.describe_schema,
         lora=LoraSettings(rank=args.lora_rank) if args.lora_rank else None,
     )  # fmt: skip
-    train = train_router_slm if args.role == "route" else train_extractor_slm
+    if args.role == "route":
+        train, role_options = train_router_slm, {"descriptions": CUSTOMER_SUPPORT_INTENTS}
+    else:
+        train, role_options = train_extractor_slm, {"schema": SupportExtraction}
     if not args.gate_only:
-        train(data, output_dir=model, settings=settings, resume=args.resume, overwrite=not args.resume)
+        train(data, output_dir=model, settings=settings, resume=args.resume, overwrite=not args.resume, **role_options)
     manifest = json.loads((model / "manifest.json").read_text())
 
     started = time.perf_counter()
     base = {"base": args.base_rows > 0, "base_limit": args.base_rows or None}
     if args.role == "route":
-        report = gate_router(model, data, limit=args.limit, dev_limit=args.dev_limit, **base)
+        report = gate_router(model, data, limit=args.limit, dev_limit=args.dev_limit, descriptions=CUSTOMER_SUPPORT_INTENTS, **base)
     else:
         report = gate_extractor(model, data, limit=args.limit, **base)
     gate_seconds = time.perf_counter() - started

@@ -58,8 +58,9 @@ import numpy as np
 from pydantic import BaseModel
 
 from agentgraph.classifier import OUT_OF_SCOPE
-from agentgraph.datasets import load_customer_support, read_records, split_customer_support
-from agentgraph.graphs.support_router import ORDER_REFERENCE, ROUTES, WRITE_POLICY, support_router
+from agentgraph.datasets import read_records
+from agentgraph.graphs.customer_support import ORDER_REFERENCE, ROUTES, WRITE_POLICY, support_router
+from agentgraph.graphs.customer_support.bitext import load_customer_support, split_customer_support
 from agentgraph.nodes.router import Router, RoutingDecision, score_verdicts
 from agentgraph.perturb import PERTURBATIONS, id_only, realistic
 

@@ -34,8 +34,8 @@ import numpy as np
 
 from agentgraph.classifier import IntentClassifier, SentenceEncoder
 from agentgraph.commands.eval import read_labelled
-from agentgraph.datasets import SPLIT_SEED, load_customer_support, split_customer_support
-from agentgraph.graphs.support_router import CUSTOMER_SUPPORT_INTENTS, support_router_path, train_support_router
+from agentgraph.graphs.customer_support import CUSTOMER_SUPPORT_INTENTS, support_router_path, train_support_router
+from agentgraph.graphs.customer_support.bitext import SPLIT_SEED, load_customer_support, split_customer_support
 from agentgraph.nodes.router import OUT_OF_SCOPE, ClassifierStrategy, Router, SLMStrategy, evaluate_router
 
 UNRELATED = Path(__file__).parent / "data" / "unrelated_requests.jsonl"

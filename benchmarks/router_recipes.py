@@ -5,7 +5,7 @@ Run: ``python benchmarks/router_recipes.py [--recipes bitext,phrasings,default,.
 Each recipe trains the example's classifier differently (about two minutes
 each on two cores) and is scored the same ways:
 
-- cross-fitted, on the hand-written training phrasings (``graphs/data``): the
+- cross-fitted, on the hand-written training phrasings (``graphs/customer_support/data``): the
   coverage the gate leaves at its selective accuracy, the figure the recipes'
   settings were chosen on (the stress set below was never used to choose);
 - on the stress set of ``benchmarks/real_traffic.py`` (classifier alone, so
@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from agentgraph.classifier import IntentClassifier, SentenceEncoder
-from agentgraph.datasets import load_customer_support, split_customer_support
-from agentgraph.graphs import support_router
+from agentgraph.graphs import customer_support
+from agentgraph.graphs.customer_support.bitext import load_customer_support, split_customer_support
 from agentgraph.nodes.router import ClassifierStrategy, Router
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -41,21 +41,21 @@ BITEXT_ONLY = {"lexical_weight": 0.3, "target_selective_accuracy": 0.998, "max_g
 RECIPES: dict[str, dict[str, Any]] = {
     "bitext": {"sources": ("bitext",), "copies": 0, "fit": None, "settings": BITEXT_ONLY},
     "phrasings": {"sources": ("bitext", "phrasings", "out_of_scope"), "copies": 0, "fit": None,
-                  "settings": {**support_router.ROUTER_SETTINGS, "lexical_weight": 0.3}},
-    "augmented": {"sources": None, "copies": 1, "fit": None, "settings": {**support_router.ROUTER_SETTINGS, "lexical_weight": 0.3}},
-    "default": {"sources": None, "copies": support_router.AUGMENTED_COPIES, "fit": support_router.REALISTIC_SOURCES,
-                "settings": support_router.ROUTER_SETTINGS},
-    "no_augmentation": {"sources": None, "copies": 0, "fit": support_router.REALISTIC_SOURCES,
-                        "settings": support_router.ROUTER_SETTINGS},
-    "two_copies": {"sources": None, "copies": 2, "fit": support_router.REALISTIC_SOURCES,
-                   "settings": support_router.ROUTER_SETTINGS},
-    "lexical_0.3": {"sources": None, "copies": support_router.AUGMENTED_COPIES, "fit": support_router.REALISTIC_SOURCES,
-                    "settings": {**support_router.ROUTER_SETTINGS, "lexical_weight": 0.3}},
+                  "settings": {**customer_support.ROUTER_SETTINGS, "lexical_weight": 0.3}},
+    "augmented": {"sources": None, "copies": 1, "fit": None, "settings": {**customer_support.ROUTER_SETTINGS, "lexical_weight": 0.3}},
+    "default": {"sources": None, "copies": customer_support.AUGMENTED_COPIES, "fit": customer_support.REALISTIC_SOURCES,
+                "settings": customer_support.ROUTER_SETTINGS},
+    "no_augmentation": {"sources": None, "copies": 0, "fit": customer_support.REALISTIC_SOURCES,
+                        "settings": customer_support.ROUTER_SETTINGS},
+    "two_copies": {"sources": None, "copies": 2, "fit": customer_support.REALISTIC_SOURCES,
+                   "settings": customer_support.ROUTER_SETTINGS},
+    "lexical_0.3": {"sources": None, "copies": customer_support.AUGMENTED_COPIES, "fit": customer_support.REALISTIC_SOURCES,
+                    "settings": {**customer_support.ROUTER_SETTINGS, "lexical_weight": 0.3}},
 }  # fmt: skip
 
 
 def train(recipe: dict[str, Any], encoder: SentenceEncoder) -> IntentClassifier:
-    rows = support_router.router_training_rows(copies=recipe["copies"])
+    rows = customer_support.router_training_rows(copies=recipe["copies"])
     if recipe["sources"] is not None:
         rows = [row for row in rows if row[3] in recipe["sources"]]
     texts, labels, groups, sources = zip(*rows, strict=True)
@@ -64,7 +64,7 @@ def train(recipe: dict[str, Any], encoder: SentenceEncoder) -> IntentClassifier:
 
 
 def measure(classifier: IntentClassifier, messages, bitext) -> dict[str, Any]:
-    router = Router([ClassifierStrategy(classifier)], routes=support_router.ROUTES)
+    router = Router([ClassifierStrategy(classifier)], routes=customer_support.ROUTES)
     phrasings = classifier.manifest.metrics.get("by_source", {}).get("phrasings")
     return {
         "phrasings_cross_fitted": phrasings,

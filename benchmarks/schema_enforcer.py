@@ -1,7 +1,7 @@
 """Benchmark the schema enforcer on the Bitext customer-support test split.
 
 Runs :func:`agentgraph.nodes.schema_enforcer.create_schema_enforcer` with
-:class:`agentgraph.support_schema.SupportTicket` over the test rows that carry
+:class:`agentgraph.graphs.customer_support.ticket.SupportTicket` over the test rows that carry
 an ``order_id`` entity, plus a sample of rows without one, and prints:
 
 - schema-valid %: outputs that re-validate against the schema with their input (target 100%);
@@ -34,11 +34,11 @@ from pathlib import Path
 
 import numpy as np
 
-from agentgraph.datasets import load_customer_support, split_customer_support
+from agentgraph.graphs.customer_support.bitext import load_customer_support, split_customer_support
 from agentgraph.llm import default_llm
 from agentgraph.nodes.schema_enforcer import create_schema_enforcer
 from agentgraph.slm import VLLMSLM, TransformersSLM
-from agentgraph.support_schema import SupportTicket
+from agentgraph.graphs.customer_support import SupportTicket
 
 
 def normalise_id(value: str | None) -> str | None:

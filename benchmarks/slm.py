@@ -19,7 +19,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
-from agentgraph.datasets import load_customer_support, split_customer_support
+from agentgraph.graphs.customer_support.bitext import load_customer_support, split_customer_support
 from agentgraph.slm import SLM, TransformersSLM, VLLMSLM
 from agentgraph.slm.server import ServeSettings, VLLMServer
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from agentgraph.cross_encoder import TRAINING_INFO, support_relevance_pairs, train_cross_encoder
+from agentgraph.cross_encoder import TRAINING_INFO, train_cross_encoder
+from agentgraph.graphs.customer_support.policies import support_relevance_pairs
 
 TINY_QUERIES = 480
 """60 steps of the default 8 queries, about 90 s on two cores; half as many stay near chance on held-out requests."""

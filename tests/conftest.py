@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import pytest
 
-from agentgraph.datasets import SupportRequest, load_customer_support, split_customer_support
+if TYPE_CHECKING:
+    from agentgraph.graphs.customer_support.bitext import SupportRequest
 
 
 # Fixtures that load a real model or start a server: a test using one is slow whatever its own marks say,
@@ -31,6 +33,8 @@ def embedded_slm():
 @pytest.fixture(scope="session")
 def support_splits() -> dict[str, list[SupportRequest]]:
     """The fixed-seed train/dev/test split of the Bitext customer-support data."""
+    from agentgraph.graphs.customer_support.bitext import load_customer_support, split_customer_support
+
     return split_customer_support(load_customer_support())
 
 

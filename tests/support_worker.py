@@ -127,7 +127,7 @@ def execute(graph: Any, run: dict[str, Any], url: str, name: str) -> dict[str, A
     message = payload.get("message")
     how = "fresh"
     if run["attempts"] == 1:
-        run_turn(graph, message, resume=resume, thread_id=thread_id, customer_id=payload.get("customer"),
+        run_turn(graph, message, resume=resume, thread_id=thread_id, inputs={"customer_id": payload.get("customer")},
                  metadata=metadata, database_url=url, wait_s=120)  # fmt: skip
     else:
         config = {"configurable": {"thread_id": thread_id}, "metadata": metadata}

@@ -13,7 +13,7 @@ import pytest
 from scripted_llm import answering_llm
 
 from agentgraph.errors import AgentGraphError
-from agentgraph.graphs.shop import DEMO_CUSTOMER
+from agentgraph.graphs.customer_support.shop import DEMO_CUSTOMER
 
 pytestmark = pytest.mark.slow
 

@@ -21,7 +21,7 @@ from langgraph.types import Command
 from agentgraph.checkpointing import sqlite_checkpointer
 from agentgraph.records.decisions import DecisionState
 from agentgraph.errors import NoToolCallsError
-from agentgraph.graphs.shop import DEMO_CUSTOMER, Shop, ShopError
+from agentgraph.graphs.customer_support.shop import DEMO_CUSTOMER, Shop, ShopError
 from agentgraph.idempotency import SQLiteIdempotencyStore
 from agentgraph.nodes.consequence import ConsequencePolicy, create_guarded_tool_node
 from agentgraph.write_safety import WriteConsent

@@ -1,4 +1,6 @@
-"""The consequence modeler: classification, exactly-once execution, approvals, faults, restarts and races.
+"""The consequence modeler: classification, exactly-once execution, approvals, faults, restarts and races; what
+LangGraph's ToolNode gives the guarded node (injected state and runtime, Command results, async and parallel calls,
+the guard as a plain hook) and a tool call made from an extracted object.
 
 Side effects are counted in the tools' own database (:mod:`consequence_shop`). Every test that uses the
 idempotency store runs on SQLite and on a real PostgreSQL server (``backend``), restarts and races included.
@@ -6,30 +8,45 @@ idempotency store runs on SQLite and on a real PostgreSQL server (``backend``), 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import signal
+import threading
 import time
+from typing import Annotated
 
 import pytest
 from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
-from langchain_core.messages import AIMessage
-from langchain_core.tools import tool
+from langchain_core.messages import AIMessage, ToolMessage
+from langchain_core.tools import InjectedToolArg, InjectedToolCallId, tool
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import START, StateGraph
-from langgraph.types import Command
+from langgraph.prebuilt import InjectedState, ToolNode, ToolRuntime
+from langgraph.types import Command, Send, interrupt
+from pydantic import BaseModel
 
 from agentgraph.records.decisions import SQLiteDecisionLog
-from agentgraph.errors import ConfigError, MissingThreadIdError, NoToolCallsError
+from agentgraph.errors import (
+    ConfigError,
+    IdempotencyConflictError,
+    MissingThreadIdError,
+    NoToolCallsError,
+    ToolArgumentsError,
+    ToolCallIdError,
+)
 from agentgraph.idempotency import DEFAULT_LEASE_S, derive_idempotency_key, request_fingerprint
 from agentgraph.nodes.consequence import (
     CONSEQUENCE_DESCRIPTIONS,
     REQUEST_CHARS,
+    ConsequenceGuard,
     ConsequencePolicy,
+    GuardedToolNode,
     calibrate,
     classify_tool_call,
     content_free_prior,
     create_guarded_tool_node,
+    tool_call_from,
 )
 from consequence_shop import (
     POLICY,
@@ -759,3 +776,316 @@ def test_1000_randomized_retries_and_resumes_cause_no_duplicate_side_effects(key
     assert rows_written > 600
     assert live["restarts"] > 100, "crashes and restarts were exercised"
     assert sum(shop.runs.values()) > rows_written + 200, "tools ran again on retries and recoveries"
+
+
+# --- what LangGraph's ToolNode gives the guarded node ------------------------------------------------------
+
+
+class NotedState(ShopState, total=False):
+    order_status: str
+
+
+def _graph(node, state=ShopState, checkpointer=None):
+    return StateGraph(state).add_node("tools", node).add_edge(START, "tools").compile(checkpointer=checkpointer)
+
+
+def test_a_guarded_tool_gets_injected_state_and_runtime_and_its_key_never_a_forged_one(store):
+    @tool
+    def tag_request(
+        tag: str,
+        request: Annotated[str, InjectedState("request")],
+        runtime: ToolRuntime,
+        idempotency_key: Annotated[str, InjectedToolArg],
+    ) -> str:
+        """Tag the customer's request."""
+        thread_id = runtime.config["configurable"]["thread_id"]
+        return f"{tag} on {request!r} in {thread_id} for {runtime.tool_call_id} under {idempotency_key}"
+
+    node = create_guarded_tool_node(
+        [tag_request], policy=ConsequencePolicy(tools={"tag_request": "retry_safe"}), idempotency_store=store
+    )
+    call = ("tag_request", {"tag": "vip", "idempotency_key": "forged"})
+
+    result = _graph(node).invoke(tool_calls(call, request="where is A1?"), thread("t1"))
+
+    assert isinstance(node, ToolNode) and isinstance(node, GuardedToolNode)
+    message = result["messages"][-1]
+    key = message.response_metadata["idempotency_key"]
+    assert key == derive_idempotency_key("t1", *call) != "forged"
+    assert message.content == f"vip on 'where is A1?' in t1 for call-0-tag_request under {key}"
+    assert [(d.output, d.outcome) for d in result["decisions"]] == [("retry_safe", "executed")]
+
+
+def test_a_tool_that_returns_a_command_updates_the_state_once_and_is_replayed_as_its_message(store):
+    runs = []
+
+    @tool
+    def set_status(order_id: str, status: str, tool_call_id: Annotated[str, InjectedToolCallId]) -> Command:
+        """Set an order's status."""
+        runs.append(order_id)
+        message = ToolMessage(f"{order_id} is {status}", tool_call_id=tool_call_id)
+        return Command(update={"order_status": status, "messages": [message]})
+
+    @tool
+    def get_status(order_id: str) -> str:
+        """Look up an order's status."""
+        return f"{order_id}: shipped"
+
+    node = create_guarded_tool_node(
+        [set_status, get_status],
+        policy=ConsequencePolicy(tools={"set_status": "retry_safe", "get_status": "safe"}),
+        idempotency_store=store,
+    )
+    graph = _graph(node, NotedState, InMemorySaver())
+    calls = (("set_status", {"order_id": "A1", "status": "on hold"}), ("get_status", {"order_id": "A1"}))
+
+    first = graph.invoke(tool_calls(*calls), thread("t1"))
+    graph.update_state(thread("t1"), {"order_status": "changed by hand"})
+    again = graph.invoke(tool_calls(*calls), thread("t1"))
+
+    assert first["order_status"] == "on hold"
+    assert [m.content for m in first["messages"][1:]] == ["A1 is on hold", "A1: shipped"], "in call order"
+    assert [(d.input["tool"], d.outcome) for d in first["decisions"]] == [
+        ("set_status", "executed"),
+        ("get_status", "executed"),
+    ]
+    assert first["messages"][1].response_metadata["consequence"] == "retry_safe"
+    assert runs == ["A1"], "the redelivered call did not run again"
+    assert again["messages"][-2].content == "A1 is on hold" and again["messages"][-2].response_metadata["replayed"]
+    assert again["order_status"] == "changed by hand", "a replay answers with the message; the update ran once"
+    assert [d.outcome for d in again["decisions"][-2:]] == ["replayed", "executed"]
+
+
+def test_async_calls_through_ainvoke_run_exactly_once_and_wait_for_approval(shop, store):
+    graph = shop_graph(shop, store, checkpointer=InMemorySaver())
+
+    async def turn():
+        paused = await graph.ainvoke(tool_calls(CHARGE, REFUND), thread("t1"))
+        nothing_ran = dict(shop.runs)
+        done = await graph.ainvoke(Command(resume=APPROVE), thread("t1"))
+        again = await graph.ainvoke(tool_calls(CHARGE, REFUND), thread("t1"))
+        return paused, nothing_ran, done, again
+
+    paused, nothing_ran, done, again = asyncio.run(turn())
+
+    assert [r["name"] for r in paused["__interrupt__"][0].value["action_requests"]] == ["refund_order"]
+    assert nothing_ran == {}, "no call runs before the person has decided, the retry-unsafe charge included"
+    assert [m.content for m in done["messages"][1:]] == ["charge 1: 20.0 from ana", "refunded 30.0 for A1"]
+    assert [d.outcome for d in done["decisions"]] == ["executed", "executed"]
+    assert "__interrupt__" not in again and [d.outcome for d in again["decisions"][-2:]] == ["replayed", "replayed"]
+    assert dict(shop.runs) == {"charge_card": 1, "refund_order": 1}
+    assert (shop.count("charges"), shop.count("refunds")) == (1, 1)
+
+
+def test_concurrent_duplicate_calls_through_ainvoke_run_once(keys_at, shop):
+    shop.inject("charge_card", "slow")
+    stores = [open_idempotency_store(keys_at) for _ in range(6)]
+    graphs = [shop_graph(shop, store, retry_policy=None) for store in stores]
+
+    async def contend():
+        return await asyncio.gather(
+            *(graph.ainvoke(tool_calls(CHARGE), thread("shared")) for graph in graphs), return_exceptions=True
+        )
+
+    results = asyncio.run(contend())
+    for store in stores:
+        store.close()
+
+    outcomes = ["conflict" if isinstance(r, IdempotencyConflictError) else r["decisions"][-1].outcome for r in results]
+    assert outcomes.count("executed") == 1 and set(outcomes) <= {"executed", "conflict", "replayed"}, outcomes
+    assert shop.runs["charge_card"] == 1 and shop.count("charges", "charge-1") == 1
+
+
+@pytest.mark.parametrize("entry", ["invoke", "ainvoke"])
+def test_a_fault_in_one_call_lets_the_others_finish_and_record_before_the_node_fails(shop, store, decision_log, entry):
+    @tool
+    def flaky_lookup(order_id: str) -> str:
+        """Look an order up in a service that is down."""
+        raise ConnectionError("the order service is down")
+
+    flaky_lookup.metadata = {"readOnlyHint": True}
+    shop.inject("charge_card", "slow")
+    node = create_guarded_tool_node(
+        [*shop.tools(), flaky_lookup], policy=POLICY, idempotency_store=store, decision_log=decision_log
+    )
+    graph = _graph(node)
+    calls = tool_calls(CHARGE, ("flaky_lookup", {"order_id": "A1"}))
+
+    with pytest.raises(ConnectionError, match="service is down"):
+        graph.invoke(calls, thread("t1")) if entry == "invoke" else asyncio.run(graph.ainvoke(calls, thread("t1")))
+
+    assert store.get(derive_idempotency_key("t1", *CHARGE)).status == "completed", "not left in flight"
+    assert [d.outcome for d in decision_log.decisions(node="guarded_tools")] == [
+        "executed",
+        "error: ConnectionError: the order service is down",
+    ]
+    assert shop.count("charges", "charge-1") == 1
+
+
+@pytest.mark.parametrize("entry", ["invoke", "ainvoke"])
+def test_the_calls_of_one_message_run_in_parallel_after_one_interrupt_for_all_approvals(shop, store, entry):
+    both_running = threading.Barrier(2, timeout=10)  # passes only while both calls run at once
+    ran = []
+
+    def meets(name: str):
+        @tool(name)
+        def waiting(order_id: str) -> str:
+            """Look an order up, slowly."""
+            both_running.wait()
+            ran.append(name)
+            return f"{name}: {order_id}"
+
+        waiting.metadata = {"readOnlyHint": True}
+        return waiting
+
+    node = create_guarded_tool_node(
+        [*shop.tools(), meets("first_lookup"), meets("second_lookup")], policy=POLICY, idempotency_store=store
+    )
+    graph = _graph(node, checkpointer=InMemorySaver())
+    calls = tool_calls(("first_lookup", {"order_id": "A1"}), REFUND, ("second_lookup", {"order_id": "B2"}))
+
+    def run(graph_input):
+        return graph.invoke(graph_input, thread("t1")) if entry == "invoke" else asyncio.run(
+            graph.ainvoke(graph_input, thread("t1"))
+        )
+
+    paused = run(calls)
+    assert len(paused["__interrupt__"]) == 1 and ran == [] and shop.runs == {}, "nothing ran before the approval"
+    done = run(Command(resume=APPROVE))
+
+    assert sorted(ran) == ["first_lookup", "second_lookup"]
+    assert [m.content for m in done["messages"][1:]] == ["first_lookup: A1", "refunded 30.0 for A1", "second_lookup: B2"]
+    assert [(d.input["tool"], d.outcome) for d in done["decisions"]] == [
+        ("first_lookup", "executed"),
+        ("refund_order", "executed"),
+        ("second_lookup", "executed"),
+    ]
+
+
+def test_calls_sent_one_per_task_are_planned_each_on_its_own_against_the_graphs_state(shop, store):
+    node = create_guarded_tool_node(shop.tools(), policy=POLICY, idempotency_store=store, consent_key="write_consent")
+    builder = StateGraph(ShopState).add_node("model", lambda state: {}).add_node("tools", node)
+    builder.add_edge(START, "model")
+    builder.add_conditional_edges(  # as create_agent dispatches tool calls: one Send, and one task, per call
+        "model", lambda state: [Send("tools", [call]) for call in state["messages"][-1].tool_calls], ["tools"]
+    )
+    graph = builder.compile(checkpointer=InMemorySaver())
+
+    consented = graph.invoke(tool_calls(LOOKUP, CHARGE, write_consent=CONSENT), thread("t1"))
+    unasked = graph.invoke(tool_calls(LOOKUP, CHARGE), thread("t2"))
+
+    assert sorted(m.content for m in consented["messages"][1:]) == ["charge 1: 20.0 from ana", "order A1: shipped"]
+    assert sorted((d.output, d.outcome) for d in consented["decisions"]) == [
+        ("retry_unsafe", "executed"),
+        ("safe", "executed"),
+    ]
+    assert sorted(d.outcome for d in unasked["decisions"]) == ["executed", "not_requested"], "the state was read"
+    assert shop.count("charges") == 1
+
+
+@pytest.mark.parametrize("entry", ["invoke", "ainvoke"])
+def test_the_guard_alone_is_a_plain_tool_nodes_hook(shop, store, decision_log, entry):
+    tools = shop.tools()
+    guard = ConsequenceGuard(tools, policy=POLICY, idempotency_store=store, decision_log=decision_log)
+    node = ToolNode(tools, wrap_tool_call=guard.wrap_tool_call, awrap_tool_call=guard.awrap_tool_call)
+    graph = _graph(node, checkpointer=InMemorySaver())
+
+    def run(graph_input):
+        if entry == "invoke":
+            return graph.invoke(graph_input, thread("t1"))
+        return asyncio.run(graph.ainvoke(graph_input, thread("t1")))
+
+    charged, again = run(tool_calls(CHARGE)), run(tool_calls(CHARGE))
+    (pending,) = run(tool_calls(REFUND))["__interrupt__"]
+    refunded = run(Command(resume=APPROVE))
+
+    assert charged["messages"][-1].content == again["messages"][-1].content == "charge 1: 20.0 from ana"
+    assert [r["name"] for r in pending.value["action_requests"]] == ["refund_order"]
+    assert refunded["messages"][-1].content == "refunded 30.0 for A1"
+    assert [d.outcome for d in refunded["decisions"]] == ["executed", "replayed", "executed"], "in the state"
+    assert [d.id for d in decision_log.decisions(node="guarded_tools")] == [d.id for d in refunded["decisions"]]
+    assert dict(shop.runs) == {"charge_card": 1, "refund_order": 1}
+
+
+def test_an_interrupt_inside_a_guarded_tool_frees_its_key_and_the_tool_runs_once_on_resume(store):
+    sent = []
+
+    @tool
+    def send_voucher(customer: str) -> str:
+        """Send a voucher, once a person has confirmed the customer."""
+        confirmed = interrupt({"confirm": customer})
+        sent.append(confirmed)
+        return f"voucher sent to {customer} ({confirmed})"
+
+    node = create_guarded_tool_node(
+        [send_voucher], policy=ConsequencePolicy(tools={"send_voucher": "retry_unsafe"}), idempotency_store=store
+    )
+    graph = _graph(node, checkpointer=InMemorySaver())
+    call = ("send_voucher", {"customer": "ana"})
+
+    (pending,) = graph.invoke(tool_calls(call), thread("t1"))["__interrupt__"]
+    assert pending.value == {"confirm": "ana"}
+    assert store.get(derive_idempotency_key("t1", *call)) is None, "not recorded as a failure, not held"
+    done = graph.invoke(Command(resume="confirmed by ops"), thread("t1"))
+
+    assert done["messages"][-1].content == "voucher sent to ana (confirmed by ops)"
+    assert sent == ["confirmed by ops"] and done["decisions"][-1].outcome == "executed"
+
+
+def test_calls_that_share_an_id_are_refused_before_anything_runs(shop, store):
+    message = AIMessage("", tool_calls=[{"name": n, "args": a, "id": "same"} for n, a in (CREDIT, CHARGE)])
+
+    with pytest.raises(ToolCallIdError, match="share one"):
+        shop_graph(shop, store).invoke({"messages": [message]}, thread("t1"))
+
+    assert shop.runs == {}
+
+
+# --- a tool call from an extracted object ------------------------------------------------------------------
+
+
+class RefundTicket(BaseModel):
+    """What an extractor reads from "please refund 12.50 of order A1" (the schema enforcer's output)."""
+
+    order_id: str | None = None
+    refund_amount: float | None = None
+    invoice_id: str | None = None
+
+
+def test_an_extracted_object_becomes_the_guarded_call_a_person_approves(shop, store):
+    refund_order = {t.name: t for t in shop.tools()}["refund_order"]
+    ticket = RefundTicket(order_id="A1", refund_amount=12.5)
+    graph = shop_graph(shop, store, checkpointer=InMemorySaver())
+
+    message = tool_call_from(ticket, refund_order, rename={"refund_amount": "amount"}, arguments={"reference": "r-7"})
+    (pending,) = graph.invoke({"messages": [message]}, thread("t1"))["__interrupt__"]
+    done = graph.invoke(Command(resume=APPROVE), thread("t1"))
+
+    (call,) = message.tool_calls
+    assert (call["name"], call["args"]) == ("refund_order", {"order_id": "A1", "amount": 12.5, "reference": "r-7"})
+    assert call["id"].startswith("call_") and "invoice_id" not in call["args"], "a field the tool lacks is left out"
+    assert pending.value["action_requests"][0]["arguments"] == call["args"]
+    assert done["messages"][-1].content == "refunded 12.5 for A1" and shop.amounts("refunds", "r-7") == [12.5]
+
+
+@pytest.mark.parametrize(
+    ("value", "options", "error", "complaint"),
+    [
+        (RefundTicket(order_id="A1"), {"rename": {"amount": "amount"}}, ConfigError, "rename names ['amount']"),
+        (RefundTicket(order_id="A1"), {}, ConfigError, "refund_order needs ['amount', 'reference']"),
+        ({"order_id": "A1", "amount": 1.0, "reference": "r"}, {"arguments": {"reference": "s"}}, ConfigError,
+         "both give ['reference']"),
+        (RefundTicket(order_id="A1", refund_amount=20_000.0), {"rename": {"refund_amount": "amount"},
+         "arguments": {"reference": "r"}}, ToolArgumentsError, "less than or equal to 10000"),
+        (RefundTicket(refund_amount=5.0), {"rename": {"refund_amount": "amount"}, "arguments": {"reference": "r"}},
+         ToolArgumentsError, "order_id"),
+    ],  # fmt: skip
+    ids=["unknown-field", "missing-argument", "given-twice", "out-of-bounds", "none-for-required"],
+)
+def test_an_object_that_does_not_fit_the_tool_is_a_clear_error(shop, value, options, error, complaint):
+    refund_order = {t.name: t for t in shop.tools()}["refund_order"]
+
+    with pytest.raises(error) as raised:
+        tool_call_from(value, refund_order, **options)
+
+    assert complaint in str(raised.value)

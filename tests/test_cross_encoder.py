@@ -16,10 +16,10 @@ from agentgraph.cross_encoder import (
     cached_cross_encoder,
     pairs_digest,
     ranking_lists,
-    support_relevance_pairs,
     train_cross_encoder,
     training_info,
 )
+from agentgraph.graphs.customer_support.policies import support_relevance_pairs
 from agentgraph.nodes.context_pruner import Reranker
 
 from _tiny_reranker import TINY_NEGATIVES, TINY_QUERIES, tiny_reranker_folder  # noqa: F401  (a session fixture)

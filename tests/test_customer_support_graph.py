@@ -14,9 +14,10 @@ import sys
 
 import pytest
 from agentgraph.checkpointing import sqlite_checkpointer
-from agentgraph.graphs.support_router import CUSTOMER_SUPPORT_INTENTS, ROUTES
 from agentgraph.graphs.customer_support import (
+    CUSTOMER_SUPPORT_INTENTS,
     READ_TOOLS,
+    ROUTES,
     STATE_SCHEMAS,
     TOOL_OF_INTENT,
     POLICY_SECTION_OF_INTENT,
@@ -25,7 +26,7 @@ from agentgraph.graphs.customer_support import (
     load_policy_sections,
     policy_relevance_pairs,
 )
-from agentgraph.graphs.shop import DEMO_CUSTOMER, Shop, ShopError
+from agentgraph.graphs.customer_support.shop import DEMO_CUSTOMER, Shop, ShopError
 from agentgraph.running import run_turn
 from agentgraph.slm.server import free_port
 from scripted_llm import answering_llm

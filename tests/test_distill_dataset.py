@@ -16,17 +16,16 @@ import pytest
 
 from agentgraph.cli import main
 from agentgraph.classifier import SentenceEncoder
-from agentgraph.datasets import customer_support_csv, load_customer_support, split_customer_support
 from agentgraph.distill.dataset import (
     DatasetConfig,
-    SupportExtraction,
     build_dataset,
-    customer_support_examples,
     file_examples,
     normalised_text,
     trace_examples,
     write_dataset,
 )
+from agentgraph.graphs.customer_support.bitext import customer_support_csv, load_customer_support, split_customer_support
+from agentgraph.graphs.customer_support.distillation import SupportExtraction, customer_support_examples
 from agentgraph.records.traces import LLMCall, SQLiteTraceStore
 from agentgraph.idempotency import canonical_json
 

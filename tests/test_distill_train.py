@@ -17,11 +17,11 @@ import pytest
 import torch
 
 from agentgraph.cli import main
-from agentgraph.datasets import load_customer_support, split_customer_support
+from agentgraph.graphs.customer_support.bitext import CUSTOMER_SUPPORT_INTENTS, load_customer_support, split_customer_support
+from agentgraph.graphs.customer_support.distillation import SupportExtraction
 from agentgraph.distill.dataset import (
     CuratedDataset,
     Example,
-    SupportExtraction,
     content_sha256,
     write_dataset,
 )
@@ -410,7 +410,7 @@ def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_weights(tiny_model
 def test_the_gate_refuses_promotion_below_its_default_threshold_of_92_percent_and_records_it(tiny_model, small_data, tmp_path):
     out = tmp_path / "model"
     train_router_slm(small_data, output_dir=out, base=tiny_model, settings=_tiny_settings())
-    report = gate_router(out, base=tiny_model, dev_limit=6)  # the threshold left at its default
+    report = gate_router(out, base=tiny_model, dev_limit=6, descriptions=CUSTOMER_SUPPORT_INTENTS)  # the threshold left at its default
     assert report.test_rows == 12 and report.dev_rows == 6 and report.dataset_matches
     assert report.agreement == report.student.evaluation.accuracy < 0.92  # a random two-layer model cannot
     assert report.base is not None and report.base.evaluation.in_scope == 12
@@ -474,7 +474,7 @@ def test_extraction_trains_on_the_prompt_its_schema_enforcer_sends_and_is_gated(
             "--epochs", "1", "--batch-size", "4", "--lr", "1e-3", "--threads", "2"]  # fmt: skip
     assert main(args) == 0
     manifest = read_manifest(out)
-    assert manifest["role"] == "extract" and manifest["schema"] == "agentgraph.distill.dataset:SupportExtraction"
+    assert manifest["role"] == "extract" and manifest["schema"] == "agentgraph.graphs.customer_support.distillation:SupportExtraction"
     assert manifest["schema_enforcer"] == {"prompt": "schema_enforcer.v1", "prompt_version": 1, "describe_schema": False}
     assert manifest["steps"] == 5 and manifest["learning_curve"][-1]["dev_accuracy"] is not None  # teacher-forced exact match
 
@@ -525,7 +525,7 @@ def test_fine_tuning_smollm2_beats_the_base_model_on_held_out_requests(tmp_path)
                                progress=False, num_threads=2, bf16=False)  # fmt: skip
     manifest = train_router_slm(data, output_dir=tmp_path / "model", settings=settings).manifest
     assert manifest["steps"] == 15
-    report = gate_router(tmp_path / "model", target_accuracy=0.95, max_rejection=0.5)
+    report = gate_router(tmp_path / "model", target_accuracy=0.95, max_rejection=0.5, descriptions=CUSTOMER_SUPPORT_INTENTS)
     assert report.base is not None and report.test_rows == 40
     base, student = report.base.evaluation.accuracy, report.student.evaluation.accuracy
     print(f"student {student:.3f} base {base:.3f}; {manifest['training_seconds']:.0f} s training")

@@ -28,7 +28,8 @@ MODULES = [name for name in ALL_MODULES if name not in WITHOUT_EXAMPLES]
 # Examples that load a model, train one or run a graph on one.
 LOADS_MODELS = {
     "agentgraph.checkpointing", "agentgraph.cross_encoder", "agentgraph.graphs.customer_support",
-    "agentgraph.nodes.context_pruner", "agentgraph.nodes.loop", "agentgraph.nodes.router",
+    "agentgraph.middleware.context_pruner", "agentgraph.middleware.schema_enforcer", "agentgraph.nodes.context_pruner",
+    "agentgraph.nodes.loop", "agentgraph.nodes.router",
     "agentgraph.nodes.schema_enforcer", "agentgraph.slm.base", "agentgraph.slm.embedded", "agentgraph.slm.factory",
 }  # fmt: skip
 

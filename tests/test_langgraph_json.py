@@ -78,8 +78,9 @@ def test_customer_support_spec_serves_the_compiled_graph_and_answers(monkeypatch
     module, export = load_graph_export(graph_specs()["customer-support"], monkeypatch)
     # The store, idempotency and decision logs go to a temporary folder, not the user's cache,
     # and the factory gets the session's SLM rather than loading a second copy.
-    monkeypatch.setattr(module, "cache_dir", lambda: tmp_path)
-    monkeypatch.setattr(module, "load_slm", lambda: embedded_slm)
+    parts = importlib.import_module(module.CustomerSupportParts.__module__)
+    monkeypatch.setattr(parts, "cache_dir", lambda: tmp_path)
+    monkeypatch.setattr(parts, "load_slm", lambda: embedded_slm)
 
     graph = graph_from_export(export, {"configurable": {}})
 
@@ -94,4 +95,4 @@ def test_customer_support_spec_serves_the_compiled_graph_and_answers(monkeypatch
 
     assert state["route"] == "knowledge"
     # The knowledge path answers with the policy section the pruner kept, word for word.
-    assert state["response"] in {section.text for section in module.load_policy_sections()}
+    assert state["response"] in {section.text for section in parts.load_policy_sections()}

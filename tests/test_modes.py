@@ -17,7 +17,7 @@ from langchain_core.messages import AIMessage
 from langgraph.graph import END, START, StateGraph
 from scripted_llm import scripted_llm, tool_call
 
-from agentgraph.graphs.support_router import CUSTOMER_SUPPORT_INTENTS
+from agentgraph.graphs.customer_support import CUSTOMER_SUPPORT_INTENTS, SupportTicket
 from agentgraph.cli import main
 from agentgraph.records.decisions import Decision, DecisionState, SQLiteDecisionLog
 from agentgraph.distill.dataset import trace_examples
@@ -35,7 +35,6 @@ from agentgraph.nodes.router import (
 )
 from agentgraph.nodes.schema_enforcer import create_schema_enforcer
 from agentgraph.shadow import ShadowConfig, ShadowEvaluator, shadow_agreement
-from agentgraph.support_schema import SupportTicket
 
 ROUTES = {"track_order": "lookup", "cancel_order": "action", "check_refund_policy": "knowledge"}
 PATHS = ("lookup", "action", "knowledge")
@@ -52,7 +51,7 @@ def intent_call(intent: str, **reply: object) -> AIMessage:
 @pytest.fixture(scope="module")
 def classifier():
     from agentgraph.classifier import IntentClassifier
-    from agentgraph.graphs.support_router import support_router_path
+    from agentgraph.graphs.customer_support import support_router_path
 
     return IntentClassifier.load(support_router_path())
 

@@ -22,7 +22,7 @@ from agentgraph.nodes.output_validator import (
     pii_check,
     schema_check,
 )
-from agentgraph.support_schema import SupportTicket
+from agentgraph.graphs.customer_support import SupportTicket
 
 
 class Reply(BaseModel):
@@ -182,7 +182,7 @@ def test_regenerate_sees_the_graph_state():
 def test_missing_output_is_a_clear_error_and_is_logged(tmp_path, draft):
     log = SQLiteDecisionLog(tmp_path / "decisions.db")
     validator = create_output_validator([pii_check()], decision_log=log)
-    with pytest.raises(EmptyInputError, match="no output to validate"):
+    with pytest.raises(EmptyInputError, match=r"output \(state\['draft'\]\) is empty"):
         validator({"draft": draft}, {})
     [decision] = log.decisions(node="output_validator")
     assert decision.outcome == "rejected"

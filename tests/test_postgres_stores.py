@@ -245,7 +245,7 @@ def test_the_cli_checks_the_database_url_and_the_key_before_loading_anything(tmp
 @pytest.mark.slow
 def test_an_approval_raised_by_one_cli_process_is_answered_by_another_with_its_own_data_dir(postgres_url, tmp_path):
     from agentgraph.records.decisions import PostgresDecisionLog
-    from agentgraph.graphs.shop import Shop
+    from agentgraph.graphs.customer_support.shop import Shop
 
     env = os.environ | {CHECKPOINT_KEY_ENV: base64.urlsafe_b64encode(new_checkpoint_key()).decode(), "AGENTGRAPH_LLM_MODEL": ""}
     first, second = tmp_path / "machine-a", tmp_path / "machine-b"

@@ -151,7 +151,7 @@ def test_a_target_named_in_answer_to_which_order_completes_the_request_without_t
 
 @pytest.fixture(scope="module")
 def router():
-    from agentgraph.graphs.support_router import support_router
+    from agentgraph.graphs.customer_support import support_router
 
     return support_router()
 

@@ -38,7 +38,7 @@ PATHS = ("lookup", "action", "knowledge")
 @pytest.fixture(scope="module")
 def classifier():
     from agentgraph.classifier import IntentClassifier
-    from agentgraph.graphs.support_router import support_router_path
+    from agentgraph.graphs.customer_support import support_router_path
 
     return IntentClassifier.load(support_router_path())
 
@@ -143,7 +143,7 @@ def test_empty_input_is_a_clear_error_and_is_logged(classifier, tmp_path):
     log = SQLiteDecisionLog(tmp_path / "decisions.sqlite")
     graph = support_graph(create_router(ClassifierStrategy(classifier), routes=ROUTES, decision_log=log))
     for empty in ("", "   \n\t", "\x00\x1b\u200b"):
-        with pytest.raises(EmptyInputError, match="request is empty"):
+        with pytest.raises(EmptyInputError, match=r"request \(state\['text'\]\) is empty"):
             graph.invoke({"text": empty})
     assert [d.outcome for d in log.decisions()] == ["rejected"] * 3
 

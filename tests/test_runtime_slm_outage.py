@@ -17,7 +17,7 @@ from agentgraph.llm import HumanHandoff
 from agentgraph.nodes.schema_enforcer import create_schema_enforcer
 from agentgraph.slm import VLLMSLM
 from agentgraph.slm.base import SLM
-from agentgraph.support_schema import SupportTicket
+from agentgraph.graphs.customer_support import SupportTicket
 
 REQUEST = "can you help me canceling purchase 4587345?"
 

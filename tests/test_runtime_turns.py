@@ -125,7 +125,7 @@ def test_a_thread_id_or_customer_that_is_not_valid_text_is_a_typed_error(tmp_pat
     with pytest.raises(InvalidTextError, match="thread id must be text"):
         run_turn(graph, "hello", thread_id=7)
     with pytest.raises(InvalidTextError, match="customer id is not valid text"):
-        run_turn(graph, "hello", thread_id="t1", customer_id="C\udc80")
+        run_turn(graph, "hello", thread_id="t1", inputs={"customer_id": "C\udc80"})
 
 
 @pytest.mark.parametrize("arguments", [{"message": "hello", "resume": {"decisions": []}}, {}])

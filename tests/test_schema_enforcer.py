@@ -20,7 +20,7 @@ from agentgraph.records.decisions import DecisionState, SQLiteDecisionLog
 from agentgraph.errors import EmptyInputError
 from agentgraph.llm import HumanHandoff
 from agentgraph.nodes.schema_enforcer import create_schema_enforcer, source_text_of
-from agentgraph.support_schema import SupportTicket
+from agentgraph.graphs.customer_support import SupportTicket
 
 pytestmark = pytest.mark.slow
 
@@ -130,7 +130,7 @@ def test_an_invalid_or_failed_llm_answer_ends_in_a_handoff(embedded_slm, reply, 
 def test_empty_input_is_a_clear_error_and_is_logged(embedded_slm, tmp_path, text):
     log = SQLiteDecisionLog(tmp_path / "decisions.db")
     node = create_schema_enforcer(embedded_slm, SupportTicket, decision_log=log)
-    with pytest.raises(EmptyInputError, match="state\\['text'\\] is empty"):
+    with pytest.raises(EmptyInputError, match=r"text \(state\['text'\]\) is empty"):
         enforce(node, text)
     [decision] = log.decisions()
     assert decision.outcome == "rejected"

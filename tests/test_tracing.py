@@ -182,7 +182,7 @@ def traced_turn(
 
     received_before = len(receiver.requests)
     turn = run_turn(
-        graph, message, thread_id=thread_id, customer_id=customer_id, callbacks=[DecisionTracingHandler()],
+        graph, message, thread_id=thread_id, inputs={"customer_id": customer_id}, callbacks=[DecisionTracingHandler()],
         metadata=trace_metadata(session_id=thread_id, user_id=customer_id),
     )  # fmt: skip
     get_client().flush()

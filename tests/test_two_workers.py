@@ -168,7 +168,7 @@ class Workers:
 def test_two_workers_on_one_postgres_survive_random_sigkills(postgres_url, tmp_path, monkeypatch):
     from agentgraph.checkpointing import postgres_checkpointer
     from agentgraph.graphs.customer_support import STATE_SCHEMAS
-    from agentgraph.graphs.shop import Shop
+    from agentgraph.graphs.customer_support.shop import Shop
 
     started = time.monotonic()
     rng = random.Random(SEED)

@@ -81,7 +81,7 @@ def register(groups: argparse._SubParsersAction) -> None:
 
     train = commands.add_parser("train", help="fine-tune the SLM for one role on a curated dataset")
     train.add_argument("--role", choices=ROLES, required=True, help="route: pick a label; extract: fill a pydantic schema")
-    train.add_argument("--schema", help="extract: the pydantic model as module:Class (default: SupportExtraction)")
+    train.add_argument("--schema", help="extract: the pydantic model as module:Class (default: the example's SupportExtraction)")
     train.add_argument("--data", type=Path, required=True, help="a dataset folder written by `agentgraph distill dataset`")
     train.add_argument("--out", type=Path, required=True, help="the model folder to write (weights, tokenizer, manifest.json)")
     train.add_argument("--base", help="a local model folder to start from (default: the packaged SmolLM2-135M-Instruct)")
@@ -90,7 +90,8 @@ def register(groups: argparse._SubParsersAction) -> None:
     train.add_argument("--lr", dest="learning_rate", type=float, help="peak learning rate (default 1e-4)")
     train.add_argument("--labels", dest="label_style", choices=("codes", "names", "descriptions", "learnt"),
                        help="the label set the model is shown (default learnt: the names, not listed in the prompt, the shortest "
-                            "prompt; names: listed; codes: one-token codes; descriptions: names with their boundaries)")  # fmt: skip
+                            "prompt; names: listed; codes: one-token codes; descriptions: names with the customer-support "
+                            "intents' boundaries)")  # fmt: skip
     train.add_argument("--describe-schema", action=argparse.BooleanOptionalAction, default=None,
                        help="extract: state the JSON schema in the prompt (default off: the model learns it, a prompt 10x shorter)")  # fmt: skip
     train.add_argument("--max-minutes", type=float, help="stop training after this much time and write the model")
@@ -161,14 +162,8 @@ def register(groups: argparse._SubParsersAction) -> None:
 def _dataset(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from agentgraph.distill.dataset import (
-        DatasetConfig,
-        build_dataset,
-        customer_support_examples,
-        file_examples,
-        trace_examples,
-        write_dataset,
-    )
+    from agentgraph.distill.dataset import DatasetConfig, build_dataset, file_examples, trace_examples, write_dataset
+
     if not (args.traces or args.imports or args.customer_support):
         raise AgentGraphError("nothing to curate: give --traces STORE, --import FILE or --customer-support")
     options = {
@@ -194,6 +189,8 @@ def _dataset(args: argparse.Namespace) -> int:
                           label_field=config.label_field)
         )  # fmt: skip
     if args.customer_support:
+        from agentgraph.graphs.customer_support.distillation import customer_support_examples
+
         path = None if args.customer_support is True else Path(args.customer_support)
         sources.append(customer_support_examples(path, role=config.role))
 
@@ -241,6 +238,7 @@ def _train(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from agentgraph.distill.train import DistillSettings, train_router_slm
+    from agentgraph.graphs.customer_support import CUSTOMER_SUPPORT_INTENTS, SupportExtraction
 
     lora = {"rank": args.lora_rank, "alpha": args.lora_alpha,
             "target_modules": args.lora_targets and [name.strip() for name in args.lora_targets.split(",")]}  # fmt: skip
@@ -258,12 +256,13 @@ def _train(args: argparse.Namespace) -> int:
         raise AgentGraphError(f"invalid options: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}") from exc
     if args.role == "route":
         result = train_router_slm(
-            args.data, output_dir=args.out, base=args.base, settings=settings, resume=args.resume, overwrite=args.overwrite
+            args.data, output_dir=args.out, base=args.base, settings=settings, resume=args.resume, overwrite=args.overwrite,
+            descriptions=CUSTOMER_SUPPORT_INTENTS,
         )
     else:
         from agentgraph.distill.extract import import_schema, train_extractor_slm
 
-        schema = import_schema(args.schema) if args.schema else None
+        schema = import_schema(args.schema) if args.schema else SupportExtraction
         result = train_extractor_slm(args.data, output_dir=args.out, schema=schema, base=args.base, settings=settings,
                                      resume=args.resume, overwrite=args.overwrite)  # fmt: skip
     manifest = result.manifest
@@ -296,6 +295,7 @@ def _merge(args: argparse.Namespace) -> int:
 def _gate(args: argparse.Namespace) -> int:
     from agentgraph.distill.gate import DEFAULT_THRESHOLD, gate_router, promote
     from agentgraph.distill.train import read_manifest
+    from agentgraph.graphs.customer_support import CUSTOMER_SUPPORT_INTENTS
 
     if args.threshold is None:
         args.threshold = DEFAULT_THRESHOLD
@@ -312,7 +312,7 @@ def _gate(args: argparse.Namespace) -> int:
     report = gate_router(
         args.model, args.data, threshold=args.threshold, limit=args.limit, dev_limit=args.dev_limit,
         base=not args.no_base, base_limit=args.base_limit, target_accuracy=args.target_accuracy,
-        max_rejection=args.max_rejection,
+        max_rejection=args.max_rejection, descriptions=CUSTOMER_SUPPORT_INTENTS,
     )  # fmt: skip
     if args.json:
         print(report.model_dump_json(indent=2))
@@ -404,7 +404,7 @@ def _drift(args: argparse.Namespace) -> int:
         reference = None if args.rebuild_reference else cached_reference(dataset.sha256, args.split)
         if reference is None:
             from agentgraph.classifier import IntentClassifier
-            from agentgraph.graphs.support_router import support_router_path
+            from agentgraph.graphs.customer_support import support_router_path
             from agentgraph.nodes.router import ClassifierStrategy, Router
 
             classifier = IntentClassifier.load(args.classifier or support_router_path(), encoder=encoder)

@@ -53,7 +53,7 @@ def read_labelled(path: Path, *, text_column: str | None = None, label_column: s
 
 def _eval_router(args: argparse.Namespace) -> int:
     from agentgraph.classifier import IntentClassifier
-    from agentgraph.graphs.support_router import support_router, support_router_path
+    from agentgraph.graphs.customer_support import support_router, support_router_path
     from agentgraph.nodes.router import OUT_OF_SCOPE, evaluate_router
 
     rows = read_labelled(args.data, text_column=args.text_column, label_column=args.label_column)

@@ -137,7 +137,7 @@ class _Session:
 
     def __init__(self, args: argparse.Namespace) -> None:
         from agentgraph.graphs.customer_support import DEFAULT_MODES, CustomerSupportParts, compose
-        from agentgraph.graphs.shop import DEMO_CUSTOMER
+        from agentgraph.graphs.customer_support.shop import DEMO_CUSTOMER
         from agentgraph.llm import default_llm
         from agentgraph.modes import NodeModes
         from agentgraph.shadow import ShadowConfig
@@ -174,7 +174,7 @@ class _Session:
         while True:
             try:
                 result = run_turn(
-                    self.graph, message, resume=resume, thread_id=self.thread_id, customer_id=self.customer_id,
+                    self.graph, message, resume=resume, thread_id=self.thread_id, inputs={"customer_id": self.customer_id},
                     callbacks=[self.llm_call_recorder, *([self.tracer] if self.tracer else [])],
                     metadata=trace_metadata(session_id=self.thread_id, user_id=self.customer_id),
                     **self.parts.turn_lock,  # other processes on this data dir, or database, wait their turn

@@ -95,7 +95,9 @@ def _route_agreement(
 
     strategies = [load_router_strategy(model_dir, slm) for slm in (first, second)]
     cut = Router([strategies[0]])  # the request cut to the artifact's input budget, as its router cuts it
-    same, gaps, disagreements, latencies = 0, [], [], {name: [] for name in names}
+    same, gaps = 0, []
+    disagreements: list[dict[str, Any]] = []
+    latencies: dict[str, list[float]] = {name: [] for name in names}
     correct: dict[str, list[bool]] = {name: [] for name in names}
     confidence: dict[str, list[float]] = {name: [] for name in names}
     for text, label in rows:
@@ -118,7 +120,7 @@ def _route_agreement(
         probability_gap_mean=float(np.mean(gaps)), disagreements=disagreements,
         accuracy={name: float(np.mean(values)) for name, values in correct.items()},
         selective_accuracy_at_coverage={
-            name: {f"{c:.2f}": selective_accuracy_at_coverage(confidence[name], correct[name], c) for c in (0.8, 0.9, 0.95)}
+            name: {f"{c:.2f}": selective_accuracy_at_coverage(np.asarray(confidence[name]), np.asarray(correct[name]), c) for c in (0.8, 0.9, 0.95)}
             for name in names
         },
         latency_ms_p50={name: float(np.percentile(values, 50)) for name, values in latencies.items()},
@@ -133,8 +135,10 @@ def _extract_agreement(
     schema = import_schema(read_manifest(model_dir)["schema"])
     fields = entity_fields(schema)
     nodes = [load_schema_enforcer(model_dir, slm, mode="student") for slm in (first, second)]
-    same, disagreements = 0, []
-    latencies, correct = {name: [] for name in names}, {name: [] for name in names}
+    same = 0
+    disagreements: list[dict[str, Any]] = []
+    latencies: dict[str, list[float]] = {name: [] for name in names}
+    correct: dict[str, list[bool]] = {name: [] for name in names}
     for text, target in rows:
         expected = schema.model_validate(target).model_dump()
         answers = []

@@ -14,12 +14,11 @@ JSON object). Examples come from:
   a route target given as an object is read from its ``label_field``.
 - labelled CSV/JSONL files: a text column and a label column (for ``extract``
   a JSON object, or a JSON string in CSV).
-- the Bitext customer-support data (:mod:`agentgraph.datasets`), which stands
-  in for a month of teacher traces: for ``route`` the target is the intent,
-  for ``extract`` a :class:`SupportExtraction` (the intent plus every entity
-  field, null where the request has none). Its rows keep the split
-  :func:`~agentgraph.datasets.split_customer_support` gives them, so the test
-  split is that split's test set, in its order, and benchmarks stay comparable.
+- any other :class:`Source`, whose examples may come with a pinned split (kept
+  as given): the example's Bitext data
+  (:func:`agentgraph.graphs.customer_support.distillation.customer_support_examples`,
+  ``agentgraph distill dataset --customer-support``) stands in for a month of
+  teacher traces that way, its test split kept so that benchmarks stay comparable.
 
 Then, each step counted in the manifest:
 
@@ -70,17 +69,10 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from agentgraph.classifier import canonical_text, file_sha256
-from agentgraph.graphs.support_router import CUSTOMER_SUPPORT_INTENTS
-from agentgraph.datasets import (
-    SPLIT_SEED,
-    customer_support_csv,
-    load_customer_support,
-    read_records,
-    split_customer_support,
-)
+from agentgraph.datasets import read_records
 from agentgraph.records.traces import LLMCall, SQLiteTraceStore
 from agentgraph.errors import DatasetError
 from agentgraph.idempotency import canonical_json
@@ -98,28 +90,8 @@ DEFAULT_FRACTIONS = {"train": 0.8, "dev": 0.1, "test": 0.1}
 MAX_AUTO_CLUSTERS = 32
 TEXT_COLUMNS = ("text", "input", "instruction", "request")
 LABEL_COLUMNS: dict[str, tuple[str, ...]] = {"route": ("label", "intent"), "extract": ("target", "label")}
-CUSTOMER_SUPPORT_SOURCE = "customer-support"
-CUSTOMER_SUPPORT_ENTITY_FIELDS = (
-    "account_type", "delivery_city", "delivery_country", "invoice_id", "order_id", "person_name", "refund_amount",
-)  # fmt: skip
-"""The Bitext entity types: every one is a field of :class:`SupportExtraction`."""
-
-SupportIntent = Literal[tuple(CUSTOMER_SUPPORT_INTENTS)]  # type: ignore[valid-type]
-
-
-class SupportExtraction(BaseModel):
-    """What the extraction role reads from a customer-support request: its intent and entity fields."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    intent: SupportIntent = Field(description="one of the 27 customer-support intents")
-    account_type: str | None = Field(default=None, description="the account type named, e.g. Premium")
-    delivery_city: str | None = Field(default=None, description="the city a delivery is about")
-    delivery_country: str | None = Field(default=None, description="the country a delivery is about")
-    invoice_id: str | None = Field(default=None, description="the invoice number as written, e.g. #12588")
-    order_id: str | None = Field(default=None, description="the order or purchase number")
-    person_name: str | None = Field(default=None, description="the name of a person the request names")
-    refund_amount: str | None = Field(default=None, description="the amount of money to refund, digits only")
+DEFAULT_SEED = 20261123
+"""Splits, clusters and oversampling: the seed of the example's Bitext split, so the benchmarks' figures compare."""
 
 
 class Example(BaseModel):
@@ -150,7 +122,7 @@ class DatasetConfig(BaseModel):
 
     role: Role
     step_types: list[str] | None = Field(default=None, description="default: the role's (ROLE_STEP_TYPES)")
-    seed: int = SPLIT_SEED
+    seed: int = DEFAULT_SEED
     fractions: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_FRACTIONS))
     dedup_threshold: float = Field(default=0.98, gt=0, le=1, description="cosine at which inputs are near-identical")
     clusters: int | None = Field(default=None, ge=1, description="k-means clusters per step type (default: automatic)")
@@ -333,40 +305,6 @@ def _file_target(value: Any, *, role: Role, where: str) -> Any:
     if not isinstance(value, dict):
         raise DatasetError(f"{where}: an extraction target must be a JSON object, not {type(value).__name__}")
     return value
-
-
-def customer_support_examples(path: str | Path | None = None, *, role: Role) -> Source:
-    """The Bitext customer-support rows as examples, each pinned to its :func:`split_customer_support` split.
-
-    Examples come split by split (train, dev, test), each in that split's order.
-    """
-    path = Path(path) if path else customer_support_csv()
-    rows = load_customer_support(path)
-    row_numbers = {id(row): number for number, row in enumerate(rows, start=1)}
-    step = ROLE_STEP_TYPES[role][0]
-    examples = []
-    splits = split_customer_support(rows)
-    for split in SPLITS:
-        for row in splits[split]:
-            if role == "route":
-                target: Any = row.intent
-            else:
-                if row.entity_type and row.entity_type not in CUSTOMER_SUPPORT_ENTITY_FIELDS:
-                    raise DatasetError(
-                        f"{path}: entity type {row.entity_type!r} is not a SupportExtraction field "
-                        f"({', '.join(CUSTOMER_SUPPORT_ENTITY_FIELDS)}); is this the Bitext customer-support data?"
-                    )
-                entity = {row.entity_type: row.entity_value} if row.entity_type else {}
-                target = SupportExtraction(intent=row.intent, **entity).model_dump()
-            examples.append(
-                Example(
-                    id=f"{CUSTOMER_SUPPORT_SOURCE}/{row_numbers[id(row)]}", source=CUSTOMER_SUPPORT_SOURCE,
-                    step_type=step, input=row.text, target=target, label=row.intent, pinned_split=split,
-                )
-            )  # fmt: skip
-    counts = {"path": str(path), "sha256": file_sha256(path), "rows": len(rows)}
-    counts |= {f"pinned_{split}": len(splits[split]) for split in SPLITS}
-    return Source(name=CUSTOMER_SUPPORT_SOURCE, examples=examples, counts=counts)
 
 
 def build_dataset(sources: Sequence[Source], config: DatasetConfig, *, encoder: TextEncoder | None = None) -> CuratedDataset:

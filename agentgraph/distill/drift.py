@@ -277,6 +277,7 @@ def build_reference(
         strategies = sorted({f"{v.strategy} ({v.model})" if v.model else v.strategy for v in verdicts if v.strategy})
         source = f"the {heldout_split or 'held-out'} inputs routed by {', '.join(strategies)}"
     else:
+        assert baseline_out_of_scope_rate is not None  # without a router, the first check demanded both baselines
         source = "given"
     encoder = encoder or default_encoder()
     train_embeddings = embed(encoder, train_texts)

@@ -21,12 +21,17 @@ intent, and latency, for the artifact and the base model;
 :func:`~agentgraph.distill.gate.promote` takes its report like the router's.
 
 Example:
-    >>> from agentgraph.distill.dataset import SupportExtraction
+    >>> from typing import Literal
+    >>> from pydantic import BaseModel
     >>> from agentgraph.distill.extract import compact_json, entity_fields
-    >>> compact_json(SupportExtraction, {"intent": "track_order", "order_id": "12345", "person_name": None})
+    >>> class Extraction(BaseModel):
+    ...     intent: Literal["track_order", "get_refund"]
+    ...     order_id: str | None = None
+    ...     person_name: str | None = None
+    >>> compact_json(Extraction, {"intent": "track_order", "order_id": "12345", "person_name": None})
     '{"intent":"track_order","order_id":"12345"}'
-    >>> entity_fields(SupportExtraction)[:2]
-    ['account_type', 'delivery_city']
+    >>> entity_fields(Extraction)
+    ['order_id', 'person_name']
 """
 
 from __future__ import annotations
@@ -166,21 +171,19 @@ def train_extractor_slm(
     dataset_dir: str | os.PathLike[str],
     *,
     output_dir: str | os.PathLike[str],
-    schema: type[BaseModel] | None = None,
+    schema: type[BaseModel],
     base: str | os.PathLike[str] | None = None,
     settings: DistillSettings | None = None,
     resume: bool = False,
     overwrite: bool = False,
     on_step=None,
 ) -> TrainResult:
-    """Fine-tune ``base`` to fill ``schema`` (default: :class:`~agentgraph.distill.dataset.SupportExtraction`)."""
+    """Fine-tune ``base`` to fill ``schema``, the pydantic model the dataset's targets are instances of."""
     from transformers import AutoTokenizer
 
-    from agentgraph.distill.dataset import SupportExtraction
     from agentgraph.prompting import load_prompt
     from agentgraph.slm.models import prepare_model_folder
 
-    schema = schema or SupportExtraction
     settings = settings or DistillSettings()
     output = _prepare_output(output_dir, resume=resume, overwrite=overwrite)
     manifest, splits = load_extract_rows(dataset_dir)

@@ -7,9 +7,9 @@
 fitted on the dataset's dev split, then :func:`~agentgraph.nodes.router.evaluate_router`
 on the held-out test split, one request at a time as in service. The base
 model is evaluated the same way, with the standard router prompt (intent names
-and their decision boundaries), on the same rows. The report gives agreement
-with the labels (the teacher's answers), coverage at the gate, selective
-accuracy and latency p50/p95 for both.
+and the decision boundaries given as ``descriptions``), on the same rows. The
+report gives agreement with the labels (the teacher's answers), coverage at
+the gate, selective accuracy and latency p50/p95 for both.
 
 :func:`promote` accepts an artifact only when its agreement reaches the
 threshold (default 0.92) on the data it was trained with, records the decision
@@ -103,11 +103,10 @@ def load_router_strategy(model_dir: str | os.PathLike[str], slm: SLM | None = No
     )  # fmt: skip
 
 
-def base_strategy(slm: SLM, labels: Sequence[str]) -> SLMStrategy:
-    """The router strategy as it runs on a model that was never distilled: intent names with their boundaries."""
-    from agentgraph.graphs.support_router import CUSTOMER_SUPPORT_INTENTS
-
-    return SLMStrategy(slm, {label: CUSTOMER_SUPPORT_INTENTS.get(label, "") for label in labels})
+def base_strategy(slm: SLM, labels: Sequence[str], descriptions: Mapping[str, str] | None = None) -> SLMStrategy:
+    """The router strategy as it runs on a model that was never distilled: intent names with their boundaries
+    (``descriptions``, ``{intent: decision boundary}``; an intent they leave out is shown by its name alone)."""
+    return SLMStrategy(slm, {label: (descriptions or {}).get(label, "") for label in labels})
 
 
 class GateSide(BaseModel):
@@ -177,6 +176,7 @@ def gate_router(
     target_accuracy: float = 0.995,
     max_rejection: float = 0.1,
     slm: SLM | None = None,
+    descriptions: Mapping[str, str] | None = None,
 ) -> GateReport:
     """Evaluate the distilled router in ``model_dir`` on held-out data, against the base model.
 
@@ -189,6 +189,7 @@ def gate_router(
         target_accuracy, max_rejection: how the gate is fitted on dev
             (:func:`~agentgraph.calibration.selective_threshold`).
         slm: the artifact already loaded (e.g. a vLLM server serving it); None loads it in-process.
+        descriptions: ``{intent: decision boundary}`` for the base model's prompt (:func:`base_strategy`).
     """
     from agentgraph.slm import TransformersSLM
 
@@ -208,7 +209,7 @@ def gate_router(
         if base_limit is not None:
             base_dev, base_test = stratified_rows(dev, base_limit), stratified_rows(test, base_limit)
         base_side = _fit_and_evaluate(
-            base_strategy(base_slm, strategy.intent_labels), base_dev, base_test,
+            base_strategy(base_slm, strategy.intent_labels, descriptions), base_dev, base_test,
             target_accuracy=target_accuracy, max_rejection=max_rejection,
         )  # fmt: skip
     agreement = student.evaluation.accuracy or 0.0

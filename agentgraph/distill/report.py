@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -88,7 +88,7 @@ class ReportBucket(BaseModel):
     agreement: float | None = Field(default=None, description="the share of them where teacher and student agreed")
     drift: DriftPoint | None = None
 
-    @computed_field
+    @computed_field  # type: ignore[prop-decorator]  # pydantic's documented workaround for python/mypy#1362
     @property
     def llm_share(self) -> float | None:
         return self.llm_requests / self.requests if self.requests else None
@@ -111,14 +111,14 @@ def requests_using_llm(requests: Sequence[Decision], calls: Iterable[LLMCall]) -
             threads[request.thread_id].append(request)
     times = {thread: [request.timestamp for request in turns] for thread, turns in threads.items()}
     for call in calls:
-        turns = threads.get(call.thread_id or "")
-        if not turns:
+        thread = call.thread_id
+        if thread is None or not (turns := threads.get(thread)):
             continue
-        following = bisect.bisect_left(times[call.thread_id], call.timestamp)
+        following = bisect.bisect_left(times[thread], call.timestamp)
         if following < len(turns) and turns[following].node == call.node:
             used.add(turns[following].id)
             continue
-        preceding = bisect.bisect_right(times[call.thread_id], call.timestamp) - 1
+        preceding = bisect.bisect_right(times[thread], call.timestamp) - 1
         if preceding >= 0:
             used.add(turns[preceding].id)
     return used
@@ -180,8 +180,10 @@ def report_table(report: TraceReport) -> str:
             row.start.strftime("%Y-%m-%d %H:00" if report.bucket == "hour" else "%Y-%m-%d"),
             str(row.requests), *(str(row.routes.get(route, 0)) for route in report.routes), str(row.llm_calls),
             _percent(row.llm_share), f"{_percent(row.agreement)} ({row.shadow_comparisons})" if row.shadow_comparisons else "-",
-            _percent(drift.out_of_scope_rate) if drift else "-", _figure(drift and drift.confidence_psi),
-            _figure(drift and drift.embedding_distance_ratio, ".2f"), _percent(drift.novel_input_share) if drift else "-",
+            _percent(drift.out_of_scope_rate) if drift else "-",
+            _figure(None if drift is None else drift.confidence_psi),
+            _figure(None if drift is None else drift.embedding_distance_ratio, ".2f"),
+            _percent(drift.novel_input_share) if drift else "-",
             ("RETRAIN" if drift.retrain else "ok") if drift else "-",
         ])  # fmt: skip
     widths = [max(len(cells[i]) for cells in rows) for i in range(len(header))]
@@ -213,6 +215,9 @@ def plot_report(report: TraceReport, path: str | Path) -> Path:
     def series(values: Iterable[float | None], scale: float = 1.0) -> list[float]:
         return [float("nan") if value is None else scale * value for value in values]
 
+    def drift_series(value: Callable[[DriftPoint], float | None]) -> list[float]:
+        return series(None if point is None else value(point) for point in drifts)
+
     figure, (volumes, share, agreement, drift) = plt.subplots(4, 1, sharex=True, figsize=(10, 11), constrained_layout=True)
     bottom = [0] * len(rows)
     for route in report.routes:
@@ -229,11 +234,11 @@ def plot_report(report: TraceReport, path: str | Path) -> Path:
     agreement.plot(middles, series((row.agreement for row in rows), 100), marker="o", color="tab:green")
     agreement.set(ylabel="% agree", title="shadow agreement: student and teacher chose the same", ylim=(-2, 102))
 
-    drift.plot(middles, series(d and d.out_of_scope_rate for d in drifts), marker="o", label="out-of-scope rate")
-    drift.plot(middles, series(d and d.novel_input_share for d in drifts), marker="s", label="novel-input share")
+    drift.plot(middles, drift_series(lambda d: d.out_of_scope_rate), marker="o", label="out-of-scope rate")
+    drift.plot(middles, drift_series(lambda d: d.novel_input_share), marker="s", label="novel-input share")
     drift.set(ylabel="share of the window", ylim=(-0.02, 1.02), title="drift: latest check per bucket (red: retrain signalled)")
     psi = drift.twinx()
-    psi.plot(middles, series(d and d.confidence_psi for d in drifts), marker="^", color="tab:purple", label="confidence PSI")
+    psi.plot(middles, drift_series(lambda d: d.confidence_psi), marker="^", color="tab:purple", label="confidence PSI")
     psi.set(ylabel="confidence PSI", ylim=(0, None))
     for start, point in zip(starts, drifts):
         if point is not None and point.retrain:

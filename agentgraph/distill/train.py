@@ -111,8 +111,15 @@ class LoraSettings(BaseModel):
     def peft_config(self) -> Any:
         from peft import LoraConfig
 
-        return LoraConfig(r=self.rank, lora_alpha=self.alpha or 2 * self.rank, lora_dropout=self.dropout,
-                          target_modules=list(self.target_modules), bias="none", task_type="CAUSAL_LM")  # fmt: skip
+        return LoraConfig(
+            r=self.rank,
+            # peft annotates lora_alpha as int, but a float scales as well (the adapter's scaling is alpha / r).
+            lora_alpha=self.alpha or 2 * self.rank,  # type: ignore[arg-type]
+            lora_dropout=self.dropout,
+            target_modules=list(self.target_modules),
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
 
 
 class DistillSettings(BaseModel):
@@ -225,17 +232,23 @@ def lists_labels(style: LabelStyle) -> bool:
     return style != "learnt"
 
 
-def prompt_labels(labels: Sequence[str], style: LabelStyle) -> tuple[dict[str, str], dict[str, str]]:
-    """The label set the model is shown (``{prompt label: description}``) and each prompt label's intent."""
-    from agentgraph.graphs.support_router import CUSTOMER_SUPPORT_INTENTS
+def prompt_labels(
+    labels: Sequence[str], style: LabelStyle, descriptions: Mapping[str, str] | None = None
+) -> tuple[dict[str, str], dict[str, str]]:
+    """The label set the model is shown (``{prompt label: description}``) and each prompt label's intent.
 
+    ``descriptions`` (``{intent: decision boundary}``) are shown with style ``descriptions`` only, which needs
+    them; an intent they leave out is shown without one.
+    """
     if style == "codes":
         intents = label_codes(labels)
         return dict.fromkeys(intents, ""), intents
     intents = {label: label for label in labels}
     if style in ("names", "learnt"):
         return dict.fromkeys(labels, ""), intents
-    return {label: CUSTOMER_SUPPORT_INTENTS.get(label, "") for label in labels}, intents
+    if not descriptions:
+        raise DistillError("label_style 'descriptions' shows each intent with its decision boundary: pass descriptions")
+    return {label: descriptions.get(label, "") for label in labels}, intents
 
 
 class _TokenizerSLM(SLM):
@@ -402,7 +415,7 @@ def epoch_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int
     order = list(range(len(lengths)))
     rng.shuffle(order)
     pool = batch_size * 16
-    batches = []
+    batches: list[list[int]] = []
     for start in range(0, len(order), pool):
         chunk = sorted(order[start : start + pool], key=lambda i: lengths[i])
         batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
@@ -419,7 +432,12 @@ def lr_factor(step: int, total: int, settings: DistillSettings) -> float:
     return settings.min_lr_ratio + (1 - settings.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def stratified_rows(rows: Sequence[RowT], count: int, *, label: Callable[[RowT], str] = lambda row: row[1]) -> list[RowT]:
+def _second_field(row: Any) -> str:
+    """A ``(text, label)`` row's label."""
+    return row[1]
+
+
+def stratified_rows(rows: Sequence[RowT], count: int, *, label: Callable[[RowT], str] = _second_field) -> list[RowT]:
     """Up to ``count`` rows taken round-robin over labels (each label's rows in file order).
 
     Dataset splits are written grouped by label, so their first rows are one
@@ -431,9 +449,9 @@ def stratified_rows(rows: Sequence[RowT], count: int, *, label: Callable[[RowT],
     chosen: list[RowT] = []
     depth = 0
     while len(chosen) < min(count, len(rows)):
-        for label in sorted(by_label):
-            if depth < len(by_label[label]) and len(chosen) < count:
-                chosen.append(by_label[label][depth])
+        for name in sorted(by_label):
+            if depth < len(by_label[name]) and len(chosen) < count:
+                chosen.append(by_label[name][depth])
         depth += 1
     return chosen
 
@@ -456,6 +474,7 @@ def train_router_slm(
     resume: bool = False,
     overwrite: bool = False,
     on_step: Callable[[int, float], None] | None = None,
+    descriptions: Mapping[str, str] | None = None,
 ) -> TrainResult:
     """Fine-tune ``base`` (default: the packaged SmolLM2-135M-Instruct) for the route role on ``dataset_dir``.
 
@@ -464,7 +483,8 @@ def train_router_slm(
     existing checkpoint or finished model is an error unless ``overwrite``.
     ``on_step(step, loss)`` is called after each optimiser step (for progress
     reports; an exception there stops training, as a kill would, and the last
-    checkpoint stays).
+    checkpoint stays). ``descriptions`` (``{intent: decision boundary}``) are
+    shown to the model with ``label_style="descriptions"`` (:func:`prompt_labels`).
     """
     from transformers import AutoTokenizer
 
@@ -475,7 +495,7 @@ def train_router_slm(
     dataset = load_route_dataset(dataset_dir)
     base_folder = prepare_model_folder(base)
     tokenizer = AutoTokenizer.from_pretrained(base_folder)
-    shown, intents = prompt_labels(dataset.labels(), settings.label_style)
+    shown, intents = prompt_labels(dataset.labels(), settings.label_style, descriptions)
     to_prompt_label = {intent: code for code, intent in intents.items()}
     encoder = RoutePromptEncoder(
         tokenizer, shown, max_input_tokens=settings.max_input_tokens, list_labels=lists_labels(settings.label_style)

@@ -38,17 +38,16 @@ from __future__ import annotations
 
 import os
 import re
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 from langchain_core.documents import Document
-from langchain_core.runnables import RunnableConfig
 from pydantic import BaseModel, Field
 
-from agentgraph.records.decisions import Decision, DecisionLog, DecisionState, log_decision, thread_id_of
 from agentgraph.errors import ModelNotFoundError
-from agentgraph.text import clean_text, require_text
+from agentgraph.nodes.kernel import ControlNode, NodeCall, NodeResult
+from agentgraph.records.decisions import DecisionLog, DecisionState
+from agentgraph.text import clean_text
 
 DropReason = Literal["empty", "below_min_score", "duplicate", "beyond_top_k", "over_budget"]
 Chunk = str | Document | Mapping[str, Any]
@@ -172,7 +171,7 @@ def prune_scored(
         score = float(scores[index])
         words = word_set(texts[index])
         duplicate_of = (
-            next((k.index for k, w in zip(kept, kept_words) if jaccard(words, w) >= settings.dedupe_threshold), None)
+            next((k.index for k, w in zip(kept, kept_words, strict=True) if jaccard(words, w) >= settings.dedupe_threshold), None)
             if settings.dedupe_threshold is not None
             else None
         )
@@ -220,36 +219,35 @@ def create_context_pruner(
     output_key: str = "context",
     name: str = "context_pruner",
     decision_log: DecisionLog | None = None,
-):
+) -> ControlNode:
     """A node that reranks ``state[chunks_key]`` against ``state[query_key]`` and writes the survivors to ``output_key``.
 
     Tokens are counted with ``count_tokens`` (default: the reranker's
     tokenizer); count with the tokenizer of the model that will read the
     context when the budget is that model's. An empty query raises
-    :class:`~agentgraph.errors.EmptyInputError`; no chunks is a valid input
-    that keeps nothing. Returns ``{output_key: [KeptChunk], "decisions": [Decision]}``.
+    :class:`~agentgraph.errors.EmptyInputError` after a ``rejected`` record is
+    logged; no chunks is a valid input that keeps nothing. Returns
+    ``{output_key: [KeptChunk], "decisions": [Decision]}``.
     """
     settings = PruneSettings(top_k=top_k, min_score=min_score, dedupe_threshold=dedupe_threshold, token_budget=token_budget)
     counter = count_tokens or reranker.count_tokens
 
-    def context_pruner(state: Mapping[str, Any], config: RunnableConfig) -> dict[str, Any]:
-        started = time.perf_counter()
-        query = require_text(state.get(query_key), what=f"query ({query_key!r})")
-        chunks = state.get(chunks_key)
+    def prune_chunks(call: NodeCall) -> NodeResult:
+        query = call.value
+        chunks = call.state.get(chunks_key)
         if chunks is None or isinstance(chunks, str | Mapping) or not isinstance(chunks, Sequence):
             raise TypeError(f"state[{chunks_key!r}] must be a list of chunks, not {type(chunks).__name__}")
         parsed = [chunk_text_and_metadata(chunk, i) for i, chunk in enumerate(chunks)]
         texts = [text for text, _ in parsed]
         scorable = [i for i, text in enumerate(texts) if text.strip()]
         scores: list[float | None] = [None] * len(texts)
-        for index, score in zip(scorable, reranker.score(query, [texts[i] for i in scorable])):
+        for index, score in zip(scorable, reranker.score(query, [texts[i] for i in scorable]), strict=True):
             scores[index] = score
         kept, dropped = prune_scored(texts, scores, settings, counter)
         for chunk in kept:
             chunk.metadata = parsed[chunk.index][1]
-        decision = Decision(
-            node=name,
-            kind="prune",
+        return NodeResult(
+            {output_key: kept},
             input={"query": query, "chunks": len(texts)},
             output={
                 "kept": [{"index": c.index, "score": c.score, "tokens": c.tokens} for c in kept],
@@ -258,11 +256,9 @@ def create_context_pruner(
             strategy="cross_encoder",
             outcome="ok" if kept else "nothing_kept",
             model=reranker.model_name,
-            latency_ms=(time.perf_counter() - started) * 1000,
-            thread_id=thread_id_of(config),
             metadata={"settings": settings.model_dump(), "tokens_kept": sum(c.tokens for c in kept)},
         )
-        return {output_key: kept, "decisions": [log_decision(decision_log, decision)]}
 
-    context_pruner.__name__ = name
-    return context_pruner
+    return ControlNode(
+        prune_chunks, name=name, kind="prune", input_key=query_key, what="query", decision_log=decision_log
+    )

@@ -46,115 +46,56 @@ Example:
 from __future__ import annotations
 
 import logging
-import operator
-import re
-import time
 from collections.abc import Callable, Mapping
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, StateGraph
-from pydantic import BaseModel, Field
 
-from agentgraph.records.decisions import Decision, DecisionLog, DecisionState, log_decision, thread_id_of
 from agentgraph.errors import SLMError
 from agentgraph.llm import HumanHandoff, escalate
+from agentgraph.nodes.kernel import ControlNode, NodeCall, NodeResult
+from agentgraph.nodes.loop_state import (
+    ActResult,
+    DONE_REPLY,
+    LabelledObservation,
+    LoopState,
+    Observation,
+    Status,
+    VERDICT_DESCRIPTIONS,
+    Verdict,
+    allowed_verdicts,
+    handoff_update,
+    parse_plan,
+)
 from agentgraph.prompting import load_prompt
+from agentgraph.records.decisions import DecisionLog
 from agentgraph.slm import SLM
-from agentgraph.text import clean_text, require_text, truncate_to_tokens
+from agentgraph.text import clean_text, truncate_to_tokens
+
+__all__ = [
+    "ActResult",
+    "LabelledObservation",
+    "LoopState",
+    "Observation",
+    "Status",
+    "VERDICT_DESCRIPTIONS",
+    "Verdict",
+    "allowed_verdicts",
+    "create_actor",
+    "create_evaluator",
+    "create_loop_graph",
+    "create_observer",
+    "create_planner",
+    "handoff_update",
+    "parse_plan",
+    "route_after_evaluate",
+    "route_after_plan",
+    "text_tokens",
+]
 
 logger = logging.getLogger(__name__)
-
-Verdict = Literal["continue", "replan", "done", "escalate"]
-Status = Literal["running", "done", "handoff"]
-
-VERDICT_DESCRIPTIONS: dict[str, str] = {
-    "continue": "the step worked and the plan has steps left: carry out the next step",
-    "done": "the last step worked and the goal is reached: stop",
-    "replan": "the step failed or its result breaks the plan: make a new plan",
-    "escalate": "you cannot tell: ask a stronger model",
-}
-"""What each verdict means, as the SLM is shown it."""
-
-_PLAN_STEP = re.compile(r"^\s*(?:\d+\s*[.):]|[-*\u2022])\s+(?P<step>\S.*?)\s*$")
-_DONE = re.compile(r"^\s*DONE\s*:?\s*(?P<answer>.*)$", re.IGNORECASE | re.DOTALL)
-
-
-class ActResult(BaseModel):
-    """What the act function returned for one step, or the error it raised."""
-
-    step: str
-    output: Any = None
-    error: bool = False
-
-
-class Observation(BaseModel):
-    """One step's result as the evaluator and the planner see it."""
-
-    step: str
-    result: str
-    error: bool = False
-    truncated: bool = Field(default=False, description="the result was cut to the evaluator's token budget")
-
-
-class LoopState(DecisionState, total=False):
-    """The keys the loop nodes read and write; pass ``goal`` in."""
-
-    goal: str
-    plan: list[str]
-    step_index: int
-    last_result: ActResult | None
-    observations: Annotated[list[Observation], operator.add]
-    verdict: Verdict | None
-    status: Status
-    answer: str | None
-    handoff: HumanHandoff | None
-    iterations: int
-    llm_calls: int
-    slm_calls: int
-
-
-class LabelledObservation(BaseModel):
-    """A loop state at one evaluation and the verdict it calls for: a case to measure the evaluator on."""
-
-    goal: str
-    plan: list[str]
-    done: int = Field(ge=1, description="plan steps carried out; the latest of them is the one observed")
-    result: str
-    error: bool = False
-    verdict: Verdict
-
-    def state(self) -> dict[str, Any]:
-        """The :class:`LoopState` the evaluator sees after the ``done``-th step."""
-        observation = Observation(step=self.plan[self.done - 1], result=self.result, error=self.error)
-        return {"goal": self.goal, "plan": self.plan, "step_index": self.done, "observations": [observation]}
-
-
-def parse_plan(text: str) -> list[str]:
-    """The steps of a numbered or bulleted plan, in order; other lines are ignored."""
-    return [match["step"] for line in text.splitlines() if (match := _PLAN_STEP.match(line))]
-
-
-def allowed_verdicts(state: Mapping[str, Any]) -> list[str]:
-    """The verdicts the state leaves sensible after the latest observation (see the module docstring)."""
-    if state["observations"][-1].error:
-        return ["replan", "escalate"]
-    if state.get("step_index", 0) < len(state.get("plan", [])):
-        return ["continue", "replan", "escalate"]
-    return ["done", "replan", "escalate"]
-
-
-def handoff_update(state: Mapping[str, Any], reason: str) -> dict[str, Any]:
-    """End the loop in a ticket for a person that carries everything done so far."""
-    request = {
-        "goal": state.get("goal"),
-        "plan": state.get("plan", []),
-        "observations": [o.model_dump() for o in state.get("observations", [])],
-    }
-    return {"status": "handoff", "handoff": HumanHandoff(reason=reason, request=request)}
-
 
 def create_planner(
     llm: BaseChatModel | None,
@@ -162,40 +103,36 @@ def create_planner(
     max_llm_calls: int = 5,
     name: str = "plan",
     decision_log: DecisionLog | None = None,
-):
+) -> ControlNode:
     """The plan node: the LLM writes (or rewrites) the plan, or declares the goal reached.
 
     Why it is called is read from ``state["verdict"]``: none yet is the start,
     ``replan`` a replan, ``escalate`` an escalation (the LLM then also sees the
     steps still planned). A reply with neither steps nor ``DONE`` ends the loop
-    in a handoff that keeps the reply.
+    in a handoff that keeps the reply. An empty ``goal`` raises
+    :class:`~agentgraph.errors.EmptyInputError` after a ``rejected`` record is logged.
     """
     template = load_prompt("loop_plan")
+    model = getattr(llm, "model_name", None) or (type(llm).__name__ if llm else None)
 
-    def plan(state: Mapping[str, Any], config: RunnableConfig) -> dict[str, Any]:
-        started = time.perf_counter()
-        goal = require_text(state.get("goal"), what="loop goal")
+    def plan(call: NodeCall) -> NodeResult:
+        state, goal = call.state, call.value
         llm_calls = state.get("llm_calls", 0)
         reason = {"replan": "replan", "escalate": "escalation"}.get(state.get("verdict") or "", "start")
         observations = state.get("observations", [])
         remaining = state.get("plan", [])[state.get("step_index", 0) :]
 
-        def finish(update: dict[str, Any], output: Any, outcome: str, *, called: bool) -> dict[str, Any]:
-            decision = Decision(
-                node=name,
-                kind="plan",
+        def finish(update: dict[str, Any], output: Any, outcome: str, *, called: bool) -> NodeResult:
+            counted = {"llm_calls": llm_calls + 1} if called else {}
+            return NodeResult(
+                {**update, **counted},
                 input={"goal": goal, "reason": reason, "observations": len(observations)},
                 output=output,
                 strategy="llm",
                 escalated=reason == "escalation",
                 outcome=outcome,
-                model=getattr(llm, "model_name", None) or (type(llm).__name__ if llm else None),
-                latency_ms=(time.perf_counter() - started) * 1000,
-                thread_id=thread_id_of(config),
-                metadata={"prompt": template.id},
+                model=model,
             )
-            counted = {"llm_calls": llm_calls + 1} if called else {}
-            return {**update, **counted, "decisions": [log_decision(decision_log, decision)]}
 
         if llm_calls >= max_llm_calls:
             update = handoff_update(state, f"the loop spent its budget of {max_llm_calls} LLM calls")
@@ -206,7 +143,7 @@ def create_planner(
         if isinstance(reply, HumanHandoff):  # its request is the planner prompt: goal and results so far
             return finish({"status": "handoff", "handoff": reply}, None, "handoff", called=called)
         text = clean_text(reply.text)
-        if done := _DONE.match(text):
+        if done := DONE_REPLY.match(text):
             update = {"status": "done", "answer": done["answer"].strip(), "verdict": "done"}
             return finish(update, {"done": True, "answer": update["answer"]}, "done", called=called)
         steps = parse_plan(text)
@@ -216,8 +153,10 @@ def create_planner(
         update = {"plan": steps, "step_index": 0, "verdict": None, "status": "running"}
         return finish(update, steps, "ok", called=called)
 
-    plan.__name__ = name
-    return plan
+    return ControlNode(
+        plan, name=name, kind="plan", input_key="goal", what="loop goal", decision_log=decision_log,
+        metadata={"prompt": template.id},
+    )  # fmt: skip
 
 
 def create_actor(
@@ -225,7 +164,7 @@ def create_actor(
     *,
     name: str = "act",
     decision_log: DecisionLog | None = None,
-):
+) -> ControlNode:
     """The act node: runs the next plan step as ``act(step, state)``.
 
     An exception is caught and becomes a failed result (the evaluator then
@@ -234,32 +173,23 @@ def create_actor(
     where a step may run twice after a replan.
     """
 
-    def act_node(state: Mapping[str, Any], config: RunnableConfig) -> dict[str, Any]:
-        started = time.perf_counter()
+    def act_node(call: NodeCall) -> NodeResult:
+        state = call.state
         step = state["plan"][state.get("step_index", 0)]
         try:
             result = ActResult(step=step, output=act(step, state))
         except Exception as exc:  # any tool failure is an observation for the evaluator, not a crash
             logger.warning("loop step %r failed: %s", step, exc)
             result = ActResult(step=step, output=f"{type(exc).__name__}: {exc}", error=True)
-        decision = Decision(
-            node=name,
-            kind="act",
+        return NodeResult(
+            {"last_result": result, "iterations": state.get("iterations", 0) + 1},
             input=step,
             output=result.output if result.error else None,
             strategy="tool",
             outcome="error" if result.error else "ok",
-            latency_ms=(time.perf_counter() - started) * 1000,
-            thread_id=thread_id_of(config),
         )
-        return {
-            "last_result": result,
-            "iterations": state.get("iterations", 0) + 1,
-            "decisions": [log_decision(decision_log, decision)],
-        }
 
-    act_node.__name__ = name
-    return act_node
+    return ControlNode(act_node, name=name, kind="act", input_key=None, decision_log=decision_log)
 
 
 def text_tokens(slm: SLM) -> Callable[[str], int]:
@@ -292,7 +222,7 @@ def create_evaluator(
     max_iterations: int = 20,
     name: str = "evaluate",
     decision_log: DecisionLog | None = None,
-):
+) -> ControlNode:
     """The evaluate node: the SLM judges the latest observation; ``state["verdict"]`` routes the loop.
 
     The verdict is the SLM's constrained choice among :func:`allowed_verdicts`;
@@ -300,7 +230,8 @@ def create_evaluator(
     ``escalate``. ``done`` ends the loop with the last result as the answer;
     any other verdict once ``max_iterations`` steps have run ends it in a
     handoff. The decision keeps the SLM's own pick (``metadata["slm_verdict"]``)
-    and, when the gate overrode it, why (``metadata["escalation_reason"]``).
+    and, when the gate overrode it, why (``metadata["escalation_reason"]``). An empty ``goal`` raises
+    :class:`~agentgraph.errors.EmptyInputError` after a ``rejected`` record is logged, before the SLM is asked.
 
     Measured (``python benchmarks/loop.py``): the packaged 135M SLM's picks
     follow the plan's position (``continue`` mid-plan, ``done`` at its end,
@@ -310,13 +241,13 @@ def create_evaluator(
     """
     template = load_prompt("loop_evaluate")
 
-    def evaluate(state: Mapping[str, Any], config: RunnableConfig) -> dict[str, Any]:
-        started = time.perf_counter()
+    def evaluate(call: NodeCall) -> NodeResult:
+        state = call.state
         observation: Observation = state["observations"][-1]
         plan, number = state["plan"], state["step_index"]
         labels = {label: VERDICT_DESCRIPTIONS[label] for label in allowed_verdicts(state)}
         prompt = template.render(
-            goal=require_text(state.get("goal"), what="loop goal"),
+            goal=call.value,
             number=number,
             total=len(plan),
             step=observation.step,
@@ -348,9 +279,8 @@ def create_evaluator(
         elif state.get("iterations", 0) >= max_iterations:
             update |= handoff_update(state, f"the loop reached its limit of {max_iterations} iterations")
             outcome = "iteration_limit"
-        decision = Decision(
-            node=name,
-            kind="evaluate",
+        return NodeResult(
+            update,
             input={"step": observation.step, "number": number, "of": len(plan), "error": observation.error},
             output=verdict,
             confidence=confidence,
@@ -358,14 +288,13 @@ def create_evaluator(
             escalated=verdict == "escalate",
             outcome=outcome,
             model=model,
-            latency_ms=(time.perf_counter() - started) * 1000,
-            thread_id=thread_id_of(config),
-            metadata={"prompt": template.id, "labels": list(labels), "probabilities": probabilities, **judged},
+            metadata={"labels": list(labels), "probabilities": probabilities, **judged},
         )
-        return {**update, "decisions": [log_decision(decision_log, decision)]}
 
-    evaluate.__name__ = name
-    return evaluate
+    return ControlNode(
+        evaluate, name=name, kind="evaluate", input_key="goal", what="loop goal", decision_log=decision_log,
+        metadata={"prompt": template.id},
+    )  # fmt: skip
 
 
 def route_after_plan(state: Mapping[str, Any]) -> Literal["act", "__end__"]:

@@ -32,17 +32,15 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from langchain_core.runnables import RunnableConfig
 from pydantic import BaseModel, Field, ValidationError
 
-from agentgraph.records.decisions import Decision, DecisionLog, log_decision, thread_id_of
-from agentgraph.errors import EmptyInputError
+from agentgraph.nodes.kernel import ControlNode, NodeCall, NodeResult
 from agentgraph.pii import PII_KINDS, PIIKind, find_pii, redact_spans
+from agentgraph.records.decisions import DecisionLog
 
 logger = logging.getLogger(__name__)
 
@@ -251,7 +249,7 @@ def create_output_validator(
     output_key: str = "output",
     report_key: str = "validation",
     name: str = "output_validator",
-) -> Callable[[Mapping[str, Any], RunnableConfig], dict[str, Any]]:
+) -> ControlNode:
     """A LangGraph node that validates ``state[input_key]`` and writes the accepted value to ``output_key``.
 
     Args:
@@ -265,8 +263,8 @@ def create_output_validator(
         report_key: state key of the :class:`ValidationReport`.
         name: the node name in decision records.
 
-    A missing value (None or empty text) raises :class:`~agentgraph.errors.EmptyInputError`
-    after its decision is logged.
+    A missing value (None, blank text or an empty list) raises :class:`~agentgraph.errors.EmptyInputError`
+    after a ``rejected`` record is logged.
     """
     if not checks:
         raise ValueError("give the output validator at least one check")
@@ -304,20 +302,8 @@ def create_output_validator(
             steps.append(ValidationStep(action="regenerate", violations=violations))
         return value, steps
 
-    def output_validator(state: Mapping[str, Any], config: RunnableConfig) -> dict[str, Any]:
-        started = time.perf_counter()
-        draft = state.get(input_key)
-        if draft is None or (isinstance(draft, str) and not draft.strip()):
-            error = EmptyInputError(f"state[{input_key!r}] is empty: there is no output to validate")
-            log_decision(
-                decision_log,
-                Decision(
-                    node=name, kind="validate", input=draft, outcome="rejected", thread_id=thread_id_of(config),
-                    metadata={"error": str(error)},
-                )
-            )  # fmt: skip
-            raise error
-        value, steps = review(state, draft)
+    def validate_output(call: NodeCall) -> NodeResult:
+        value, steps = review(call.state, call.value)
         remaining = steps[-1].violations
         actions = {step.action for step in steps}
         if remaining:
@@ -338,22 +324,16 @@ def create_output_validator(
             steps=steps,
             candidate=value if remaining else None,
         )
-        decision = log_decision(
-            decision_log,
-            Decision(
-                node=name,
-                kind="validate",
-                input=draft,
-                output=None if remaining else value,
-                strategy={"ok": "checks", "redacted": "redact", "regenerated": "regenerate", "flagged": "human"}[outcome],
-                escalated=bool(remaining),
-                outcome=outcome,
-                latency_ms=(time.perf_counter() - started) * 1000,
-                thread_id=thread_id_of(config),
-                metadata={"checks": names, "report": report.model_dump(mode="json", exclude={"candidate"})},
-            )
+        return NodeResult(
+            {output_key: None if remaining else value, report_key: report},
+            output=None if remaining else value,
+            strategy={"ok": "checks", "redacted": "redact", "regenerated": "regenerate", "flagged": "human"}[outcome],
+            escalated=bool(remaining),
+            outcome=outcome,
+            metadata={"report": report.model_dump(mode="json", exclude={"candidate"})},
         )
-        return {output_key: None if remaining else value, report_key: report, "decisions": [decision]}
 
-    output_validator.__name__ = name
-    return output_validator
+    return ControlNode(
+        validate_output, name=name, kind="validate", input_key=input_key, what="output", reads="value",
+        decision_log=decision_log, metadata={"checks": names},
+    )  # fmt: skip

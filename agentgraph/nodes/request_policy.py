@@ -94,14 +94,14 @@ class RequestPolicy:
         declines = clarification.says_no(text) or (act is not None and (act.act == "negation" or act.negation_cue))
         if declines and self.writes is not None and self.writes.writes(resolved.label):
             return PolicyOutcome(clarification=clarification.declined(request=pending.request), outcome="declined")
-        return self._serve_answer(resolved)
+        return self._serve_answer(resolved, clarification)
 
-    def _serve_answer(self, resolved: ClarifiedRequest) -> PolicyOutcome:
+    def _serve_answer(self, resolved: ClarifiedRequest, clarification: ClarificationPolicy) -> PolicyOutcome:
         if self.writes is None or not self.writes.writes(resolved.label):
             return PolicyOutcome(label=resolved.label, text=resolved.text, outcome="clarified_answer")
         if resolved.consent is None:
             # A target named in answer to a question the write was not yet agreed to: ask before writing.
-            return self._ask(self.clarification.confirm(resolved.label, request=resolved.text))
+            return self._ask(clarification.confirm(resolved.label, request=resolved.text))
         consent = WriteConsent(label=resolved.label, how=resolved.consent, request=resolved.text)
         return PolicyOutcome(label=resolved.label, text=resolved.text, consent=consent, outcome="clarified_answer")
 
@@ -134,18 +134,24 @@ class RequestPolicy:
                                                        declined=act.act == "negation", offer=offer))  # fmt: skip
         if accepted and label is not None:
             if self.writes is not None and self.writes.writes(label):
-                return self._write(text, label, confidence, act, top)
+                return self._write(self.writes, text, label, confidence, act, top)
             return PolicyOutcome(label=label, text=text)
         if clarification is not None and (candidates := candidate_set(top, gate, max_candidates=clarification.max_candidates)):
             return self._ask(clarification.choose(candidates, request=text))
         return ESCALATION
 
     def _write(
-        self, text: str, label: str, confidence: float | None, act: ActVerdict | None, top: Mapping[str, float]
+        self,
+        writes: WritePolicy,
+        text: str,
+        label: str,
+        confidence: float | None,
+        act: ActVerdict | None,
+        top: Mapping[str, float],
     ) -> PolicyOutcome:
         clarification = self.clarification
         references = clarification.references(text) if clarification is not None else []
-        verdict = judge_write(self.writes, text, confidence=confidence, act=act, references=references)
+        verdict = judge_write(writes, text, confidence=confidence, act=act, references=references)
         if verdict.judgement == "write":
             return PolicyOutcome(label=label, text=text, write=verdict,
                                  consent=WriteConsent(label=label, how="requested", request=text))  # fmt: skip

@@ -156,8 +156,12 @@ class SQLStore:
     @contextmanager
     def _connection(self) -> Iterator[Callable[[str, Sequence[Any]], Any]]:
         """The connection, held by this thread for the block; yields ``execute(sql, params) -> cursor``."""
+
+        def execute(query: str, params: Sequence[Any] = ()) -> Any:
+            return self._conn.execute(self._sql(query), params)
+
         with self._lock:
-            yield lambda query, params=(): self._conn.execute(self._sql(query), params)
+            yield execute
 
     def close(self) -> None:
         self._conn.close()

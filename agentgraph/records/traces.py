@@ -332,7 +332,7 @@ class LLMCallRecorder(BaseCallbackHandler):
         call, started = pending
         generation = response.generations[0][0] if response.generations and response.generations[0] else None
         message = generation.message if isinstance(generation, ChatGeneration) else None
-        usage = (message.usage_metadata if isinstance(message, AIMessage) else None) or {}
+        usage: Mapping[str, Any] = (message.usage_metadata if isinstance(message, AIMessage) else None) or {}
         token_usage = (response.llm_output or {}).get("token_usage") or {}
         model = (message.response_metadata.get("model_name") if message is not None else None) or (
             response.llm_output or {}

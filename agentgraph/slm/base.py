@@ -5,18 +5,26 @@ Two backends implement it: :class:`~agentgraph.slm.embedded.TransformersSLM`
 server). Both share the prompt rendering and label scoring defined here, so the
 same model gives the same answers through either.
 
+Every call has an async twin (``achoose``, ``astructured``, ``agenerate``) with the
+same arguments and result, for graphs run with ``ainvoke``: the vLLM client awaits
+its server, the embedded model runs in a worker thread, so the event loop never waits
+on the model.
+
 Example:
+    >>> import asyncio
     >>> from agentgraph.slm import load_slm
     >>> slm = load_slm()  # embedded SmolLM2-135M-Instruct
     >>> result = slm.choose("Where is my parcel?", ["track_order", "cancel_order"])
     >>> result.label, round(sum(result.probabilities.values()), 6)
     ('track_order', 1.0)
+    >>> asyncio.run(slm.achoose("Where is my parcel?", ["track_order", "cancel_order"])).label
+    'track_order'
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
-import threading
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Generic, Literal, TypeVar
@@ -156,6 +164,19 @@ def structured_messages(
     return to_messages(prompt, system or instruction)
 
 
+def label_suffix_probes(label: str) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """The two conversations whose renderings differ by ``label`` as an assistant turn: a probe, and it answered."""
+    probe = [{"role": "user", "content": "?"}]
+    return probe, [*probe, {"role": "assistant", "content": label}]
+
+
+def label_suffix(label: str, probe_ids: list[int], answered_ids: list[int]) -> list[int]:
+    """The tokens ``answered_ids`` adds to ``probe_ids`` (see :func:`label_suffix_probes`): ``label``'s reply."""
+    if answered_ids[: len(probe_ids)] != probe_ids or len(answered_ids) == len(probe_ids):
+        raise ValueError(f"the chat template does not render label {label!r} as a plain assistant turn")
+    return answered_ids[len(probe_ids) :]
+
+
 def normalise_scores(label_logprobs: Mapping[str, float]) -> dict[str, float]:
     """Softmax of per-label sequence log-probabilities: P(label | prompt, label in set)."""
     top = max(label_logprobs.values())
@@ -172,12 +193,33 @@ def validate_structured(schema: type[ModelT], text: str) -> ModelT:
         raise StructuredOutputError(schema, text, exc) from exc
 
 
+def choice_result(label_logprobs: Mapping[str, float], usage: Usage) -> ChoiceResult:
+    """The label scored highest, with the scores normalised over the label set."""
+    probabilities = normalise_scores(label_logprobs)
+    label = max(probabilities, key=probabilities.__getitem__)
+    return ChoiceResult(label=label, probabilities=probabilities, usage=usage)
+
+
+def structured_result(schema: type[ModelT], generation: GenerationResult, max_tokens: int) -> StructuredResult[ModelT]:
+    """``generation`` validated as ``schema``; an output cut at ``max_tokens`` is a :class:`StructuredOutputError`."""
+    if generation.finish_reason == "length":
+        raise StructuredOutputError(
+            schema, generation.text, ValueError(f"the output was cut at max_tokens={max_tokens}; raise it")
+        )
+    value = validate_structured(schema, generation.text)
+    return StructuredResult[schema](value=value, **generation.model_dump())
+
+
 class SLM(ABC):
     """A small language model behind one contract.
 
     Every method is deterministic (greedy decoding) and thread-safe; every
     result carries :class:`Usage` (latency, model name, token counts). A blank
     prompt is refused (:func:`require_prompt`).
+
+    Each call has an async twin taking the same arguments and giving the same
+    result; a backend implements the sync hooks, and the async hooks default to
+    running them in a worker thread (a backend with an async client overrides them).
     """
 
     model_name: str
@@ -185,7 +227,6 @@ class SLM(ABC):
 
     def __init__(self) -> None:
         self._suffix_cache: dict[str, list[int]] = {}
-        self._suffix_lock = threading.Lock()
 
     def choose(self, prompt: Prompt, labels: Labels, *, system: str | None = None, list_labels: bool = True) -> ChoiceResult:
         """Pick one of ``labels``; the answer can never leave the label set.
@@ -202,10 +243,18 @@ class SLM(ABC):
         prefix = self.tokenize_chat(messages, add_generation_prompt=True)
         suffixes = {label: self._label_suffix(label) for label in options}
         self.check_budget(len(prefix) + max(map(len, suffixes.values())))
-        logprobs, usage = self._score_continuations(prefix, suffixes)
-        probabilities = normalise_scores(logprobs)
-        label = max(probabilities, key=probabilities.__getitem__)
-        return ChoiceResult(label=label, probabilities=probabilities, usage=usage)
+        return choice_result(*self._score_continuations(prefix, suffixes))
+
+    async def achoose(
+        self, prompt: Prompt, labels: Labels, *, system: str | None = None, list_labels: bool = True
+    ) -> ChoiceResult:
+        """:meth:`choose`, awaited."""
+        options = label_options(labels)
+        messages = choice_messages(require_prompt(prompt), options, system, list_labels=list_labels)
+        prefix = await self.atokenize_chat(messages, add_generation_prompt=True)
+        suffixes = dict(zip(options, await asyncio.gather(*map(self._alabel_suffix, options)), strict=True))
+        self.check_budget(len(prefix) + max(map(len, suffixes.values())))
+        return choice_result(*await self._ascore_continuations(prefix, suffixes))
 
     def structured(
         self,
@@ -228,12 +277,23 @@ class SLM(ABC):
         prompt_ids = self.tokenize_chat(messages, add_generation_prompt=True)
         self.check_budget(len(prompt_ids) + max_tokens)
         generation = self._generate_json(messages, prompt_ids, schema.model_json_schema(), max_tokens)
-        if generation.finish_reason == "length":
-            raise StructuredOutputError(
-                schema, generation.text, ValueError(f"the output was cut at max_tokens={max_tokens}; raise it")
-            )
-        value = validate_structured(schema, generation.text)
-        return StructuredResult[schema](value=value, **generation.model_dump())
+        return structured_result(schema, generation, max_tokens)
+
+    async def astructured(
+        self,
+        prompt: Prompt,
+        schema: type[ModelT],
+        *,
+        system: str | None = None,
+        max_tokens: int = 256,
+        describe_schema: bool = True,
+    ) -> StructuredResult[ModelT]:
+        """:meth:`structured`, awaited."""
+        messages = structured_messages(require_prompt(prompt), schema, system, describe_schema=describe_schema)
+        prompt_ids = await self.atokenize_chat(messages, add_generation_prompt=True)
+        self.check_budget(len(prompt_ids) + max_tokens)
+        generation = await self._agenerate_json(messages, prompt_ids, schema.model_json_schema(), max_tokens)
+        return structured_result(schema, generation, max_tokens)
 
     def generate(
         self,
@@ -249,6 +309,20 @@ class SLM(ABC):
         self.check_budget(len(prompt_ids) + max_tokens)
         return self._generate_text(messages, prompt_ids, max_tokens, list(stop))
 
+    async def agenerate(
+        self,
+        prompt: Prompt,
+        *,
+        system: str | None = None,
+        max_tokens: int = 256,
+        stop: Sequence[str] = (),
+    ) -> GenerationResult:
+        """:meth:`generate`, awaited."""
+        messages = to_messages(require_prompt(prompt), system)
+        prompt_ids = await self.atokenize_chat(messages, add_generation_prompt=True)
+        self.check_budget(len(prompt_ids) + max_tokens)
+        return await self._agenerate_text(messages, prompt_ids, max_tokens, list(stop))
+
     def count_tokens(self, prompt: Prompt, *, system: str | None = None) -> int:
         """Tokens the prompt takes once the chat template is applied."""
         return len(self.tokenize_chat(to_messages(prompt, system), add_generation_prompt=True))
@@ -260,22 +334,38 @@ class SLM(ABC):
     def _label_suffix(self, label: str) -> list[int]:
         """Token ids of ``label`` as a complete assistant turn (content plus end-of-turn).
 
-        Found by difference of two chat-template renderings, so it holds for any
-        template; independent of the prompt, hence cached.
+        Found by difference of two chat-template renderings (:func:`label_suffix`), so it
+        holds for any template; independent of the prompt, hence cached. Two threads that
+        miss the cache at once both render it and store the same ids: no lock is needed.
         """
-        with self._suffix_lock:
-            if label not in self._suffix_cache:
-                probe = [{"role": "user", "content": "?"}]
-                prefix = self.tokenize_chat(probe, add_generation_prompt=True)
-                full = self.tokenize_chat([*probe, {"role": "assistant", "content": label}], add_generation_prompt=False)
-                if full[: len(prefix)] != prefix or len(full) == len(prefix):
-                    raise ValueError(f"the chat template does not render label {label!r} as a plain assistant turn")
-                self._suffix_cache[label] = full[len(prefix) :]
-            return self._suffix_cache[label]
+        if label not in self._suffix_cache:
+            probe, answered = label_suffix_probes(label)
+            ids = label_suffix(
+                label,
+                self.tokenize_chat(probe, add_generation_prompt=True),
+                self.tokenize_chat(answered, add_generation_prompt=False),
+            )
+            self._suffix_cache.setdefault(label, ids)
+        return self._suffix_cache[label]
+
+    async def _alabel_suffix(self, label: str) -> list[int]:
+        """:meth:`_label_suffix`, awaited (both renderings at once)."""
+        if label not in self._suffix_cache:
+            probe, answered = label_suffix_probes(label)
+            probe_ids, answered_ids = await asyncio.gather(
+                self.atokenize_chat(probe, add_generation_prompt=True),
+                self.atokenize_chat(answered, add_generation_prompt=False),
+            )
+            self._suffix_cache.setdefault(label, label_suffix(label, probe_ids, answered_ids))
+        return self._suffix_cache[label]
 
     @abstractmethod
     def tokenize_chat(self, messages: Sequence[ChatMessage], *, add_generation_prompt: bool) -> list[int]:
         """Token ids of ``messages`` rendered with the model's chat template."""
+
+    async def atokenize_chat(self, messages: Sequence[ChatMessage], *, add_generation_prompt: bool) -> list[int]:
+        """:meth:`tokenize_chat`, run in a worker thread."""
+        return await asyncio.to_thread(self.tokenize_chat, messages, add_generation_prompt=add_generation_prompt)
 
     @abstractmethod
     def _score_continuations(
@@ -294,3 +384,21 @@ class SLM(ABC):
         self, messages: list[dict[str, str]], prompt_ids: list[int], max_tokens: int, stop: list[str]
     ) -> GenerationResult:
         """Greedy unconstrained generation."""
+
+    async def _ascore_continuations(
+        self, prefix: list[int], continuations: Mapping[str, list[int]]
+    ) -> tuple[dict[str, float], Usage]:
+        """:meth:`_score_continuations`, run in a worker thread."""
+        return await asyncio.to_thread(self._score_continuations, prefix, continuations)
+
+    async def _agenerate_json(
+        self, messages: list[dict[str, str]], prompt_ids: list[int], json_schema: dict, max_tokens: int
+    ) -> GenerationResult:
+        """:meth:`_generate_json`, run in a worker thread."""
+        return await asyncio.to_thread(self._generate_json, messages, prompt_ids, json_schema, max_tokens)
+
+    async def _agenerate_text(
+        self, messages: list[dict[str, str]], prompt_ids: list[int], max_tokens: int, stop: list[str]
+    ) -> GenerationResult:
+        """:meth:`_generate_text`, run in a worker thread."""
+        return await asyncio.to_thread(self._generate_text, messages, prompt_ids, max_tokens, stop)

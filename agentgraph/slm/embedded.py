@@ -3,7 +3,9 @@
 Labels are scored exactly (one prompt pass, then every label continuation in one
 batch over a shared KV cache) and JSON is decoded under an xgrammar grammar
 compiled from the pydantic model's JSON schema, so neither can leave its
-constraint.
+constraint. The async calls (``achoose``, ``astructured``, ``agenerate``) run the
+same work in worker threads, off the event loop; the model runs one call at a
+time (a lock), so concurrent calls queue for it while the loop stays free.
 
 Example:
     >>> from pydantic import BaseModel

@@ -10,6 +10,8 @@
   slm serve`` does) for the compact JSON the embedded backend decodes: with free whitespace a
   small model can emit blanks until ``max_tokens``.
 - ``generate`` is a chat completion with ``logprobs``.
+- ``achoose``, ``astructured`` and ``agenerate`` send the same requests over an ``httpx.AsyncClient`` (one per
+  event loop, made on first use there; ``aclose()`` closes the running loop's), the label reads all at once.
 - An HTTP 4xx reply is :class:`~agentgraph.errors.SLMRequestRejectedError` (the request is at fault), a 5xx
   :class:`~agentgraph.errors.SLMServerError` (retry later); log-probs that are missing, not finite, of the wrong
   shape or for tokens not asked for are :class:`~agentgraph.errors.MalformedLogprobsError`, never scored.
@@ -25,10 +27,14 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import math
+import threading
 import time
-from collections.abc import Mapping, Sequence
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -72,7 +78,11 @@ class VLLMSLM(SLM):
         self.base_url = base_url.rstrip("/").removesuffix("/v1")
         self.timeout_s = timeout_s
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout_s, headers=headers)
+        self._http_options: dict[str, Any] = {"base_url": self.base_url, "timeout": timeout_s, "headers": headers}
+        self._http = httpx.Client(**self._http_options)
+        # An AsyncClient's connections belong to the event loop they were opened in: one client per loop.
+        self._async_http: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = weakref.WeakKeyDictionary()
+        self._async_http_lock = threading.Lock()
         served = self._served_models()
         if model is None:
             if len(served) != 1:
@@ -84,14 +94,24 @@ class VLLMSLM(SLM):
         self.max_context_tokens = max_context_tokens or served[model]
 
     def close(self) -> None:
+        """Close the sync client (the async ones close with :meth:`aclose`, each in its event loop)."""
         self._http.close()
 
+    async def aclose(self) -> None:
+        """Close the async client of the running event loop (a later async call there opens a new one)."""
+        with self._async_http_lock:
+            client = self._async_http.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.aclose()
+
     def tokenize_chat(self, messages: Sequence[ChatMessage], *, add_generation_prompt: bool) -> list[int]:
-        reply = self._post(
-            "/tokenize",
-            {"model": self.model_name, "messages": list(messages), "add_generation_prompt": add_generation_prompt},
-        )
-        return _field(reply, "tokens", list)
+        return _field(self._post("/tokenize", self._tokenize_body(messages, add_generation_prompt)), "tokens", list)
+
+    async def atokenize_chat(self, messages: Sequence[ChatMessage], *, add_generation_prompt: bool) -> list[int]:
+        return _field(await self._apost("/tokenize", self._tokenize_body(messages, add_generation_prompt)), "tokens", list)
+
+    def _tokenize_body(self, messages: Sequence[ChatMessage], add_generation_prompt: bool) -> dict[str, Any]:
+        return {"model": self.model_name, "messages": list(messages), "add_generation_prompt": add_generation_prompt}
 
     def _score_continuations(
         self, prefix: list[int], continuations: Mapping[str, list[int]]
@@ -110,8 +130,43 @@ class VLLMSLM(SLM):
         started = time.perf_counter()
         reads = _trie_reads(continuations)
         with ThreadPoolExecutor(len(reads)) as pool:
-            replies = list(pool.map(lambda read: self._next_token_logprobs(prefix, *read), reads))
-        step_logprobs = {step: logprob for reply in replies for step, logprob in reply.items()}
+            replies = list(pool.map(lambda read: self._post("/v1/completions", self._next_token_body(prefix, *read)), reads))
+        return self._scores(prefix, continuations, reads, replies, started)
+
+    async def _ascore_continuations(
+        self, prefix: list[int], continuations: Mapping[str, list[int]]
+    ) -> tuple[dict[str, float], Usage]:
+        started = time.perf_counter()
+        reads = _trie_reads(continuations)
+        replies = await asyncio.gather(*(self._apost("/v1/completions", self._next_token_body(prefix, *read)) for read in reads))
+        return self._scores(prefix, continuations, reads, replies, started)
+
+    def _next_token_body(self, prefix: list[int], paths: list[tuple[int, ...]], tokens: list[int]) -> dict[str, Any]:
+        """The request for log P(token | prefix + path), for every path and token of one trie read."""
+        return {
+            "model": self.model_name,
+            "prompt": [prefix + list(path) for path in paths],
+            "max_tokens": 1,
+            "temperature": 0.0,
+            "logprobs": 1,
+            "logprob_token_ids": tokens,
+            "return_tokens_as_token_ids": True,
+        }
+
+    def _scores(
+        self,
+        prefix: list[int],
+        continuations: Mapping[str, list[int]],
+        reads: list[tuple[list[tuple[int, ...]], list[int]]],
+        replies: Sequence[dict[str, Any]],
+        started: float,
+    ) -> tuple[dict[str, float], Usage]:
+        """Each continuation's summed log-prob, from the replies to its trie's reads."""
+        step_logprobs = {
+            step: logprob
+            for (paths, tokens), reply in zip(reads, replies, strict=True)
+            for step, logprob in self._next_token_logprobs(reply, paths, tokens).items()
+        }
         scores = {
             label: sum(step_logprobs[tuple(ids[: depth + 1])] for depth in range(len(ids)))
             for label, ids in continuations.items()
@@ -125,21 +180,9 @@ class VLLMSLM(SLM):
         return scores, usage
 
     def _next_token_logprobs(
-        self, prefix: list[int], paths: list[tuple[int, ...]], tokens: list[int]
+        self, reply: dict[str, Any], paths: list[tuple[int, ...]], tokens: list[int]
     ) -> dict[tuple[int, ...], float]:
-        """path + token -> log P(token | prefix + path), for every path and token: one request."""
-        reply = self._post(
-            "/v1/completions",
-            {
-                "model": self.model_name,
-                "prompt": [prefix + list(path) for path in paths],
-                "max_tokens": 1,
-                "temperature": 0.0,
-                "logprobs": 1,
-                "logprob_token_ids": tokens,
-                "return_tokens_as_token_ids": True,
-            },
-        )
+        """path + token -> log P(token | prefix + path), for every path and token, read off one reply."""
         endpoint = f"{self.base_url}/v1/completions"
         choices = _field(reply, "choices", list)
         indices = {c.get("index") if isinstance(c, dict) else None for c in choices}
@@ -163,28 +206,49 @@ class VLLMSLM(SLM):
     def _generate_json(
         self, messages: list[dict[str, str]], prompt_ids: list[int], json_schema: dict, max_tokens: int
     ) -> GenerationResult:
-        return self._chat(messages, len(prompt_ids), max_tokens, {"structured_outputs": {"json": json_schema}})
+        return self._chat(messages, len(prompt_ids), max_tokens, _json_output(json_schema))
+
+    async def _agenerate_json(
+        self, messages: list[dict[str, str]], prompt_ids: list[int], json_schema: dict, max_tokens: int
+    ) -> GenerationResult:
+        return await self._achat(messages, len(prompt_ids), max_tokens, _json_output(json_schema))
 
     def _generate_text(
         self, messages: list[dict[str, str]], prompt_ids: list[int], max_tokens: int, stop: list[str]
     ) -> GenerationResult:
-        return self._chat(messages, len(prompt_ids), max_tokens, {"stop": stop} if stop else {})
+        return self._chat(messages, len(prompt_ids), max_tokens, _stop_at(stop))
+
+    async def _agenerate_text(
+        self, messages: list[dict[str, str]], prompt_ids: list[int], max_tokens: int, stop: list[str]
+    ) -> GenerationResult:
+        return await self._achat(messages, len(prompt_ids), max_tokens, _stop_at(stop))
 
     def _chat(
         self, messages: list[dict[str, str]], prompt_tokens: int, max_tokens: int, extra: dict[str, Any]
     ) -> GenerationResult:
         started = time.perf_counter()
-        reply = self._post(
-            "/v1/chat/completions",
-            {
-                "model": self.model_name,
-                "messages": messages,
-                "max_tokens": max_tokens,
-                "temperature": 0.0,
-                "logprobs": True,
-                **extra,
-            },
-        )
+        reply = self._post("/v1/chat/completions", self._chat_body(messages, max_tokens, extra))
+        return self._generation(reply, prompt_tokens, started)
+
+    async def _achat(
+        self, messages: list[dict[str, str]], prompt_tokens: int, max_tokens: int, extra: dict[str, Any]
+    ) -> GenerationResult:
+        started = time.perf_counter()
+        reply = await self._apost("/v1/chat/completions", self._chat_body(messages, max_tokens, extra))
+        return self._generation(reply, prompt_tokens, started)
+
+    def _chat_body(self, messages: list[dict[str, str]], max_tokens: int, extra: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "model": self.model_name,
+            "messages": messages,
+            "max_tokens": max_tokens,
+            "temperature": 0.0,
+            "logprobs": True,
+            **extra,
+        }
+
+    def _generation(self, reply: dict[str, Any], prompt_tokens: int, started: float) -> GenerationResult:
+        """A chat completion's reply as a :class:`GenerationResult`, its log-probs checked."""
         endpoint = f"{self.base_url}/v1/chat/completions"
         choices = _field(reply, "choices", list)
         if not choices:
@@ -212,23 +276,39 @@ class VLLMSLM(SLM):
 
     def _served_models(self) -> dict[str, int]:
         """Served model name -> max_model_len."""
-        try:
+        with self._transport_errors():
             response = self._http.get("/v1/models")
-        except httpx.TimeoutException as exc:
-            raise SLMTimeoutError(self.base_url, self.timeout_s) from exc
-        except httpx.TransportError as exc:
-            raise SLMUnavailableError(self.base_url, exc) from exc
         data = _field(_decode(response), "data", list)
         return {_field(m, "id", str): int(m.get("max_model_len") or 0) or 2048 for m in data}
 
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        try:
+        with self._transport_errors():
             response = self._http.post(path, json=body)
+        return _decode(response)
+
+    async def _apost(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        with self._transport_errors():
+            response = await self._async_client().post(path, json=body)
+        return _decode(response)
+
+    def _async_client(self) -> httpx.AsyncClient:
+        """The running event loop's client, made on first use there."""
+        loop = asyncio.get_running_loop()
+        with self._async_http_lock:
+            client = self._async_http.get(loop)
+            if client is None:
+                client = self._async_http[loop] = httpx.AsyncClient(**self._http_options)
+            return client
+
+    @contextmanager
+    def _transport_errors(self) -> Iterator[None]:
+        """httpx's timeouts and connection failures as the typed errors (a sync or an async request alike)."""
+        try:
+            yield
         except httpx.TimeoutException as exc:
             raise SLMTimeoutError(self.base_url, self.timeout_s) from exc
         except httpx.TransportError as exc:
             raise SLMUnavailableError(self.base_url, exc) from exc
-        return _decode(response)
 
 
 def _trie_reads(continuations: Mapping[str, list[int]]) -> list[tuple[list[tuple[int, ...]], list[int]]]:
@@ -251,6 +331,16 @@ def _trie_reads(continuations: Mapping[str, list[int]]) -> list[tuple[list[tuple
             reads[-1][0].append(path)
             reads[-1][1].update(chunk)
     return [(paths, sorted(tokens)) for paths, tokens in reads]
+
+
+def _json_output(json_schema: dict) -> dict[str, Any]:
+    """The chat request's fields for output constrained to ``json_schema`` (vLLM structured outputs)."""
+    return {"structured_outputs": {"json": json_schema}}
+
+
+def _stop_at(stop: list[str]) -> dict[str, Any]:
+    """The chat request's fields for ``stop`` strings (none when there are none)."""
+    return {"stop": stop} if stop else {}
 
 
 def _decode(response: httpx.Response) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 import jinja2
 import pytest
 
-from agentgraph.nodes.consequence import CONSEQUENCE_DESCRIPTIONS, _describe_call
+from agentgraph.nodes.consequence_classification import CONSEQUENCE_DESCRIPTIONS, _describe_call
 from agentgraph.prompting import load_prompt, render_prompt
 
 

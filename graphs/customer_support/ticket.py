@@ -11,7 +11,7 @@ different id (``00123842`` is order ``123842``), and a validated id is given
 back exactly as the message writes it.
 
 Example:
-    >>> from agentgraph.support_schema import SupportTicket
+    >>> from agentgraph.graphs.customer_support.ticket import SupportTicket
     >>> SupportTicket.model_validate({"order_id": "123842"}, context={"source_text": "cancel order 00123842"}).order_id
     '00123842'
     >>> from pydantic import ValidationError
