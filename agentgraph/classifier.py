@@ -48,11 +48,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -275,7 +276,7 @@ class CharNgramTfidf:
     the routing budget.
     """
 
-    def __init__(self, vocabulary: Sequence[str], idf: np.ndarray) -> None:
+    def __init__(self, vocabulary: Iterable[str], idf: np.ndarray) -> None:
         from sklearn.feature_extraction.text import TfidfVectorizer
 
         self.vocabulary = {str(term): i for i, term in enumerate(vocabulary)}
@@ -575,10 +576,12 @@ class IntentClassifier:
         embedding = self.encoder.encode_one(canonical)
         probabilities = self.manifest.temperature.transform(self.logits(embedding, [canonical]))[0]
         best, outranks_out_of_scope = (int(value) for value in _best_intent(probabilities, self._intent))
-        similarity, distance = (float(s[0]) for s in self.scope_scores(embedding)) if detect_scope else (None, None)
-        in_scope = bool(outranks_out_of_scope) and (
-            not detect_scope or bool(self.manifest.out_of_scope.admits(similarity, distance))
-        )
+        in_scope = bool(outranks_out_of_scope)
+        similarity: float | None = None
+        distance: float | None = None
+        if detect_scope:
+            similarity, distance = (float(s[0]) for s in self.scope_scores(embedding))
+            in_scope = in_scope and bool(self.manifest.out_of_scope.admits(similarity, distance))
         top = np.argsort(-probabilities)[:5]
         return IntentPrediction(
             label=self.labels[best],
@@ -593,13 +596,14 @@ class IntentClassifier:
     def save(self, folder: str | Path) -> Path:
         """Write ``manifest.json`` and ``arrays.npz`` to ``folder`` (replaced atomically)."""
         def write(staging: Path) -> None:
-            np.savez(staging / _ARRAYS, **self._arrays)
+            # Plain numbers and strings, as load reads them (allow_pickle=False), so no object array is ever saved.
+            np.savez(staging / _ARRAYS, allow_pickle=False, **self._arrays)
             (staging / _MANIFEST).write_text(self.manifest.model_dump_json(indent=2), encoding="utf-8")
 
         return _atomic_folder(Path(folder), write)
 
     @classmethod
-    def load(cls, folder: str | Path, *, encoder: SentenceEncoder | None = None) -> IntentClassifier:
+    def load(cls, folder: str | os.PathLike[str], *, encoder: SentenceEncoder | None = None) -> IntentClassifier:
         """The classifier saved in ``folder``, with the encoder (precision included) it was trained on by default."""
         folder = Path(folder)
         if not (folder / _MANIFEST).is_file() or not (folder / _ARRAYS).is_file():

@@ -16,7 +16,7 @@ from scripted_llm import answering_llm
 
 REQUESTS = {
     "lookup-a": "track order 10001",
-    "lookup-b": "where is my order 48213?",
+    "lookup-b": "what is the status of order 10001?",
     "action": "I want to cancel order 48213",
     "knowledge-a": "which payment methods can I use?",
     "knowledge-b": "how long does a refund take?",

@@ -168,6 +168,20 @@ def test_teacher_mode_routes_with_the_llm_alone_and_records_its_call_as_a_route_
     assert call.input_text == "I want to cancel order 12345", "the request alone is the user message"
 
 
+def test_llm_makes_the_routers_teacher_over_the_labels_of_its_routes(strategy, store):
+    llm = scripted_llm(intent_call("cancel_order"))
+    node = create_router(strategy, **ROUTING, mode="teacher", llm=llm, decision_log=store)
+
+    result = route(routing_graph(node), "I want to cancel order 12345", store)
+
+    assert (result["route"], result["intent"]) == ("action", "cancel_order")
+    assert set(node.router.teacher.labels) == set(ROUTES) and len(llm.calls) == 1
+    with pytest.raises(ConfigError, match="not both"):
+        create_router(strategy, **ROUTING, llm=llm, teacher=LLMStrategy(llm, CUSTOMER_SUPPORT_INTENTS))
+    with pytest.raises(ConfigError, match="give routes"):
+        create_router(strategy, llm=llm)
+
+
 def test_student_mode_never_asks_the_llm_and_escalates_below_the_gate(strategy, store):
     llm = scripted_llm(intent_call("cancel_order"))
     node = create_router(strategy, **ROUTING, gate=NEVER, mode="student",

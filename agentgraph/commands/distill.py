@@ -302,11 +302,11 @@ def _gate(args: argparse.Namespace) -> int:
     if read_manifest(args.model).get("role") == "extract":
         from agentgraph.distill.extract import gate_extractor
 
-        report = gate_extractor(args.model, args.data, threshold=args.threshold, limit=args.limit, base=not args.no_base,
-                                base_limit=args.base_limit)  # fmt: skip
-        print(report.model_dump_json(indent=2) if args.json else "\n".join(extraction_gate_lines(report)))
+        extraction = gate_extractor(args.model, args.data, threshold=args.threshold, limit=args.limit,
+                                    base=not args.no_base, base_limit=args.base_limit)  # fmt: skip
+        print(extraction.model_dump_json(indent=2) if args.json else "\n".join(extraction_gate_lines(extraction)))
         if args.promote:
-            promote(args.model, report)
+            promote(args.model, extraction)
             print(f"promoted    {args.model}")
         return 0
     report = gate_router(

@@ -52,9 +52,9 @@ def read_labelled(path: Path, *, text_column: str | None = None, label_column: s
 
 
 def _eval_router(args: argparse.Namespace) -> int:
-    from agentgraph.classifier import IntentClassifier
+    from agentgraph.classifier import OUT_OF_SCOPE, IntentClassifier
     from agentgraph.graphs.customer_support import support_router, support_router_path
-    from agentgraph.nodes.router import OUT_OF_SCOPE, evaluate_router
+    from agentgraph.nodes.router import evaluate_router
 
     rows = read_labelled(args.data, text_column=args.text_column, label_column=args.label_column)
     classifier = IntentClassifier.load(args.router or support_router_path())

@@ -37,12 +37,13 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import io
 import json
 import os
 import sys
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from agentgraph.errors import AgentGraphError, ApprovalResponseError, InvalidTextError
 from agentgraph.postgres import DATABASE_URL_ENV
@@ -197,7 +198,8 @@ class _Session:
     def chat(self) -> None:
         print(f"thread {self.thread_id}: type a request, or an empty line to quit", file=sys.stderr)
         # Bytes that are not UTF-8 arrive as lone surrogates, refused line by line rather than ending the chat.
-        sys.stdin.reconfigure(errors="surrogateescape")
+        # The interpreter's stdin is a TextIOWrapper (typed TextIO, which has no reconfigure).
+        cast(io.TextIOWrapper, sys.stdin).reconfigure(errors="surrogateescape")
         while True:
             try:
                 message = input("you> ").strip()
@@ -252,7 +254,7 @@ def _login_name() -> str:
 
 def _ask_for_decisions(interrupt: dict[str, Any], *, reviewer: str) -> dict[str, Any] | None:
     """A person's decision on each pending action, asked in the terminal and signed by ``reviewer``; None when input ends."""
-    decisions = []
+    decisions: list[dict[str, Any]] = []
     for action in interrupt["action_requests"]:
         print(f"\n{action['description']}", file=sys.stderr)
         while True:

@@ -93,6 +93,7 @@ def _serve(args: argparse.Namespace) -> int:
     server = VLLMServer(settings)
     print("starting vLLM (about a minute on CPU) ...", flush=True)
     base_url = server.start()
+    assert server.process is not None  # start() returns once the process it started answers
     print(base_url, flush=True)
     print(f"export AGENTGRAPH_SLM_URL={base_url}   # logs: {server.log_path}", flush=True)
     # SIGTERM unwinds like Ctrl-C, so the server is stopped in `finally` and not inside a signal

@@ -350,7 +350,9 @@ def build_dataset(sources: Sequence[Source], config: DatasetConfig, *, encoder: 
 
 
 def _scrub(examples: list[Example], config: DatasetConfig) -> tuple[list[Example], dict[str, Any]]:
-    scrubbed, kinds, touched = [], Counter(), 0
+    scrubbed: list[Example] = []
+    kinds: Counter[str] = Counter()
+    touched = 0
     for example in examples:
         (text, target), matches = scrub_pii([example.input, example.target])
         # The prompt repeats the input: its matches are masked but not counted again.

@@ -69,6 +69,7 @@ from agentgraph.errors import AgentGraphError
 from agentgraph.slm.models import cache_dir
 
 if TYPE_CHECKING:
+    from agentgraph.classifier import SentenceEncoder
     from agentgraph.distill.dataset import TextEncoder
     from agentgraph.distill.train import RouteDataset
     from agentgraph.nodes.router import Router
@@ -228,7 +229,7 @@ class DriftReference:
             return cls(info, arrays["train_embeddings"], arrays["heldout_scores"], arrays["baseline_confidences"])
 
 
-def default_encoder() -> TextEncoder:
+def default_encoder() -> SentenceEncoder:
     from agentgraph.classifier import SentenceEncoder
 
     return SentenceEncoder()

@@ -130,7 +130,7 @@ def ask_for_decisions(
     explicit: Explicit,
 ) -> list[HumanDecision]:
     """Put ``actions`` to a person with one ``interrupt()``, until the answer fits: one decision per action."""
-    payload = {
+    payload: dict[str, Any] = {
         "action_requests": [a.model_dump() for a in actions],
         "review_configs": [r.model_dump() for r in reviews],
     }

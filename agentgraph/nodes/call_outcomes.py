@@ -27,13 +27,17 @@ from langchain_core.tools import BaseTool
 from langgraph.errors import GraphBubbleUp
 from langgraph.types import Command
 
-from agentgraph.errors import IdempotencyConflictError, IdempotencyOutcomeUnknownError
+from agentgraph.errors import (
+    AgentGraphError,
+    IdempotencyConflictError,
+    IdempotencyError,
+    IdempotencyOutcomeUnknownError,
+)
 from agentgraph.idempotency import IdempotencyRecord, IdempotencyStore, Reservation, request_fingerprint
 from agentgraph.nodes.approvals import EditDecision, HumanDecision, RejectDecision
 from agentgraph.nodes.consequence_classification import Consequence, ConsequenceVerdict
 from agentgraph.nodes.tool_calls import argument_error
 from agentgraph.records.decisions import Decision
-
 
 DECISIONS_KEY = "decisions"
 """The state key the guard's decision records go to (:class:`~agentgraph.records.decisions.DecisionState`'s)."""
@@ -62,8 +66,18 @@ class CallPlan:
 
     @property
     def flags(self) -> dict[str, Any]:
-        """What the call's message carries in ``response_metadata``: its class and its key."""
-        return {"consequence": self.consequence.value, "idempotency_key": self.key}
+        """What the call's message carries in ``response_metadata``: its class (None: unclassified) and its key."""
+        consequence = self.consequence
+        return {"consequence": consequence.value if consequence is not None else None, "idempotency_key": self.key}
+
+    @property
+    def planned_decision(self) -> Decision:
+        """The call's decision record, drafted by ``ConsequenceGuard.plan`` before any call runs."""
+        if self.decision is None:
+            raise AgentGraphError(
+                f"tool call {self.call['id']} was never planned: settle only the plans ConsequenceGuard.plan returns"
+            )
+        return self.decision
 
     @property
     def arguments_run(self) -> dict[str, Any]:
@@ -96,6 +110,8 @@ def open_call(plan: CallPlan, store: IdempotencyStore) -> Settled | Reservation 
     except IdempotencyOutcomeUnknownError as exc:
         return Settled(error_message(call, str(exc), retry_blocked=True, **plan.flags), "outcome_unknown")
     if not reservation.started:
+        if reservation.record is None:  # the store broke its contract: a call it did not reserve never runs
+            raise IdempotencyError(key, "the store neither reserved it nor returned its recorded outcome")
         return Settled(replay(call, reservation.record, plan.flags), "replayed")
     if plan.consequence is Consequence.IRREVERSIBLE and plan.approval is None:
         # Its record vanished (expired) between the approval check and now: never run unapproved.
@@ -131,7 +147,8 @@ def ran_call(
     if reservation is None:
         return Settled(result, "executed")
     message = message_for(result, plan.call["id"], messages_key)
-    recorded = {"content": "", "artifact": None, "status": "success"}  # a Command to the parent graph, say
+    # A Command to the parent graph, say, has no message of the call.
+    recorded: dict[str, Any] = {"content": "", "artifact": None, "status": "success"}
     if message is not None:
         recorded = {"content": message.content, "artifact": message.artifact, "status": message.status}
         message.response_metadata.update(plan.flags)
@@ -196,7 +213,7 @@ def refusal(call: ToolCall, by_name: Mapping[str, BaseTool]) -> ToolMessage | No
     return None
 
 
-def message_for(result: ToolMessage | Command | list, call_id: str, messages_key: str) -> ToolMessage | None:
+def message_for(result: ToolMessage | Command | list, call_id: str | None, messages_key: str) -> ToolMessage | None:
     """The ToolMessage that answers ``call_id`` in what a tool returned: a message, a ``Command`` or a list."""
     for item in result if isinstance(result, list) else [result]:
         if isinstance(item, ToolMessage) and item.tool_call_id == call_id:

@@ -166,9 +166,8 @@ def prune_scored(
     kept_words: list[frozenset[str]] = []
     dropped = [DroppedChunk(index=i, score=None, reason="empty") for i, s in enumerate(scores) if s is None]
     used_tokens = 0
-    order = sorted((i for i, s in enumerate(scores) if s is not None), key=lambda i: -scores[i])
-    for index in order:
-        score = float(scores[index])
+    scored = [(index, float(score)) for index, score in enumerate(scores) if score is not None]
+    for index, score in sorted(scored, key=lambda pair: -pair[1]):
         words = word_set(texts[index])
         duplicate_of = (
             next((k.index for k, w in zip(kept, kept_words, strict=True) if jaccard(words, w) >= settings.dedupe_threshold), None)

@@ -41,7 +41,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -58,7 +58,7 @@ from langgraph.types import Command
 
 from agentgraph.errors import ConfigError, MissingThreadIdError, ToolCallIdError
 from agentgraph.idempotency import IdempotencyStore, derive_idempotency_key
-from agentgraph.nodes.approvals import approval_request, ask_for_decisions, review_config
+from agentgraph.nodes.approvals import ApprovalRequest, approval_request, ask_for_decisions, review_config
 from agentgraph.nodes.call_outcomes import (
     CallPlan,
     Settled,
@@ -90,6 +90,8 @@ ArgumentResolver = Callable[[dict[str, Any]], dict[str, Any]]
 
 Execute = Callable[[ToolCallRequest], ToolMessage | Command]
 AsyncExecute = Callable[[ToolCallRequest], Awaitable[ToolMessage | Command]]
+_ToolStep = Callable[[str, dict[str, Any]], Future[dict[str, Any]]]
+"""A LangGraph task over a tool name and its call's arguments (classification, resolution)."""
 
 
 class GuardedState(DecisionState):
@@ -100,7 +102,8 @@ class GuardedState(DecisionState):
 
 # The calls a guarded tool node planned together, for its hooks to settle, and the async tasks settling them:
 # ToolNode runs the hooks in threads (copies of this context) or tasks of their own, so they travel with it.
-_PLANNED: contextvars.ContextVar[tuple[ConsequenceGuard, Mapping[str, CallPlan], set[asyncio.Task]] | None] = (
+# The plans are keyed by call id, which ToolCall types as optional (plan() refuses calls without one).
+_PLANNED: contextvars.ContextVar[tuple[ConsequenceGuard, Mapping[str | None, CallPlan], set[asyncio.Task]] | None] = (
     contextvars.ContextVar("agentgraph_guarded_plans", default=None)
 )
 
@@ -145,9 +148,10 @@ class ConsequenceGuard:
         if unknown := set(self.resolvers) - set(self.tools_by_name):
             raise ConfigError(f"resolve_arguments names {sorted(unknown)}, not tools of this node; drop them")
         self._prompt_id = load_prompt("consequence").id
-        # LangGraph tasks: with a checkpointer, a resumed node reuses them instead of asking again.
-        self._classify = task(name=f"{name}:classify")(self._classification)
-        self._resolve = task(name=f"{name}:resolve")(self._resolution)
+        # LangGraph tasks: with a checkpointer, a resumed node reuses them instead of asking again. The ignores:
+        # task(name=...) binds its type variables before it is given the function, so mypy infers Never for them.
+        self._classify: _ToolStep = task(name=f"{name}:classify")(self._classification)  # type: ignore[arg-type,assignment]
+        self._resolve: _ToolStep = task(name=f"{name}:resolve")(self._resolution)  # type: ignore[arg-type,assignment]
 
     def wrap_tool_call(self, request: ToolCallRequest, execute: Execute) -> ToolMessage | Command:
         """``ToolNode(wrap_tool_call=...)``: settle the call as planned by the node, or plan it alone first."""
@@ -158,20 +162,22 @@ class ConsequenceGuard:
             result = self._settle(plan, request, execute)
         finally:
             self.log([plan])
-        return with_decision(result, plan.decision, request.state, self.messages_key)
+        return with_decision(result, plan.planned_decision, request.state, self.messages_key)
 
     async def awrap_tool_call(self, request: ToolCallRequest, execute: AsyncExecute) -> ToolMessage | Command:
         """``ToolNode(awrap_tool_call=...)``: as :meth:`wrap_tool_call`, with the store and the models off the loop."""
         plan, settling = self._planned(request)
         if plan is not None:
-            settling.add(asyncio.current_task())
+            current = asyncio.current_task()
+            assert current is not None  # a coroutine awaited by the event loop runs in a task
+            settling.add(current)
             return await self._asettle(plan, request, execute)
         (plan,) = await self.aplan([request.tool_call], request.state, request.runtime.config)
         try:
             result = await self._asettle(plan, request, execute)
         finally:
             await asyncio.to_thread(self.log, [plan])
-        return with_decision(result, plan.decision, request.state, self.messages_key)
+        return with_decision(result, plan.planned_decision, request.state, self.messages_key)
 
     def plan(self, calls: Sequence[ToolCall], state: Any, config: RunnableConfig) -> list[CallPlan]:
         """Decide every call before any runs: refusals, classes, keys, consent, and one ``interrupt()`` for
@@ -186,14 +192,14 @@ class ConsequenceGuard:
         for plan, verdict in classifying:
             plan.verdict = ConsequenceVerdict.model_validate(verdict.result())
         consented = self.consent_key is None or bool(state_value(state, self.consent_key))
-        for plan in plans:
-            if plan.refusal is None and plan.consequence is not Consequence.SAFE:
+        for plan in plans:  # a call not refused is classified
+            if plan.verdict is not None and plan.verdict.consequence is not Consequence.SAFE:
                 if consented:
                     plan.key = self._key_of(plan.call, thread_id)
                 else:
-                    plan.refusal = not_requested(plan.call, plan.consequence)
+                    plan.refusal = not_requested(plan.call, plan.verdict.consequence)
         request = state_value(state, self.request_key) if self.request_key is not None else None
-        self._ask_approvals(self._pending_approvals(plans), request)
+        self._ask_approvals(self._pending_approvals(plans, request))
         for plan in plans:  # drafted in call order, so the log (by time) keeps that order however calls finish
             plan.decision = call_decision(self.name, plan, self._prompt_id)
         return plans
@@ -259,36 +265,40 @@ class ConsequenceGuard:
             )
         return derive_idempotency_key(thread_id, call["name"], call["args"])
 
-    def _pending_approvals(self, plans: Sequence[CallPlan]) -> list[CallPlan]:
-        """The plans a person must decide: irreversible calls whose key has no record, their figures explicit.
+    def _pending_approvals(
+        self, plans: Sequence[CallPlan], request: str | None
+    ) -> list[tuple[CallPlan, ApprovalRequest]]:
+        """The plans a person must decide, with what each is asked: irreversible calls whose key has no
+        record, their figures explicit.
 
         A key with any record (settled, or in flight) was put to a person before: no second approval.
         """
         pending = []
         for plan in plans:
-            if plan.key is None or plan.consequence is not Consequence.IRREVERSIBLE:
+            verdict = plan.verdict
+            if plan.key is None or verdict is None or verdict.consequence is not Consequence.IRREVERSIBLE:
                 continue  # refused (not requested, say), or no approval needed
             if self.idempotency_store.get(plan.key) is not None:
                 continue
-            plan.arguments, error = self._explicit(plan.call["name"], plan.call["args"])
+            arguments, error = self._explicit(plan.call["name"], plan.call["args"])
+            plan.arguments = arguments
             if error is not None:
                 plan.refusal = error_message(plan.call, f"Error: {error}", error="invalid_arguments")
             else:
-                pending.append(plan)
+                tool = self.tools_by_name[plan.call["name"]]
+                action = approval_request(
+                    tool, arguments, tool_call_id=plan.call["id"], reason=verdict.reason, request=request
+                )
+                pending.append((plan, action))
         return pending
 
-    def _ask_approvals(self, pending: Sequence[CallPlan], request: str | None) -> None:
+    def _ask_approvals(self, pending: Sequence[tuple[CallPlan, ApprovalRequest]]) -> None:
         if not pending:
             return
-        tools = [self.tools_by_name[plan.call["name"]] for plan in pending]
-        actions = [
-            approval_request(tool, plan.arguments, tool_call_id=plan.call["id"], reason=plan.verdict.reason,
-                             request=request)
-            for tool, plan in zip(tools, pending, strict=True)
-        ]  # fmt: skip
-        reviews = [review_config(tool, self.policy) for tool in tools]
+        actions = [action for _, action in pending]
+        reviews = [review_config(self.tools_by_name[plan.call["name"]], self.policy) for plan, _ in pending]
         decisions = ask_for_decisions(actions, reviews, self.tools_by_name, self._explicit)
-        for plan, decision in zip(pending, decisions, strict=True):
+        for (plan, _), decision in zip(pending, decisions, strict=True):
             plan.approval = decision
 
     def _settle(self, plan: CallPlan, request: ToolCallRequest, execute: Execute) -> ToolMessage | Command:
@@ -320,7 +330,7 @@ class ConsequenceGuard:
     @contextmanager
     def _recording(self, plan: CallPlan) -> Iterator[Callable[[Settled], ToolMessage | Command]]:
         """Give ``plan``'s decision record the outcome it is settled with, or the fault that stopped it."""
-        decision = plan.decision
+        decision = plan.planned_decision
 
         def record(settled: Settled) -> ToolMessage | Command:
             plan.decision = decision.model_copy(update={"outcome": settled.outcome})

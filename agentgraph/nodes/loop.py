@@ -51,19 +51,19 @@ from typing import Any, Literal
 
 from langchain_core.language_models import BaseChatModel
 from langgraph.checkpoint.base import BaseCheckpointSaver
-from langgraph.graph import END, START, StateGraph
+from langgraph.graph import START, StateGraph
 
 from agentgraph.errors import SLMError
 from agentgraph.llm import HumanHandoff, escalate
 from agentgraph.nodes.kernel import ControlNode, NodeCall, NodeResult
 from agentgraph.nodes.loop_state import (
-    ActResult,
     DONE_REPLY,
+    VERDICT_DESCRIPTIONS,
+    ActResult,
     LabelledObservation,
     LoopState,
     Observation,
     Status,
-    VERDICT_DESCRIPTIONS,
     Verdict,
     allowed_verdicts,
     handoff_update,
@@ -297,13 +297,14 @@ def create_evaluator(
     )  # fmt: skip
 
 
+# The routes return "__end__" (LangGraph's END, typed plain str) spelt out, as their Literal return types name it.
 def route_after_plan(state: Mapping[str, Any]) -> Literal["act", "__end__"]:
-    return "act" if state.get("status") == "running" else END
+    return "act" if state.get("status") == "running" else "__end__"
 
 
 def route_after_evaluate(state: Mapping[str, Any]) -> Literal["act", "plan", "__end__"]:
     if state.get("status") in ("done", "handoff"):
-        return END
+        return "__end__"
     return "act" if state["verdict"] == "continue" else "plan"
 
 

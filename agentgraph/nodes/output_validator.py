@@ -68,7 +68,8 @@ class Violation(BaseModel):
 class Check(Protocol):
     """A named rule over an output value."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def __call__(self, value: Any) -> list[Violation]: ...
 
@@ -289,8 +290,8 @@ def create_output_validator(
         value, violations, redacted = redact_if_possible(value, violations)
         if redacted:
             steps.append(ValidationStep(action="redact", violations=violations))
-        for _ in range(max_regenerations if regenerate is not None else 0):
-            if not violations:
+        for _ in range(max_regenerations):
+            if not violations or regenerate is None:
                 break
             try:
                 value = regenerate(state, value, violations)

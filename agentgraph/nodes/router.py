@@ -85,8 +85,11 @@ from typing import Any
 
 from langchain_core.messages import AIMessage
 
+from langchain_core.language_models import BaseChatModel
+
 from agentgraph.acts import ActDetector
 from agentgraph.clarification import Clarification, ClarificationPolicy
+from agentgraph.errors import ConfigError
 from agentgraph.llm import HumanHandoff
 from agentgraph.modes import Mode
 from agentgraph.nodes.escalation import create_escalation_node
@@ -174,6 +177,7 @@ def create_router(
     name: str = "router",
     mode: Mode | None = None,
     teacher: LLMStrategy | None = None,
+    llm: BaseChatModel | None = None,
     shadow: ShadowEvaluator | None = None,
     acts: ActDetector | None = None,
     writes: WritePolicy | None = None,
@@ -193,6 +197,8 @@ def create_router(
         mode: ``student`` (the strategies alone, below the gate escalates), ``auto`` (the teacher routes
             what the strategies leave below the gate) or ``teacher`` (the teacher alone); see :class:`Router`.
         teacher: the LLM strategy of ``auto`` and ``teacher``, and the teacher of ``shadow``.
+        llm: a chat model to be that teacher, choosing among the labels of ``routes``: the same as
+            ``teacher=LLMStrategy(llm, list(routes))`` (give one or the other).
         shadow: compares a sample of the strategies' accepted routes with the teacher's, in the background
             (decisions of kind ``shadow`` in ``decision_log``).
         acts: reads what the message does (:class:`~agentgraph.acts.ActDetector`): statements, refusals
@@ -208,6 +214,12 @@ def create_router(
     (its ``metadata["mode"]`` says the mode, its ``outcome`` whether the request was routed, clarified or escalated).
     Empty input raises :class:`~agentgraph.errors.EmptyInputError` after logging a ``rejected`` record.
     """
+    if llm is not None:
+        if teacher is not None:
+            raise ConfigError("give the router a teacher= or an llm=, not both")
+        if not routes:
+            raise ConfigError("llm= makes a teacher choosing among the labels of routes=: give routes, or a teacher=")
+        teacher = LLMStrategy(llm, list(routes))
     router = Router(
         list(strategies) if isinstance(strategies, Sequence) else [strategies],
         routes=routes, default_route=default_route, gate=gate, escalation_route=escalation_route,

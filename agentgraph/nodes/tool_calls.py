@@ -114,6 +114,7 @@ def with_idempotency_key(tool: BaseTool, key: str) -> BaseTool:
     schema, visible = tool.args_schema, tool.tool_call_schema
     declares = (
         isinstance(schema, type)
+        and issubclass(schema, BaseModel)
         and IDEMPOTENCY_KEY_ARG in schema.model_fields
         and IDEMPOTENCY_KEY_ARG not in getattr(visible, "model_fields", {})
     )
@@ -162,7 +163,11 @@ def parsed_arguments(tool: BaseTool, arguments: Mapping[str, Any]) -> dict[str, 
 def arguments_schema(tool: BaseTool) -> dict[str, Any]:
     """The JSON Schema of the arguments a model gives ``tool`` (injected arguments are not among them)."""
     schema = tool.tool_call_schema
-    return schema.model_json_schema() if isinstance(schema, type) and issubclass(schema, BaseModel) else dict(schema)
+    if isinstance(schema, dict):
+        return dict(schema)
+    if issubclass(schema, BaseModel):
+        return schema.model_json_schema()
+    raise ConfigError(f"{tool.name}'s arguments schema is a pydantic v1 model: give it a pydantic v2 one")
 
 
 def _holds_non_finite(value: Any) -> bool:

@@ -207,7 +207,9 @@ def structured_result(schema: type[ModelT], generation: GenerationResult, max_to
             schema, generation.text, ValueError(f"the output was cut at max_tokens={max_tokens}; raise it")
         )
     value = validate_structured(schema, generation.text)
-    return StructuredResult[schema](value=value, **generation.model_dump())
+    # Parametrized at run time with the caller's schema, so ``value`` validates and dumps as that model; mypy
+    # takes a subscript by a variable for a type expression.
+    return StructuredResult[schema](value=value, **generation.model_dump())  # type: ignore[valid-type]
 
 
 class SLM(ABC):

@@ -23,9 +23,13 @@ import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, cast
 
 from agentgraph.slm.base import SLM, ChatMessage, GenerationResult, TokenLogprob, Usage
 from agentgraph.slm.models import load_causal_lm, model_and_adapter
+
+if TYPE_CHECKING:
+    from transformers import BatchEncoding
 
 
 class TransformersSLM(SLM):
@@ -71,9 +75,13 @@ class TransformersSLM(SLM):
 
     def tokenize_chat(self, messages: Sequence[ChatMessage], *, add_generation_prompt: bool) -> list[int]:
         encoded = self.tokenizer.apply_chat_template(
-            list(messages), add_generation_prompt=add_generation_prompt, tokenize=True, return_dict=True
+            [dict(message) for message in messages],
+            add_generation_prompt=add_generation_prompt,
+            tokenize=True,
+            return_dict=True,
         )
-        return list(encoded["input_ids"])
+        # tokenize=True with return_dict=True returns a BatchEncoding; the stub's union covers every mode.
+        return list(cast("BatchEncoding", encoded)["input_ids"])
 
     def _score_continuations(
         self, prefix: list[int], continuations: Mapping[str, list[int]]
@@ -142,7 +150,7 @@ class TransformersSLM(SLM):
             while len(generated) < max_tokens:
                 logits = output.logits[:, -1, :].float()
                 raw = torch.log_softmax(logits, dim=-1)
-                if matcher is not None:
+                if bitmask is not None:  # allocated for the matcher
                     matcher.fill_next_token_bitmask(bitmask)
                     logits = logits.cpu()
                     xgrammar.apply_token_bitmask_inplace(logits, bitmask)
@@ -162,7 +170,8 @@ class TransformersSLM(SLM):
                     past_key_values=output.past_key_values,
                     use_cache=True,
                 )
-        text = self.tokenizer.decode(generated, skip_special_tokens=True)
+        # One sequence of ids decodes to one string (the stub's list[str] is for a batch).
+        text = cast(str, self.tokenizer.decode(generated, skip_special_tokens=True))
         for marker in stop:
             text = text.split(marker, 1)[0]
         return GenerationResult(

@@ -20,7 +20,7 @@ Example:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -40,7 +40,10 @@ CUSTOMER_SUPPORT_ENTITY_FIELDS = (
 )  # fmt: skip
 """The Bitext entity types: every one is a field of :class:`SupportExtraction`."""
 
-SupportIntent = Literal[tuple(CUSTOMER_SUPPORT_INTENTS)]  # type: ignore[valid-type]
+if TYPE_CHECKING:  # the Literal is built from the intent list at run time, which a type checker cannot follow
+    SupportIntent = str
+else:
+    SupportIntent = Literal[tuple(CUSTOMER_SUPPORT_INTENTS)]
 
 
 class SupportExtraction(BaseModel):

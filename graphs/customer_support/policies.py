@@ -31,6 +31,7 @@ import numpy as np
 
 from agentgraph.classifier import SentenceEncoder
 from agentgraph.cross_encoder import TRAINING_SEED, RelevancePair, TrainingSettings, cached_cross_encoder
+from agentgraph.errors import DatasetError
 from agentgraph.graphs.customer_support.bitext import SupportRequest, load_customer_support, split_customer_support
 
 
@@ -53,7 +54,10 @@ def load_policy_sections(folder: Path | None = None) -> list[PolicySection]:
     sections = []
     for source in sources:
         text = source.read_text(encoding="utf-8")
-        document = re.search(r"^# (.+)$", text, re.MULTILINE)[1]
+        heading = re.search(r"^# (.+)$", text, re.MULTILINE)
+        if heading is None:
+            raise DatasetError(f"policy {source.name} has no '# title' line")
+        document = heading[1]
         for title, body in re.findall(r"^## ([^\n]+)\n(.*?)(?=^## |\Z)", text, re.MULTILINE | re.DOTALL):
             sections.append(PolicySection(document=document, title=title.strip(), text=" ".join(body.split())))
     return sections

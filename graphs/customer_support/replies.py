@@ -77,7 +77,7 @@ def tool_reply(message: ToolMessage, intent: str) -> str:
     """A customer-facing sentence from a tool's result (JSON) or its error."""
     if message.status == "error":
         return error_reply(message)
-    result = json.loads(message.content)
+    result = json.loads(message.text)
     match message.name:
         case "get_order_status":
             return order_status_reply(result)
@@ -126,7 +126,7 @@ def error_reply(message: ToolMessage) -> str:
     if flags.get("retry_blocked"):
         return ("I could not confirm that this went through, so I have not repeated it; a colleague will check. "
                 "You do not need to ask again.")
-    reason = message.content.removeprefix("Error: ").split("\n")[0]
+    reason = message.text.removeprefix("Error: ").split("\n")[0]
     return f"Sorry, I could not do that: {reason}."
 
 

@@ -23,8 +23,8 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from agentgraph.acts import ActDetector
-from agentgraph.classifier import IntentClassifier
 from agentgraph.clarification import ClarificationPolicy, ReferencePattern
+from agentgraph.classifier import IntentClassifier
 from agentgraph.graphs.customer_support.training import support_act_detector, support_router_path
 from agentgraph.nodes.router import ClassifierStrategy, Router
 from agentgraph.write_safety import WritePolicy

@@ -314,7 +314,7 @@ class Shop:
             """Delete the customer's account and personal data. It cannot be undone."""
             return self.delete_account(customer_id)
 
-        hints = {get_order_status: read, list_orders: read, get_invoice: read, get_refund_status: read,
+        hints: dict[Callable[..., Any], dict[str, bool]] = {get_order_status: read, list_orders: read, get_invoice: read, get_refund_status: read,
                  cancel_order: retry_safe, request_order_change: retry_safe, request_address_change: retry_safe,
                  issue_refund: irreversible, delete_account: irreversible}  # fmt: skip
         return [
