@@ -61,7 +61,9 @@ _AFTER_NEGATOR_NOT_NEGATION = (
     r"(?:know|have|has|see|find|remember|understand|receiv|get|got|work|load|show|like|think|care|arriv|deliver"
     r"|reach|come|let|allow|accept)\w*"
 )
-_POSTPOSITION_NEGATORS = r"mat|na\s+karo|nahi\s+karna|nahi\s+chahiye|rehne\s+do|rahne\s+do|rok\s+do|bhool\s+jao|mat\s+karo"
+_POSTPOSITION_NEGATORS = (
+    r"mat|na\s+karo|nahi\s+karna|nahi\s+chahiye|rehne\s+do|rahne\s+do|rok\s+do|bhool\s+jao|mat\s+karo"
+)
 _WITHDRAWALS = (
     r"changed\s+my\s+mind|keep\s+(?:it|the\s+order|my\s+order|my\s+account)\b|as\s+it\s+is\b|ignore\s+my"
     r"|cancel\s+(?:my|the)\s+cancell?ation|(?:skip|stop)\s+the\s+(?:cancell?ation|refund|change)|wapas\s+le\s+lo"
@@ -108,7 +110,9 @@ class ActVerdict(BaseModel):
 
     act: RequestAct
     confidence: float = Field(description="the classifier's calibrated probability of the act")
-    negation_cue: str | None = Field(default=None, description="words of the message that decline or withdraw something")
+    negation_cue: str | None = Field(
+        default=None, description="words of the message that decline or withdraw something"
+    )
     probabilities: dict[str, float] = Field(default_factory=dict, description="the classifier's, over the acts")
 
     @property
@@ -157,7 +161,9 @@ class ActDetector:
         return cls(classifier, cues=cues)
 
     @classmethod
-    def load(cls, folder: str | Path, *, encoder: SentenceEncoder | None = None, cues: ActCues | None = None) -> ActDetector:
+    def load(
+        cls, folder: str | Path, *, encoder: SentenceEncoder | None = None, cues: ActCues | None = None
+    ) -> ActDetector:
         return cls(IntentClassifier.load(folder, encoder=encoder), cues=cues)
 
     def save(self, folder: str | Path) -> Path:

@@ -61,12 +61,12 @@ from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.checkpoint.sqlite import SqliteSaver
 
 from agentgraph.clarification import Clarification
-from agentgraph.records.decisions import Decision
 from agentgraph.errors import CheckpointDecryptionError, ConfigError
 from agentgraph.llm import HumanHandoff
 from agentgraph.nodes.context_pruner import KeptChunk
 from agentgraph.nodes.loop import ActResult, Observation
 from agentgraph.nodes.output_validator import Span, ValidationReport, ValidationStep, Violation
+from agentgraph.records.decisions import Decision
 from agentgraph.write_safety import WriteConsent
 
 if TYPE_CHECKING:
@@ -214,7 +214,9 @@ def postgres_checkpointer(url: str, *schemas: type, key: bytes | None = None) ->
     return saver
 
 
-async def async_postgres_checkpointer(url: str, *schemas: type, key: bytes | None = None) -> AsyncEncryptedPostgresSaver:
+async def async_postgres_checkpointer(
+    url: str, *schemas: type, key: bytes | None = None
+) -> AsyncEncryptedPostgresSaver:
     """:func:`postgres_checkpointer` for asyncio graphs (``ainvoke``, ``astream``): the same tables and key."""
     from psycopg import AsyncConnection
     from psycopg.rows import dict_row

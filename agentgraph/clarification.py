@@ -110,9 +110,13 @@ class Clarification(BaseModel):
 
     kind: ClarificationKind
     question: str = Field(description="what the customer is asked (or told)")
-    candidates: list[str] = Field(default_factory=list, description="the labels an answer can pick, in the question's order")
+    candidates: list[str] = Field(
+        default_factory=list, description="the labels an answer can pick, in the question's order"
+    )
     request: str = Field(description="the message that raised the question")
-    reference: str | None = Field(default=None, description="the target the question is about, when the request named one")
+    reference: str | None = Field(
+        default=None, description="the target the question is about, when the request named one"
+    )
     consent: bool = Field(
         default=False, description="a reference answer completes a request that asked for the write itself"
     )
@@ -244,7 +248,9 @@ class ClarificationPolicy(BaseModel):
         tokens = [token for token in _tokens(text) if token.isalnum()]
         return bool(tokens) and tokens[0] in GREETING_WORDS
 
-    def resolve(self, pending: Clarification, answer: str, *, best_label: str | None = None) -> ClarifiedRequest | Clarification | None:
+    def resolve(
+        self, pending: Clarification, answer: str, *, best_label: str | None = None
+    ) -> ClarifiedRequest | Clarification | None:
         """``answer`` read as the answer to ``pending``: the request it completes, a reply when it says no, or None.
 
         None means the message is not an answer (a new request, say) and is
@@ -255,14 +261,21 @@ class ClarificationPolicy(BaseModel):
         if pending.kind == "confirm" or (pending.kind == "choose" and len(pending.candidates) == 1):
             if _says(tokens, NO_WORDS) and not _says(tokens, YES_WORDS):
                 return self.declined(request=pending.request)
-            allowed = YES_WORDS | YES_COMPANIONS | self._action_words(pending.candidates[0]) | set(_tokens(pending.reference or ""))
+            allowed = (
+                YES_WORDS
+                | YES_COMPANIONS
+                | self._action_words(pending.candidates[0])
+                | set(_tokens(pending.reference or ""))
+            )
             if _says(tokens, YES_WORDS) and not _says(tokens, NO_WORDS) and all(token in allowed for token in tokens):
                 how: Literal["confirmed", "chosen"] = "confirmed" if pending.kind == "confirm" else "chosen"
                 return ClarifiedRequest(label=pending.candidates[0], text=pending.request, consent=how)
         if pending.kind == "choose":
             label = self._picked(pending, tokens, best_label)
             if label is not None:
-                return ClarifiedRequest(label=label, text=f"{pending.request.rstrip(' .?!')}. {answer}", consent="chosen")
+                return ClarifiedRequest(
+                    label=label, text=f"{pending.request.rstrip(' .?!')}. {answer}", consent="chosen"
+                )
         if pending.kind == "reference" and (named := self.references(answer)):
             request = self.reference.compiled.sub(" ", pending.request) if self.reference else pending.request
             text = f"{' '.join(request.split()).rstrip(' .?!')} {named[0]}"

@@ -74,7 +74,12 @@ _ONNX_FILES: dict[str, str] = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
 _MANIFEST = "manifest.json"
 _ARRAYS = "arrays.npz"
 LEXICAL_NGRAMS = (2, 4)
-_LEXICAL_SETTINGS: dict[str, Any] = {"analyzer": "char_wb", "ngram_range": LEXICAL_NGRAMS, "sublinear_tf": True, "min_df": 2}
+_LEXICAL_SETTINGS: dict[str, Any] = {
+    "analyzer": "char_wb",
+    "ngram_range": LEXICAL_NGRAMS,
+    "sublinear_tf": True,
+    "min_df": 2,
+}
 FORMAT_VERSION = 4
 """Bumped whenever training changes what a saved classifier means; older artifacts are retrained, never misread."""
 NUMBER_PLACEHOLDER = "number"
@@ -249,9 +254,15 @@ class OutOfScopeDetector(BaseModel):
     :class:`IntentClassifier` in its npz file; this model holds the thresholds.
     """
 
-    min_similarity: float = Field(description="a request whose nearest training example is less similar is out of scope")
-    max_relative_distance: float = Field(description="a request farther (relative Mahalanobis) than this is out of scope")
-    rejection_rate: float = Field(description="the share of held-out in-scope requests each threshold was set to reject")
+    min_similarity: float = Field(
+        description="a request whose nearest training example is less similar is out of scope"
+    )
+    max_relative_distance: float = Field(
+        description="a request farther (relative Mahalanobis) than this is out of scope"
+    )
+    rejection_rate: float = Field(
+        description="the share of held-out in-scope requests each threshold was set to reject"
+    )
 
     def admits(self, similarity: np.ndarray | float, distance: np.ndarray | float) -> np.ndarray:
         """Whether requests at these scores pass both tests (elementwise)."""
@@ -332,8 +343,14 @@ def _tied_whitening(embeddings: np.ndarray, reg: float) -> np.ndarray:
 
 
 def _fit_arrays(
-    embeddings: np.ndarray, texts: Sequence[str], classes: np.ndarray, labels: Sequence[str], *,
-    regularization: float, lexical_weight: float, covariance_ridge: float,
+    embeddings: np.ndarray,
+    texts: Sequence[str],
+    classes: np.ndarray,
+    labels: Sequence[str],
+    *,
+    regularization: float,
+    lexical_weight: float,
+    covariance_ridge: float,
 ) -> dict[str, np.ndarray]:
     """The arrays of a classifier fitted on ``embeddings`` and their (canonical) ``texts`` with class indices ``classes``.
 
@@ -483,12 +500,20 @@ class IntentClassifier:
         label_list = sorted({str(label) for label in labels})
         index = {label: i for i, label in enumerate(label_list)}
         classes = np.array([index[str(label)] for label in labels])
-        scarce = [label for label, count in zip(label_list, np.bincount(classes, minlength=len(label_list))) if count < folds]
+        scarce = [
+            label
+            for label, count in zip(label_list, np.bincount(classes, minlength=len(label_list)), strict=False)
+            if count < folds
+        ]
         if scarce:
             raise AgentGraphError(f"labels {scarce} have fewer than {folds} examples: cross-fitting needs one per fold")
         canonical = [canonical_text(text) for text in texts]
         embeddings = encoder.encode(canonical)
-        settings = {"regularization": regularization, "lexical_weight": lexical_weight, "covariance_ridge": covariance_ridge}
+        settings = {
+            "regularization": regularization,
+            "lexical_weight": lexical_weight,
+            "covariance_ridge": covariance_ridge,
+        }
         draft = ClassifierManifest(
             encoder=encoder.name,
             labels=label_list,
@@ -511,7 +536,9 @@ class IntentClassifier:
         )  # fmt: skip
         for fitted, held in splitter.split(canonical, classes, groups):
             fold_texts, held_texts = [canonical[i] for i in fitted], [canonical[i] for i in held]
-            fold = cls(draft, _fit_arrays(embeddings[fitted], fold_texts, classes[fitted], label_list, **settings), encoder)
+            fold = cls(
+                draft, _fit_arrays(embeddings[fitted], fold_texts, classes[fitted], label_list, **settings), encoder
+            )
             logits[held] = fold.logits(embeddings[held], held_texts)
             similarity[held], distance[held] = fold.scope_scores(embeddings[held])
         fitting = (
@@ -595,6 +622,7 @@ class IntentClassifier:
 
     def save(self, folder: str | Path) -> Path:
         """Write ``manifest.json`` and ``arrays.npz`` to ``folder`` (replaced atomically)."""
+
         def write(staging: Path) -> None:
             # Plain numbers and strings, as load reads them (allow_pickle=False), so no object array is ever saved.
             np.savez(staging / _ARRAYS, allow_pickle=False, **self._arrays)
@@ -617,7 +645,9 @@ class IntentClassifier:
             )
         encoder = encoder or SentenceEncoder(precision=precision)
         if encoder.name != manifest.encoder:
-            raise AgentGraphError(f"{folder} was trained on {manifest.encoder} embeddings; it cannot read {encoder.name}'s")
+            raise AgentGraphError(
+                f"{folder} was trained on {manifest.encoder} embeddings; it cannot read {encoder.name}'s"
+            )
         with np.load(folder / _ARRAYS, allow_pickle=False) as stored:
             arrays = {name: stored[name] for name in stored.files}
         return cls(manifest, arrays, encoder)
@@ -635,7 +665,9 @@ def file_sha256(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def cached_classifier(folder: str | Path, data_sha256: str, train: Callable[[], IntentClassifier], *, rebuild: bool = False) -> Path:
+def cached_classifier(
+    folder: str | Path, data_sha256: str, train: Callable[[], IntentClassifier], *, rebuild: bool = False
+) -> Path:
     """``folder``, holding the classifier ``train()`` makes: trained when missing, and again when stale.
 
     Stale means saved by another format, for another encoder than the default

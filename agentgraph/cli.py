@@ -15,7 +15,10 @@ from collections.abc import Sequence
 from agentgraph.errors import AgentGraphError
 
 COMMAND_MODULES = (
-    "agentgraph.commands.run", "agentgraph.commands.slm", "agentgraph.commands.eval", "agentgraph.commands.distill",
+    "agentgraph.commands.run",
+    "agentgraph.commands.slm",
+    "agentgraph.commands.eval",
+    "agentgraph.commands.distill",
     "agentgraph.commands.report",
 )
 
@@ -31,7 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per health poll is noise
     try:
         return int(args.handler(args) or 0)

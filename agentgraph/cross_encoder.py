@@ -250,7 +250,9 @@ def pairs_digest(pairs: Sequence[RelevancePair]) -> str:
     return digest.hexdigest()
 
 
-def cached_cross_encoder(name: str, pairs: Sequence[RelevancePair], *, settings: TrainingSettings | None = None) -> Path:
+def cached_cross_encoder(
+    name: str, pairs: Sequence[RelevancePair], *, settings: TrainingSettings | None = None
+) -> Path:
     """A cross-encoder trained on ``pairs``, kept under ``cache_dir()/artifacts/cross-encoder/<name>``.
 
     The first call trains (:func:`train_cross_encoder`); later calls return the

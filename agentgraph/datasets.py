@@ -35,6 +35,8 @@ def read_records(path: Path) -> list[dict[str, Any]]:
             except json.JSONDecodeError as exc:
                 raise DatasetError(f"{path}, line {number}: not JSON ({exc}); write one object per line") from exc
             if not isinstance(record, dict):
-                raise DatasetError(f"{path}, line {number}: a JSON object per line is needed, not {type(record).__name__}")
+                raise DatasetError(
+                    f"{path}, line {number}: a JSON object per line is needed, not {type(record).__name__}"
+                )
             records.append(record)
         return records

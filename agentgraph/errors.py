@@ -76,7 +76,11 @@ class SLMRequestRejectedError(SLMHTTPError):
             "the server's max_model_len"
         )  # fmt: skip
         super().__init__(
-            method, url, status_code, body, f"The server refused the request, so retrying it unchanged fails again: {check}."
+            method,
+            url,
+            status_code,
+            body,
+            f"The server refused the request, so retrying it unchanged fails again: {check}.",
         )
 
 
@@ -85,7 +89,10 @@ class SLMServerError(SLMHTTPError):
 
     def __init__(self, method: str, url: str, status_code: int, body: str) -> None:
         super().__init__(
-            method, url, status_code, body,
+            method,
+            url,
+            status_code,
+            body,
             "The server failed, not the request: retry later, and read the server's log if it keeps failing.",
         )
 

@@ -53,7 +53,9 @@ def _neighbours() -> dict[str, str]:
     """Each letter's neighbours on a QWERTY keyboard (same row, and the rows above and below)."""
     position = {ch: (r, c) for r, row in enumerate(_ROWS) for c, ch in enumerate(row)}
     return {
-        ch: "".join(other for other, (r2, c2) in position.items() if other != ch and abs(r - r2) <= 1 and abs(c - c2) <= 1)
+        ch: "".join(
+            other for other, (r2, c2) in position.items() if other != ch and abs(r - r2) <= 1 and abs(c - c2) <= 1
+        )
         for ch, (r, c) in position.items()
     }
 
@@ -189,7 +191,7 @@ def truncate(
     Numbers count as words, so "cancel order 4413" can keep its id. A text of
     filler alone comes back as its first words.
     """
-    words = [w.strip(".,!?;:()\"") for w in text.split()]
+    words = [w.strip('.,!?;:()"') for w in text.split()]
     content = [w for w in words if w and w.lower() not in filler]
     chosen = content or [w for w in words if w]
     return " ".join(chosen[: rng.randint(min_words, max_words)])

@@ -120,9 +120,7 @@ def _digits(text: str) -> str:
 def _card_candidates(text: str) -> Iterator[tuple[int, int]]:
     for match in _CARD.finditer(text):
         digits = _digits(match[0])
-        issued = any(
-            len(digits) in lengths and digits.startswith(prefixes) for prefixes, lengths in _CARD_ISSUERS
-        )
+        issued = any(len(digits) in lengths and digits.startswith(prefixes) for prefixes, lengths in _CARD_ISSUERS)
         if issued and luhn_valid(digits):
             yield match.span()
 

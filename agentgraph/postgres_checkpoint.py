@@ -42,7 +42,10 @@ def split_plain_values(
 
 
 def plain_values_as_blobs(
-    saver: PostgresSaver | AsyncPostgresSaver, config: RunnableConfig, checkpoint: Checkpoint, new_versions: ChannelVersions
+    saver: PostgresSaver | AsyncPostgresSaver,
+    config: RunnableConfig,
+    checkpoint: Checkpoint,
+    new_versions: ChannelVersions,
 ) -> tuple[Checkpoint, list[tuple]]:
     """``checkpoint`` without its plain values, and the (encrypted) blob rows ``saver`` writes for them."""
     checkpoint, plain, versions = split_plain_values(checkpoint, new_versions)
@@ -62,7 +65,11 @@ class EncryptedPostgresSaver(PostgresSaver):
     """
 
     def put(
-        self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata, new_versions: ChannelVersions
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
     ) -> RunnableConfig:
         checkpoint, rows = plain_values_as_blobs(self, config, checkpoint, new_versions)
         if rows:
@@ -75,7 +82,11 @@ class AsyncEncryptedPostgresSaver(AsyncPostgresSaver):
     """:class:`EncryptedPostgresSaver` for asyncio (``AsyncPostgresSaver``): every channel value a blob."""
 
     async def aput(
-        self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata, new_versions: ChannelVersions
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
     ) -> RunnableConfig:
         checkpoint, rows = plain_values_as_blobs(self, config, checkpoint, new_versions)
         if rows:

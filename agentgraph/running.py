@@ -59,7 +59,6 @@ from langgraph.types import Command
 from pydantic import BaseModel, Field
 
 from agentgraph.checkpointing import checkpoint_location
-from agentgraph.records.decisions import Decision
 from agentgraph.errors import (
     ApprovalResponseError,
     NothingToResumeError,
@@ -67,6 +66,7 @@ from agentgraph.errors import (
     TurnInputError,
     UnknownThreadError,
 )
+from agentgraph.records.decisions import Decision
 from agentgraph.text import require_utf8
 
 SMALL_MODEL_STRATEGIES = frozenset({"classifier", "slm", "slm_repair", "cross_encoder"})
@@ -173,7 +173,9 @@ def check_resumable(graph: CompiledStateGraph, config: RunnableConfig) -> None:
     """Raise unless the thread in ``config`` has an interrupt waiting for an answer."""
     thread_id = config["configurable"]["thread_id"]
     if not isinstance(graph.checkpointer, BaseCheckpointSaver):
-        raise TurnInputError("a resume answers an interrupt kept in a checkpoint: compile the graph with a checkpointer")
+        raise TurnInputError(
+            "a resume answers an interrupt kept in a checkpoint: compile the graph with a checkpointer"
+        )
     snapshot = graph.get_state(config)
     if snapshot.created_at is None:
         raise UnknownThreadError(thread_id, checkpoint_location(graph.checkpointer))

@@ -53,8 +53,8 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.runnables import RunnableConfig
 from pydantic import BaseModel, Field, ValidationError
 
-from agentgraph.records.decisions import Decision, DecisionLog, log_decision
 from agentgraph.errors import ConfigError
+from agentgraph.records.decisions import Decision, DecisionLog, log_decision
 
 logger = logging.getLogger(__name__)
 
@@ -226,6 +226,4 @@ def shadow_agreement(
         if agree is not None:
             tally[0] += 1
             tally[1] += bool(agree)
-    return [
-        AgreementBucket(start, n, agreed / n if n else None) for start, (n, agreed) in sorted(counts.items())
-    ]
+    return [AgreementBucket(start, n, agreed / n if n else None) for start, (n, agreed) in sorted(counts.items())]

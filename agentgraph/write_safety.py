@@ -116,7 +116,9 @@ def judge_write(
         )
     if confidence is None or confidence < policy.gate:
         shown = "unmeasured" if confidence is None else f"{confidence:.2f}"
-        return WriteVerdict(judgement="confirm", reason=f"label confidence {shown} is under the write gate {policy.gate:.2f}")
+        return WriteVerdict(
+            judgement="confirm", reason=f"label confidence {shown} is under the write gate {policy.gate:.2f}"
+        )
     if len(set(references)) > 1:
         return WriteVerdict(judgement="which", reason=f"the message names {len(set(references))} possible targets")
     words = count_words(text, references)

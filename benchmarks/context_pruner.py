@@ -70,7 +70,7 @@ def recall_at_k(relevance_in_rank_order: list[bool], total_relevant: int, k: int
 
 def ranking_metrics(all_scores: list[list[float]], pools) -> dict[str, float]:
     ndcgs, recalls = [], []
-    for scores, (_, _, relevance) in zip(all_scores, pools):
+    for scores, (_, _, relevance) in zip(all_scores, pools, strict=False):
         order = sorted(range(len(scores)), key=lambda i: -scores[i])
         ranked = [relevance[i] for i in order]
         ndcgs.append(ndcg_at_k(ranked, sum(relevance)))
@@ -92,9 +92,11 @@ def main() -> None:
     started = time.perf_counter()
     folder = support_reranker_folder()
     info = training_info(folder)
-    print(f"cross-encoder: {folder} (recipe {info['recipe']}, {info['pairs']} pairs, trained in "
-          f"{info['training_seconds']} s, {info['training_cpu_seconds']} s of CPU; "
-          f"ready in {time.perf_counter() - started:.1f} s now)")
+    print(
+        f"cross-encoder: {folder} (recipe {info['recipe']}, {info['pairs']} pairs, trained in "
+        f"{info['training_seconds']} s, {info['training_cpu_seconds']} s of CPU; "
+        f"ready in {time.perf_counter() - started:.1f} s now)"
+    )
     reranker = Reranker(folder, device="cpu")
 
     from sentence_transformers import SentenceTransformer
@@ -121,8 +123,12 @@ def main() -> None:
         pruner({"query": query.text, "chunks": passages}, {})
         node_ms.append((time.perf_counter() - tick) * 1000)
     print(f"latency for {POOL_SIZE} chunks over {len(score_ms)} queries (CPU):")
-    print(f"  cross-encoder scoring  p50 {np.percentile(score_ms, 50):7.1f} ms  p95 {np.percentile(score_ms, 95):7.1f} ms")
-    print(f"  whole pruner call      p50 {np.percentile(node_ms, 50):7.1f} ms  p95 {np.percentile(node_ms, 95):7.1f} ms")
+    print(
+        f"  cross-encoder scoring  p50 {np.percentile(score_ms, 50):7.1f} ms  p95 {np.percentile(score_ms, 95):7.1f} ms"
+    )
+    print(
+        f"  whole pruner call      p50 {np.percentile(node_ms, 50):7.1f} ms  p95 {np.percentile(node_ms, 95):7.1f} ms"
+    )
 
 
 if __name__ == "__main__":

@@ -50,7 +50,11 @@ def sample(per_intent: int, seed: int = 7):
     for row in test:
         by_intent[row.intent].append(row)
     rng = random.Random(seed)
-    return [row for intent in sorted(by_intent) for row in rng.sample(by_intent[intent], min(per_intent, len(by_intent[intent])))]
+    return [
+        row
+        for intent in sorted(by_intent)
+        for row in rng.sample(by_intent[intent], min(per_intent, len(by_intent[intent])))
+    ]
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -101,7 +105,9 @@ def main() -> None:
         "zero_llm_share": zero_llm / len(rows),
         "knowledge_section_accuracy": knowledge_right / knowledge_total if knowledge_total else None,
         "latency_ms": percentiles(every),
-        "latency_ms_by_route": {route: percentiles(values) | {"n": len(values)} for route, values in sorted(latencies.items())},
+        "latency_ms_by_route": {
+            route: percentiles(values) | {"n": len(values)} for route, values in sorted(latencies.items())
+        },
         "requests_per_second": len(rows) / elapsed,
         "load_s": load_s,
         "routes_taken": {f"{expected}->{route}": n for (expected, route), n in sorted(taken.items())},
@@ -110,7 +116,9 @@ def main() -> None:
         print(json.dumps(report))
         return
     print(f"backend {report['backend']}, {len(rows)} test requests, graph loaded in {load_s:.1f} s")
-    print(f"route accuracy      {100 * report['route_accuracy']:.2f}%   intent accuracy {100 * report['intent_accuracy']:.2f}%")
+    print(
+        f"route accuracy      {100 * report['route_accuracy']:.2f}%   intent accuracy {100 * report['intent_accuracy']:.2f}%"
+    )
     print(f"zero LLM calls      {100 * report['zero_llm_share']:.2f}% of requests")
     if knowledge_total:
         print(f"knowledge answers   {100 * report['knowledge_section_accuracy']:.2f}% the intent's own policy section")

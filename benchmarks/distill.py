@@ -58,7 +58,9 @@ def build_dataset(folder: Path, role: str) -> Path:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--role", choices=("route", "extract"), default="route")
-    parser.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "agentgraph-distill-bench")
+    parser.add_argument(
+        "--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "agentgraph-distill-bench"
+    )
     parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-4)
@@ -69,7 +71,9 @@ def main() -> int:
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--describe-schema", action=argparse.BooleanOptionalAction, default=False,
                         help="extract: state the JSON schema in the prompt instead of letting the model learn it")  # fmt: skip
-    parser.add_argument("--lora-rank", type=int, default=0, help="train a LoRA adapter of this rank (0: full fine-tuning)")
+    parser.add_argument(
+        "--lora-rank", type=int, default=0, help="train a LoRA adapter of this rank (0: full fine-tuning)"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--dev-limit", type=int, help="route: dev rows to fit calibration and gate on (default: all)")
     parser.add_argument("--limit", type=int, help="test rows for the distilled model (default: all 2,029)")
@@ -98,13 +102,27 @@ def main() -> int:
     started = time.perf_counter()
     base = {"base": args.base_rows > 0, "base_limit": args.base_rows or None}
     if args.role == "route":
-        report = gate_router(model, data, limit=args.limit, dev_limit=args.dev_limit, descriptions=CUSTOMER_SUPPORT_INTENTS, **base)
+        report = gate_router(
+            model, data, limit=args.limit, dev_limit=args.dev_limit, descriptions=CUSTOMER_SUPPORT_INTENTS, **base
+        )
     else:
         report = gate_extractor(model, data, limit=args.limit, **base)
     gate_seconds = time.perf_counter() - started
     result = {
-        "train": {key: manifest.get(key) for key in ("steps", "total_steps", "stopped_early", "training_seconds", "cpu_seconds",
-                                                     "torch_threads", "prompt_tokens", "settings", "trained_parameters")},
+        "train": {
+            key: manifest.get(key)
+            for key in (
+                "steps",
+                "total_steps",
+                "stopped_early",
+                "training_seconds",
+                "cpu_seconds",
+                "torch_threads",
+                "prompt_tokens",
+                "settings",
+                "trained_parameters",
+            )
+        },
         "learning_curve": manifest["learning_curve"],
         "gate": report.model_dump(mode="json"),
         "gate_seconds": round(gate_seconds, 1),
@@ -112,13 +130,19 @@ def main() -> int:
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"dataset     {data} (train {manifest['dataset']['train_examples']}, sha256 {manifest['dataset']['sha256'][:16]})")
-    print(f"prompt      {manifest['prompt_tokens']['mean']} tokens on average, {manifest['prompt_tokens']['shared']} shared")
+    print(
+        f"dataset     {data} (train {manifest['dataset']['train_examples']}, sha256 {manifest['dataset']['sha256'][:16]})"
+    )
+    print(
+        f"prompt      {manifest['prompt_tokens']['mean']} tokens on average, {manifest['prompt_tokens']['shared']} shared"
+    )
     print("learning curve (dev subset):")
     for point in manifest["learning_curve"]:
         loss = "-" if point["loss"] is None else f"{point['loss']:.4f}"
         acc = "-" if point["dev_accuracy"] is None else f"{100 * point['dev_accuracy']:.1f}%"
-        print(f"  step {point['step']:>4}  examples {point['examples']:>5}  {point['train_seconds'] / 60:5.1f} min  loss {loss:>7}  dev {acc}")
+        print(
+            f"  step {point['step']:>4}  examples {point['examples']:>5}  {point['train_seconds'] / 60:5.1f} min  loss {loss:>7}  dev {acc}"
+        )
     print(f"training    {manifest['steps']}/{manifest['total_steps']} steps, {manifest['training_seconds'] / 60:.1f} min wall, "
           f"{manifest['cpu_seconds'] / 60:.1f} CPU min on {manifest['torch_threads']} threads"
           + (" (time limit reached)" if manifest["stopped_early"] else ""))  # fmt: skip

@@ -62,7 +62,9 @@ def gated(judgements: list[tuple[str, float]], min_confidence: float) -> list[st
 def scores(cases: list[LabelledObservation], predicted: list[str]) -> dict:
     truth = [case.verdict for case in cases]
     per_verdict = {
-        v: round(sum(p == t == v for p, t in zip(predicted, truth, strict=True)) / truth.count(v), 3) for v in VERDICTS if v in truth
+        v: round(sum(p == t == v for p, t in zip(predicted, truth, strict=True)) / truth.count(v), 3)
+        for v in VERDICTS
+        if v in truth
     }
     confusion = Counter(zip(truth, predicted, strict=True))
     return {
@@ -101,7 +103,10 @@ def main() -> int:
         "cases": len(cases),
         "verdicts": dict(Counter(case.verdict for case in cases)),
         "model": slm.model_name,
-        "slm": {**scores(cases, gated(judgements, args.min_confidence)), **gate_report(cases, judgements, args.min_confidence)},
+        "slm": {
+            **scores(cases, gated(judgements, args.min_confidence)),
+            **gate_report(cases, judgements, args.min_confidence),
+        },
         "fixed_rule": scores(cases, [fixed_rule(case) for case in cases]),
         "position_rule": scores(cases, [position_rule(case) for case in cases]),
         "risk_coverage": [gate_report(cases, judgements, float(g)) for g in args.gates.split(",") if g],

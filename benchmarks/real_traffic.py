@@ -177,7 +177,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-kind", type=int, default=250, help="perturbed test requests per perturbation")
     parser.add_argument("--no-graph", action="store_true", help="skip running non-requests through the whole graph")
-    parser.add_argument("--write-stress", type=Path, help="also write the stress set as JSONL (for agentgraph eval router)")
+    parser.add_argument(
+        "--write-stress", type=Path, help="also write the stress set as JSONL (for agentgraph eval router)"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 

@@ -94,7 +94,11 @@ def main() -> int:
     for name, figures in report.items():
         x, stress, hand, clean = (figures[k] for k in ("phrasings_cross_fitted", "stress_set", "stress_hand_written",
                                                         "bitext_test"))  # fmt: skip
-        crossed = f"{x['out_of_fold_coverage']:>13.1%} @ {x['out_of_fold_selective_accuracy']:<10.1%}" if x else f"{'not trained on':>26s}"
+        crossed = (
+            f"{x['out_of_fold_coverage']:>13.1%} @ {x['out_of_fold_selective_accuracy']:<10.1%}"
+            if x
+            else f"{'not trained on':>26s}"
+        )
         print(f"{name:16s} {crossed} "
               f"{stress['intent_top1']:>11.1%} {stress['answered']:>9.1%} {stress['selective_accuracy']:>9.1%} "
               f"{stress['oos_escalation']:>8.1%} {hand['intent_top1']:>9.1%} {hand['answered']:>8.1%} "

@@ -34,11 +34,11 @@ from pathlib import Path
 
 import numpy as np
 
+from agentgraph.graphs.customer_support import SupportTicket
 from agentgraph.graphs.customer_support.bitext import load_customer_support, split_customer_support
 from agentgraph.llm import default_llm
 from agentgraph.nodes.schema_enforcer import create_schema_enforcer
 from agentgraph.slm import VLLMSLM, TransformersSLM
-from agentgraph.graphs.customer_support import SupportTicket
 
 
 def normalise_id(value: str | None) -> str | None:
@@ -77,8 +77,11 @@ def main() -> None:
             source = decision.input["text"]
             valid += SupportTicket.model_validate(ticket.model_dump(), context={"source_text": source}) == ticket
         predicted = normalise_id(ticket.order_id) if ticket is not None else None
-        print(f"{decision.strategy:10} {predicted!s:16} {row.entity_value if row.entity_type == 'order_id' else '-'!s:16} "
-              f"{latencies[-1]:8.0f} ms  {row.text[:60]!r}", file=sys.stderr)
+        print(
+            f"{decision.strategy:10} {predicted!s:16} {row.entity_value if row.entity_type == 'order_id' else '-'!s:16} "
+            f"{latencies[-1]:8.0f} ms  {row.text[:60]!r}",
+            file=sys.stderr,
+        )
         if row.entity_type == "order_id":
             hit = predicted == row.entity_value
             exact += hit

@@ -20,7 +20,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from agentgraph.graphs.customer_support.bitext import load_customer_support, split_customer_support
-from agentgraph.slm import SLM, TransformersSLM, VLLMSLM
+from agentgraph.slm import SLM, VLLMSLM, TransformersSLM
 from agentgraph.slm.server import ServeSettings, VLLMServer
 
 
@@ -43,7 +43,7 @@ def measure(slm: SLM, texts: list[str], intents: list[str], labels: list[str], j
     slm.choose("warm-up", labels)
     slm.structured("warm-up: order 1", SupportRequestFields)
     choice_ms, correct = [], 0
-    for text, intent in zip(texts, intents):
+    for text, intent in zip(texts, intents, strict=False):
         started = time.perf_counter()
         result = slm.choose(f"Customer request: {text}\nWhich intent is it?", labels)
         choice_ms.append((time.perf_counter() - started) * 1000)
@@ -83,12 +83,15 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--throughput-requests", type=int, default=48, help="requests per throughput figure")
     parser.add_argument(
-        "--timeout", type=float, default=600.0, help="vLLM request timeout, s: a CPU server answers 16 concurrent choices in minutes"
+        "--timeout",
+        type=float,
+        default=600.0,
+        help="vLLM request timeout, s: a CPU server answers 16 concurrent choices in minutes",
     )
     parser.add_argument("--json", dest="json_out", help="also write the figures to this file")
     args = parser.parse_args()
 
-    test = split_customer_support(load_customer_support())["test"][:: 7][: args.samples]
+    test = split_customer_support(load_customer_support())["test"][::7][: args.samples]
     texts, intents = [r.text for r in test], [r.intent for r in test]
     labels = sorted({r.intent for r in load_customer_support()})
     report: dict[str, dict] = {}
@@ -96,7 +99,10 @@ def main() -> None:
     if args.backend in ("embedded", "both"):
         started = time.perf_counter()
         embedded = TransformersSLM()
-        report["embedded"] = {"load_s": time.perf_counter() - started, **measure(embedded, texts, intents, labels, args.json_samples)}
+        report["embedded"] = {
+            "load_s": time.perf_counter() - started,
+            **measure(embedded, texts, intents, labels, args.json_samples),
+        }
         print(json.dumps({"embedded": report["embedded"]}, indent=2), flush=True)
         del embedded
 

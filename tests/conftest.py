@@ -6,6 +6,7 @@ import os
 from typing import TYPE_CHECKING
 
 import pytest
+from _tiny_reranker import tiny_reranker_folder  # noqa: F401  (a session fixture the reranker tests share)
 
 if TYPE_CHECKING:
     from agentgraph.graphs.customer_support.bitext import SupportRequest
@@ -78,7 +79,10 @@ def vllm_server_url(request, tmp_path_factory) -> str:
         return
     from agentgraph.slm.server import ServeSettings, VLLMServer
 
-    server = VLLMServer(ServeSettings(port=0, python=request.getfixturevalue("vllm_python")), log_path=tmp_path_factory.mktemp("vllm") / "server.log")
+    server = VLLMServer(
+        ServeSettings(port=0, python=request.getfixturevalue("vllm_python")),
+        log_path=tmp_path_factory.mktemp("vllm") / "server.log",
+    )
     server.start()
     yield server.base_url
     server.stop()

@@ -26,26 +26,25 @@ import sqlite3
 import threading
 import time
 from collections import defaultdict, deque
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from collections.abc import Callable, Iterator, Sequence
 from typing import Annotated, TypeVar
 
 from langchain_core.messages import AIMessage, AnyMessage
 from langchain_core.tools import BaseTool, InjectedToolArg, tool
+from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import START, StateGraph
 from langgraph.graph.message import add_messages
 from langgraph.types import RetryPolicy
 from pydantic import Field
 
-from langgraph.checkpoint.base import BaseCheckpointSaver
-
 from agentgraph.checkpointing import postgres_checkpointer, sqlite_checkpointer
-from agentgraph.records.decisions import DecisionLog, DecisionState
 from agentgraph.errors import IdempotencyConflictError
 from agentgraph.idempotency import IdempotencyStore
-from agentgraph.postgres import is_postgres_url
 from agentgraph.nodes.consequence import ConsequencePolicy, create_guarded_tool_node
+from agentgraph.postgres import is_postgres_url
+from agentgraph.records.decisions import DecisionLog, DecisionState
 from agentgraph.write_safety import WriteConsent
 
 POLICY = ConsequencePolicy(

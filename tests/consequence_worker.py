@@ -18,11 +18,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from consequence_shop import Shop, open_checkpointer, shop_graph, tool_calls
 from langgraph.types import Command
 
-from agentgraph.records.decisions import SQLiteDecisionLog
 from agentgraph.idempotency import open_idempotency_store
-from consequence_shop import Shop, open_checkpointer, shop_graph, tool_calls
+from agentgraph.records.decisions import SQLiteDecisionLog
 
 WORKER_THREAD = {"configurable": {"thread_id": "worker"}}
 

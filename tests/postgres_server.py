@@ -56,9 +56,13 @@ class PostgresServer:
             shutil.chown(self.folder, "postgres")
 
     def _run(self, program: str, *arguments: str) -> None:
-        done = subprocess.run([*self._as_server_user, str(self.binaries / program), *arguments], capture_output=True, text=True)
+        done = subprocess.run(
+            [*self._as_server_user, str(self.binaries / program), *arguments], capture_output=True, text=True
+        )
         if done.returncode != 0:
-            raise RuntimeError(f"{program} {' '.join(arguments)} failed ({done.returncode}): {done.stderr or done.stdout}")
+            raise RuntimeError(
+                f"{program} {' '.join(arguments)} failed ({done.returncode}): {done.stderr or done.stdout}"
+            )
 
     def start(self) -> None:
         self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "agent", "--no-sync")

@@ -78,7 +78,9 @@ class RunQueue:
         threading.Thread(target=self._heartbeat, daemon=True).start()
 
     def ready(self) -> None:
-        self._conn.execute("INSERT INTO workers (name, pid, ready_at) VALUES (%s, %s, clock_timestamp())", (self.name, self.pid))
+        self._conn.execute(
+            "INSERT INTO workers (name, pid, ready_at) VALUES (%s, %s, clock_timestamp())", (self.name, self.pid)
+        )
 
     def claim(self) -> dict[str, Any] | None:
         who = f"{self.name}:{self.pid}"
@@ -136,7 +138,11 @@ def execute(graph: Any, run: dict[str, Any], url: str, name: str) -> dict[str, A
             mine = (snapshot.metadata or {}).get(RUN_MARKER) == marker
             if not mine:
                 how = "started over"
-                graph_input = Command(resume=resume) if resume is not None else {"text": message, "customer_id": payload.get("customer")}
+                graph_input = (
+                    Command(resume=resume)
+                    if resume is not None
+                    else {"text": message, "customer_id": payload.get("customer")}
+                )
                 graph.invoke(graph_input, config)
             elif snapshot.tasks and not snapshot.interrupts:
                 # Tasks left: ``tasks``, not ``next``, which leaves out those whose writes the dead attempt saved.

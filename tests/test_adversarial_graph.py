@@ -57,7 +57,9 @@ UNREADABLE = {
 
 
 @pytest.mark.parametrize("message", list(UNREADABLE.values()), ids=list(UNREADABLE))
-def test_a_lookup_without_a_readable_order_number_asks_which_order_instead_of_answering_for_another(graph, parts, message):
+def test_a_lookup_without_a_readable_order_number_asks_which_order_instead_of_answering_for_another(
+    graph, parts, message
+):
     calls_before = len(parts.llm.calls)
     done = turn(graph, message, thread=f"unreadable-{hash(message)}")
 

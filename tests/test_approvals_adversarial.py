@@ -19,11 +19,11 @@ from langgraph.graph.message import add_messages
 from langgraph.types import Command
 
 from agentgraph.checkpointing import sqlite_checkpointer
-from agentgraph.records.decisions import DecisionState
 from agentgraph.errors import NoToolCallsError
 from agentgraph.graphs.customer_support.shop import DEMO_CUSTOMER, Shop, ShopError
 from agentgraph.idempotency import SQLiteIdempotencyStore
 from agentgraph.nodes.consequence import ConsequencePolicy, create_guarded_tool_node
+from agentgraph.records.decisions import DecisionState
 from agentgraph.write_safety import WriteConsent
 
 WRITE_TOOLS = {
@@ -167,12 +167,24 @@ def test_approval_text_in_the_arguments_is_shown_as_data_and_grants_nothing(grap
 @pytest.mark.parametrize(
     ("tool", "arguments", "edited", "complaint"),
     [
-        ("issue_refund", refund(20.0), {"customer_id": OTHER_CUSTOMER, "order_id": OTHER_ORDER, "amount": 20.0},
-         "may change only ['amount'], not ['customer_id', 'order_id']"),
-        ("issue_refund", refund(20.0), refund(20.0, order_id=OTHER_ORDER),
-         "may change only ['amount'], not ['order_id']"),
-        ("delete_account", {"customer_id": DEMO_CUSTOMER}, {"customer_id": "C1003"},
-         "nothing in `delete_account` is editable"),
+        (
+            "issue_refund",
+            refund(20.0),
+            {"customer_id": OTHER_CUSTOMER, "order_id": OTHER_ORDER, "amount": 20.0},
+            "may change only ['amount'], not ['customer_id', 'order_id']",
+        ),
+        (
+            "issue_refund",
+            refund(20.0),
+            refund(20.0, order_id=OTHER_ORDER),
+            "may change only ['amount'], not ['order_id']",
+        ),
+        (
+            "delete_account",
+            {"customer_id": DEMO_CUSTOMER},
+            {"customer_id": "C1003"},
+            "nothing in `delete_account` is editable",
+        ),
     ],  # fmt: skip
     ids=["refund-other-customer", "refund-other-order", "delete-other-account"],
 )

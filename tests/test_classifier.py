@@ -114,7 +114,9 @@ def test_char_ngram_tfidf_computes_what_sklearn_computes():
     queries = [*corpus, "an unseen request, with typoes", "", "ünïcödé ✓"]
     reference = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), sublinear_tf=True, min_df=2).fit(corpus)
     features = CharNgramTfidf.fit(corpus)
-    np.testing.assert_allclose(features.transform(queries).toarray(), reference.transform(queries).toarray(), atol=1e-12)
+    np.testing.assert_allclose(
+        features.transform(queries).toarray(), reference.transform(queries).toarray(), atol=1e-12
+    )
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +136,9 @@ def test_float_onnx_encoder_matches_sentence_transformers():
 
     encoder = SentenceEncoder(precision="fp32")
     texts = ["where is my order 12345?", "I want my money back", "a much longer request " * 20]
-    reference = SentenceTransformer(str(packaged_encoder_folder()), device="cpu").encode(texts, normalize_embeddings=True)
+    reference = SentenceTransformer(str(packaged_encoder_folder()), device="cpu").encode(
+        texts, normalize_embeddings=True
+    )
     np.testing.assert_allclose(encoder.encode(texts), reference, atol=1e-4)
     np.testing.assert_allclose(encoder.encode_one(texts[0]), reference[0], atol=1e-4)
     assert encoder.count_tokens("where is my order?") == 7  # [CLS] where is my order ? [SEP]
@@ -158,7 +162,7 @@ def test_small_classifier_classifies_held_out_requests_and_escalates_other_inten
     test = support_splits["test"]
     kept = [r for r in test if r.intent in KEPT_INTENTS][:120]
     predictions = [small_classifier.predict(r.text) for r in kept]
-    assert np.mean([p.label == r.intent for p, r in zip(predictions, kept)]) >= 0.97
+    assert np.mean([p.label == r.intent for p, r in zip(predictions, kept, strict=False)]) >= 0.97
     assert np.mean([p.accepted for p in predictions]) >= 0.9
     # Whole categories it never saw, and other domains, are out of scope; a softmax alone would pick a label.
     unseen = [r for r in test if r.category in ("NEWSLETTER", "FEEDBACK", "CONTACT")][:100]
@@ -206,9 +210,16 @@ def test_a_cached_classifier_is_retrained_when_its_format_or_data_changed_and_ke
 
     folder = tmp_path / "router"
     current = classifier_module.ClassifierManifest(
-        encoder="all-MiniLM-L6-v2-int8", labels=["x"], temperature=TemperatureScaling(), gate_threshold=0.5,
-        out_of_scope=classifier_module.OutOfScopeDetector(min_similarity=0.5, max_relative_distance=1.0, rejection_rate=0.01),
-        regularization=1.0, lexical_weight=0.3, folds=5,
+        encoder="all-MiniLM-L6-v2-int8",
+        labels=["x"],
+        temperature=TemperatureScaling(),
+        gate_threshold=0.5,
+        out_of_scope=classifier_module.OutOfScopeDetector(
+            min_similarity=0.5, max_relative_distance=1.0, rejection_rate=0.01
+        ),
+        regularization=1.0,
+        lexical_weight=0.3,
+        folds=5,
     )
     retrained: list[Path] = []
 

@@ -17,37 +17,6 @@ import time
 from typing import Annotated
 
 import pytest
-from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
-from langchain_core.messages import AIMessage, ToolMessage
-from langchain_core.tools import InjectedToolArg, InjectedToolCallId, tool
-from langgraph.checkpoint.memory import InMemorySaver
-from langgraph.graph import START, StateGraph
-from langgraph.prebuilt import InjectedState, ToolNode, ToolRuntime
-from langgraph.types import Command, Send, interrupt
-from pydantic import BaseModel
-
-from agentgraph.records.decisions import SQLiteDecisionLog
-from agentgraph.errors import (
-    ConfigError,
-    IdempotencyConflictError,
-    MissingThreadIdError,
-    NoToolCallsError,
-    ToolArgumentsError,
-    ToolCallIdError,
-)
-from agentgraph.idempotency import DEFAULT_LEASE_S, derive_idempotency_key, request_fingerprint
-from agentgraph.nodes.consequence import (
-    CONSEQUENCE_DESCRIPTIONS,
-    REQUEST_CHARS,
-    ConsequenceGuard,
-    ConsequencePolicy,
-    GuardedToolNode,
-    calibrate,
-    classify_tool_call,
-    content_free_prior,
-    create_guarded_tool_node,
-    tool_call_from,
-)
 from consequence_shop import (
     POLICY,
     TABLE_OF,
@@ -61,7 +30,37 @@ from consequence_shop import (
     tool_calls,
 )
 from consequence_worker import WORKER_THREAD, run_worker
-from agentgraph.idempotency import open_idempotency_store
+from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
+from langchain_core.messages import AIMessage, ToolMessage
+from langchain_core.tools import InjectedToolArg, InjectedToolCallId, tool
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.graph import START, StateGraph
+from langgraph.prebuilt import InjectedState, ToolNode, ToolRuntime
+from langgraph.types import Command, Send, interrupt
+from pydantic import BaseModel
+
+from agentgraph.errors import (
+    ConfigError,
+    IdempotencyConflictError,
+    MissingThreadIdError,
+    NoToolCallsError,
+    ToolArgumentsError,
+    ToolCallIdError,
+)
+from agentgraph.idempotency import DEFAULT_LEASE_S, derive_idempotency_key, open_idempotency_store, request_fingerprint
+from agentgraph.nodes.consequence import (
+    CONSEQUENCE_DESCRIPTIONS,
+    REQUEST_CHARS,
+    ConsequenceGuard,
+    ConsequencePolicy,
+    GuardedToolNode,
+    calibrate,
+    classify_tool_call,
+    content_free_prior,
+    create_guarded_tool_node,
+    tool_call_from,
+)
+from agentgraph.records.decisions import SQLiteDecisionLog
 from agentgraph.write_safety import WriteConsent
 
 LEASE_S = 60.0
@@ -604,7 +603,7 @@ def test_the_approval_request_quotes_the_customers_words(shop, store):
     (request,) = paused["__interrupt__"][0].value["action_requests"]
     assert request["request"].startswith("Refund 9999999 EUR for order A1 please")
     assert len(request["request"]) <= REQUEST_CHARS < len(words)
-    assert "The customer asked: \"Refund 9999999 EUR" in request["description"]
+    assert 'The customer asked: "Refund 9999999 EUR' in request["description"]
     assert request["arguments"] == REFUND[1]
 
 
@@ -945,8 +944,10 @@ def test_the_calls_of_one_message_run_in_parallel_after_one_interrupt_for_all_ap
     calls = tool_calls(("first_lookup", {"order_id": "A1"}), REFUND, ("second_lookup", {"order_id": "B2"}))
 
     def run(graph_input):
-        return graph.invoke(graph_input, thread("t1")) if entry == "invoke" else asyncio.run(
-            graph.ainvoke(graph_input, thread("t1"))
+        return (
+            graph.invoke(graph_input, thread("t1"))
+            if entry == "invoke"
+            else asyncio.run(graph.ainvoke(graph_input, thread("t1")))
         )
 
     paused = run(calls)
@@ -954,7 +955,11 @@ def test_the_calls_of_one_message_run_in_parallel_after_one_interrupt_for_all_ap
     done = run(Command(resume=APPROVE))
 
     assert sorted(ran) == ["first_lookup", "second_lookup"]
-    assert [m.content for m in done["messages"][1:]] == ["first_lookup: A1", "refunded 30.0 for A1", "second_lookup: B2"]
+    assert [m.content for m in done["messages"][1:]] == [
+        "first_lookup: A1",
+        "refunded 30.0 for A1",
+        "second_lookup: B2",
+    ]
     assert [(d.input["tool"], d.outcome) for d in done["decisions"]] == [
         ("first_lookup", "executed"),
         ("refund_order", "executed"),
@@ -1073,12 +1078,24 @@ def test_an_extracted_object_becomes_the_guarded_call_a_person_approves(shop, st
     [
         (RefundTicket(order_id="A1"), {"rename": {"amount": "amount"}}, ConfigError, "rename names ['amount']"),
         (RefundTicket(order_id="A1"), {}, ConfigError, "refund_order needs ['amount', 'reference']"),
-        ({"order_id": "A1", "amount": 1.0, "reference": "r"}, {"arguments": {"reference": "s"}}, ConfigError,
-         "both give ['reference']"),
-        (RefundTicket(order_id="A1", refund_amount=20_000.0), {"rename": {"refund_amount": "amount"},
-         "arguments": {"reference": "r"}}, ToolArgumentsError, "less than or equal to 10000"),
-        (RefundTicket(refund_amount=5.0), {"rename": {"refund_amount": "amount"}, "arguments": {"reference": "r"}},
-         ToolArgumentsError, "order_id"),
+        (
+            {"order_id": "A1", "amount": 1.0, "reference": "r"},
+            {"arguments": {"reference": "s"}},
+            ConfigError,
+            "both give ['reference']",
+        ),
+        (
+            RefundTicket(order_id="A1", refund_amount=20_000.0),
+            {"rename": {"refund_amount": "amount"}, "arguments": {"reference": "r"}},
+            ToolArgumentsError,
+            "less than or equal to 10000",
+        ),
+        (
+            RefundTicket(refund_amount=5.0),
+            {"rename": {"refund_amount": "amount"}, "arguments": {"reference": "r"}},
+            ToolArgumentsError,
+            "order_id",
+        ),
     ],  # fmt: skip
     ids=["unknown-field", "missing-argument", "given-twice", "out-of-bounds", "none-for-required"],
 )

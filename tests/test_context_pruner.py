@@ -6,7 +6,6 @@ import pytest
 from langchain_core.documents import Document
 from langgraph.graph import START, StateGraph
 
-from agentgraph.records.decisions import SQLiteDecisionLog
 from agentgraph.errors import EmptyInputError
 from agentgraph.nodes.context_pruner import (
     ContextPrunerState,
@@ -17,8 +16,7 @@ from agentgraph.nodes.context_pruner import (
     prune_scored,
     word_set,
 )
-
-from _tiny_reranker import tiny_reranker_folder  # noqa: F401  (a session fixture)
+from agentgraph.records.decisions import SQLiteDecisionLog
 
 
 def words(text: str) -> int:
@@ -80,7 +78,14 @@ def test_pruner_node_keeps_the_best_chunks_and_logs_what_it_dropped(reranker, su
     query = next(r for r in dev if r.intent == "get_refund")
     relevant = [r.response for r in dev if r.intent == "get_refund" and r is not query][:3]
     others = [r.response for r in dev if r.category != query.category][:5]
-    chunks = [relevant[0], *others[:2], relevant[1], relevant[0], *others[2:], Document(relevant[2], metadata={"id": "kb-7"})]
+    chunks = [
+        relevant[0],
+        *others[:2],
+        relevant[1],
+        relevant[0],
+        *others[2:],
+        Document(relevant[2], metadata={"id": "kb-7"}),
+    ]
     log = SQLiteDecisionLog(tmp_path / "decisions.db")
     node = create_context_pruner(reranker, top_k=3, token_budget=400, decision_log=log)
     final = pruner_graph(node).invoke({"query": query.text, "chunks": chunks}, {"configurable": {"thread_id": "t-1"}})
@@ -98,7 +103,9 @@ def test_pruner_node_keeps_the_best_chunks_and_logs_what_it_dropped(reranker, su
     assert not {0, 4} <= {c.index for c in kept}
     assert len(kept) <= 3
     # With no top-k and no budget, the first of the two copies is kept and the second dropped as its duplicate.
-    unlimited = pruner_graph(create_context_pruner(reranker, top_k=None)).invoke({"query": query.text, "chunks": chunks})
+    unlimited = pruner_graph(create_context_pruner(reranker, top_k=None)).invoke(
+        {"query": query.text, "chunks": chunks}
+    )
     assert len(unlimited["context"]) == len(chunks) - 1
     assert unlimited["decisions"][0].output["dropped"] == [
         {"index": 4, "score": pytest.approx(scores[4], abs=1e-5), "reason": "duplicate", "duplicate_of": 0}
@@ -116,9 +123,9 @@ def test_min_score_drops_exactly_the_chunks_scored_under_it(reranker, support_sp
     chunks = [r.response for r in dev if r is not query][:40:5]
     scores = reranker.score(query.text, chunks)
     threshold = sorted(scores)[len(scores) // 2]
-    final = pruner_graph(create_context_pruner(reranker, top_k=None, min_score=threshold, dedupe_threshold=None)).invoke(
-        {"query": query.text, "chunks": chunks}
-    )
+    final = pruner_graph(
+        create_context_pruner(reranker, top_k=None, min_score=threshold, dedupe_threshold=None)
+    ).invoke({"query": query.text, "chunks": chunks})
     assert sorted(c.index for c in final["context"]) == [i for i, s in enumerate(scores) if s >= threshold]
     dropped = final["decisions"][0].output["dropped"]
     assert {d["reason"] for d in dropped} == {"below_min_score"}

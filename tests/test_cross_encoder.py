@@ -6,6 +6,7 @@ import json
 import statistics
 
 import pytest
+from _tiny_reranker import TINY_NEGATIVES, TINY_QUERIES
 
 from agentgraph import cross_encoder
 from agentgraph.cross_encoder import (
@@ -21,8 +22,6 @@ from agentgraph.cross_encoder import (
 )
 from agentgraph.graphs.customer_support.policies import support_relevance_pairs
 from agentgraph.nodes.context_pruner import Reranker
-
-from _tiny_reranker import TINY_NEGATIVES, TINY_QUERIES, tiny_reranker_folder  # noqa: F401  (a session fixture)
 
 
 def test_pairs_hold_one_positive_of_the_same_intent_and_negatives_of_other_intents(support_splits):
@@ -106,7 +105,7 @@ def test_a_small_fine_tune_learns_intent_relevance(tiny_reranker_folder, support
     reranker = Reranker(tiny_reranker_folder, device="cpu")
     relevant_first, relevant, irrelevant = [], [], []
     for query, passages, labels in ranking_lists(dev_pairs):
-        scored = sorted(zip(reranker.score(query, passages), labels), reverse=True)
+        scored = sorted(zip(reranker.score(query, passages), labels, strict=False), reverse=True)
         relevant_first.append(scored[0][1] == 1.0)
         relevant += [score for score, label in scored if label]
         irrelevant += [score for score, label in scored if not label]

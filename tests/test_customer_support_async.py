@@ -10,9 +10,10 @@ import asyncio
 import time
 
 import pytest
+from scripted_llm import answering_llm
+
 from agentgraph.graphs.customer_support import CustomerSupportParts, compose
 from agentgraph.graphs.customer_support.shop import DEMO_CUSTOMER
-from scripted_llm import answering_llm
 
 REQUESTS = {
     "lookup-a": "track order 10001",
@@ -81,7 +82,9 @@ def test_eight_concurrent_threads_through_ainvoke_answer_as_one_at_a_time_and_ke
     elapsed = time.perf_counter() - started
 
     for name in one_at_a_time:
-        assert {k: concurrent[name].get(k) for k in ANSWER_KEYS} == {k: one_at_a_time[name].get(k) for k in ANSWER_KEYS}, name
+        assert {k: concurrent[name].get(k) for k in ANSWER_KEYS} == {
+            k: one_at_a_time[name].get(k) for k in ANSWER_KEYS
+        }, name
     assert {concurrent[name]["route"] for name in REQUESTS} >= {"lookup", "action", "knowledge", "escalate"}
     assert (concurrent["action"]["route"], concurrent["action"]["intent"]) == ("action", "cancel_order")
     assert parts.shop.order_status(DEMO_CUSTOMER, "48213")["status"] == "cancelled"

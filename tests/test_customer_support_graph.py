@@ -13,14 +13,16 @@ import subprocess
 import sys
 
 import pytest
+from scripted_llm import answering_llm
+
 from agentgraph.checkpointing import sqlite_checkpointer
 from agentgraph.graphs.customer_support import (
     CUSTOMER_SUPPORT_INTENTS,
+    POLICY_SECTION_OF_INTENT,
     READ_TOOLS,
     ROUTES,
     STATE_SCHEMAS,
     TOOL_OF_INTENT,
-    POLICY_SECTION_OF_INTENT,
     CustomerSupportParts,
     compose,
     load_policy_sections,
@@ -29,7 +31,6 @@ from agentgraph.graphs.customer_support import (
 from agentgraph.graphs.customer_support.shop import DEMO_CUSTOMER, Shop, ShopError
 from agentgraph.running import run_turn
 from agentgraph.slm.server import free_port
-from scripted_llm import answering_llm
 
 
 def test_every_intent_of_the_data_has_a_route_and_every_lookup_or_action_a_tool():
@@ -58,7 +59,9 @@ def test_the_reranker_learns_the_policy_sections_with_a_same_document_section_as
         relevant, *irrelevant = pairs[start : start + 4]
         answer = sections[relevant.passage]
         assert relevant.label == 1.0 and answer.title == POLICY_SECTION_OF_INTENT[intent_of[relevant.query]]
-        assert [pair.label for pair in irrelevant] == [0.0] * 3 and {pair.query for pair in irrelevant} == {relevant.query}
+        assert [pair.label for pair in irrelevant] == [0.0] * 3 and {pair.query for pair in irrelevant} == {
+            relevant.query
+        }
         assert sections[irrelevant[0].passage].document == answer.document != sections[irrelevant[1].passage].document
         assert answer.text not in {pair.passage for pair in irrelevant}
     assert policy_relevance_pairs(support_splits["train"], list(sections.values()), per_intent=5) == pairs  # fixed seed
@@ -164,7 +167,10 @@ def test_a_refund_waits_for_approval_survives_a_restart_and_runs_as_edited(parts
     assert parts.shop.count_writes("issue_refund") == before, "nothing runs before a person approves"
 
     restarted = compose(parts, checkpointer=sqlite_checkpointer(checkpoints, *STATE_SCHEMAS))
-    edited = {"type": "edit", "edited_action": {"name": "issue_refund", "arguments": {**action["arguments"], "amount": 15}}}
+    edited = {
+        "type": "edit",
+        "edited_action": {"name": "issue_refund", "arguments": {**action["arguments"], "amount": 15}},
+    }
     done = run_turn(restarted, resume={"decisions": [edited]}, thread_id="refund-1")
 
     assert done.response.startswith("A refund of 15.00 EUR for order 10001 is approved")
@@ -209,7 +215,9 @@ def test_without_an_llm_escalations_end_in_a_handoff_ticket(embedded_slm, tmp_pa
 @pytest.mark.slow
 def test_the_llm_answers_escalations_and_its_reply_is_validated_before_it_leaves(parts):
     escalation_llm = answering_llm("I'm sorry. Write to me at dana.lee@example.com and I will fix it.")
-    with_llm = CustomerSupportParts(data_dir=parts.data_dir, slm=parts.slm, llm=escalation_llm)  # no extraction fallback
+    with_llm = CustomerSupportParts(
+        data_dir=parts.data_dir, slm=parts.slm, llm=escalation_llm
+    )  # no extraction fallback
 
     turn = run_turn(compose(with_llm), "I want to file a complaint, your service is terrible", thread_id="complaint-1",
                     callbacks=[with_llm.llm_call_recorder])  # fmt: skip
@@ -230,12 +238,25 @@ def test_the_cli_runs_one_request_and_prints_one_json_object(tmp_path):
                "--json", "--data-dir", str(tmp_path)]  # fmt: skip
     # A real ChatOpenAI client is configured, pointed at a port nothing listens on: a call would be
     # counted in llm_calls (and fail), so 0 calls means the routine path did not try one.
-    unreachable_llm = {"AGENTGRAPH_LLM_MODEL": "frontier", "AGENTGRAPH_LLM_BASE_URL": f"http://127.0.0.1:{free_port()}/v1"}
+    unreachable_llm = {
+        "AGENTGRAPH_LLM_MODEL": "frontier",
+        "AGENTGRAPH_LLM_BASE_URL": f"http://127.0.0.1:{free_port()}/v1",
+    }
     done = subprocess.run(command, capture_output=True, text=True, timeout=900, env=os.environ | unreachable_llm)
 
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
-    assert {"route", "confidence", "nodes", "llm_calls", "slm_calls", "response", "interrupt", "thread_id", "latency_ms"} <= set(result)
+    assert {
+        "route",
+        "confidence",
+        "nodes",
+        "llm_calls",
+        "slm_calls",
+        "response",
+        "interrupt",
+        "thread_id",
+        "latency_ms",
+    } <= set(result)
     assert (result["route"], result["llm_calls"], result["interrupt"]) == ("lookup", 0, None)
     assert result["slm_calls"] == 2, "the classifier routed and the SLM extracted"
     assert result["response"].startswith("Order 48213")
@@ -258,7 +279,9 @@ EDITED_REFUND = {"customer_id": DEMO_CUSTOMER, "order_id": "10001", "amount": 15
     ],
     ids=["approve", "reject", "edit"],
 )  # fmt: skip
-def test_the_cli_answers_a_pending_approval_in_a_later_process(tmp_path, message, tool, decision, outcome, reply, writes):
+def test_the_cli_answers_a_pending_approval_in_a_later_process(
+    tmp_path, message, tool, decision, outcome, reply, writes
+):
     from agentgraph.records.decisions import SQLiteDecisionLog
 
     cli = [sys.executable, "-m", "agentgraph.cli", "run", "customer-support"]
@@ -267,7 +290,9 @@ def test_the_cli_answers_a_pending_approval_in_a_later_process(tmp_path, message
     paused = subprocess.run([*cli, message, *options], capture_output=True, text=True, timeout=900, env=env)
     assert paused.returncode == 0, paused.stderr
     [action] = json.loads(paused.stdout)["interrupt"]["action_requests"]
-    assert action["name"] == tool and Shop(tmp_path / "shop.db").count_writes() == 0, "nothing runs before a person decides"
+    assert action["name"] == tool and Shop(tmp_path / "shop.db").count_writes() == 0, (
+        "nothing runs before a person decides"
+    )
 
     resumed = subprocess.run([*cli, *options, "--resume", json.dumps({"decisions": [decision]})],
                              capture_output=True, text=True, timeout=900, env=env)  # fmt: skip

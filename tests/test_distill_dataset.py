@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from agentgraph.cli import main
 from agentgraph.classifier import SentenceEncoder
+from agentgraph.cli import main
 from agentgraph.distill.dataset import (
     DatasetConfig,
     build_dataset,
@@ -24,10 +24,14 @@ from agentgraph.distill.dataset import (
     trace_examples,
     write_dataset,
 )
-from agentgraph.graphs.customer_support.bitext import customer_support_csv, load_customer_support, split_customer_support
+from agentgraph.graphs.customer_support.bitext import (
+    customer_support_csv,
+    load_customer_support,
+    split_customer_support,
+)
 from agentgraph.graphs.customer_support.distillation import SupportExtraction, customer_support_examples
-from agentgraph.records.traces import LLMCall, SQLiteTraceStore
 from agentgraph.idempotency import canonical_json
+from agentgraph.records.traces import LLMCall, SQLiteTraceStore
 
 SPLITS = ("train", "dev", "test")
 
@@ -113,7 +117,9 @@ def test_only_accepted_calls_become_examples_and_the_rest_are_counted(tmp_path):
         "calls": 9, "accepted": 3, "rejected": 1, "no_outcome": 2, "unusable": 1, "other_step_types": 1, "failed": 1,
     }  # fmt: skip
     # Another step type is another role's data: the plan call is there when asked for.
-    assert [e.target for e in trace_examples(store, role="route", step_types=["plan"]).examples] == ["1. check the order"]
+    assert [e.target for e in trace_examples(store, role="route", step_types=["plan"]).examples] == [
+        "1. check the order"
+    ]
 
 
 def test_pii_is_scrubbed_from_inputs_targets_and_prompts(tmp_path, encoder):
@@ -197,7 +203,9 @@ def test_splits_are_stratified_and_deterministic(tmp_path, encoder, bitext_rows)
     for name in ("train.jsonl", "dev.jsonl", "test.jsonl", "manifest.json"):
         assert (tmp_path / "first" / name).read_bytes() == (tmp_path / "second" / name).read_bytes(), name
 
-    reseeded = build_dataset([file_examples(data, role="route")], config.model_copy(update={"seed": 7}), encoder=encoder)
+    reseeded = build_dataset(
+        [file_examples(data, role="route")], config.model_copy(update={"seed": 7}), encoder=encoder
+    )
     assert reseeded.manifest["splits"]["test"]["sha256"] != manifest["splits"]["test"]["sha256"]
     assert reseeded.manifest["steps"]["deduplication"] == manifest["steps"]["deduplication"]
 
@@ -211,7 +219,9 @@ def test_rare_classes_are_oversampled_in_train_only(tmp_path, encoder, bitext_ro
     floor = balance["floor"]["route"]
     train = Counter(e.label for e in dataset.splits["train"])
     originals = Counter(e.label for e in dataset.splits["train"] if not e.oversampled)
-    assert originals["review"] < floor <= min(originals[label] for label in ("track_order", "get_refund", "check_invoice"))
+    assert (
+        originals["review"] < floor <= min(originals[label] for label in ("track_order", "get_refund", "check_invoice"))
+    )
     assert train["review"] == floor and balance["oversampled"] == {"route": {"review": floor - originals["review"]}}
     copies = [e for e in dataset.splits["train"] if e.oversampled]
     assert {e.label for e in copies} == {"review"} and len(copies) == balance["added"]
@@ -233,15 +243,17 @@ def test_customer_support_import_keeps_the_benchmark_test_split(tmp_path, encode
     else:
         targets = [SupportExtraction.model_validate(e.target) for e in test]
         assert [t.intent for t in targets] == [r.intent for r in benchmark["test"]]
-        assert [getattr(t, r.entity_type) for t, r in zip(targets, benchmark["test"], strict=True) if r.entity_type] == [
-            r.entity_value for r in benchmark["test"] if r.entity_type
-        ]
+        assert [
+            getattr(t, r.entity_type) for t, r in zip(targets, benchmark["test"], strict=True) if r.entity_type
+        ] == [r.entity_value for r in benchmark["test"] if r.entity_type]
     # Train and dev hold only their benchmark split's requests, none repeating a test request.
     for split in ("train", "dev"):
         assert {e.input for e in dataset.splits[split] if not e.oversampled} <= {r.text for r in benchmark[split]}
     test_keys = {(normalised_text(e.input), canonical_json(e.target)) for e in test}
     assert not any(
-        (normalised_text(e.input), canonical_json(e.target)) in test_keys for split in ("train", "dev") for e in dataset.splits[split]
+        (normalised_text(e.input), canonical_json(e.target)) in test_keys
+        for split in ("train", "dev")
+        for e in dataset.splits[split]
     )
     assert dataset.manifest["sources"]["customer-support"]["pinned_test"] == len(benchmark["test"])
 
@@ -252,7 +264,10 @@ def test_requests_repeating_a_benchmark_test_request_are_dropped_not_the_test_re
     # The same requests again, shouted, from another source: they would leak the test split into train.
     repeats = [(r.text.upper() + "!", r.intent) for r in benchmark["test"][:5]]
     # Given first, so they would be kept first if test requests did not come first.
-    sources = [file_examples(_labelled_csv(tmp_path / "repeats.csv", repeats), role="route"), customer_support_examples(subset, role="route")]
+    sources = [
+        file_examples(_labelled_csv(tmp_path / "repeats.csv", repeats), role="route"),
+        customer_support_examples(subset, role="route"),
+    ]
     dataset = build_dataset(sources, DatasetConfig(role="route"), encoder=encoder)
 
     assert [e.input for e in dataset.splits["test"]] == [r.text for r in benchmark["test"]]
@@ -277,12 +292,20 @@ def test_the_cli_curates_traces_and_files_end_to_end(tmp_path, capsys, bitext_ro
     assert "source      traces: calls 18," in printed and "no outcome 1" in printed and "accepted 17" in printed
     assert "source      requests.csv: rows 40" in printed
     assert "pii         0 examples scrubbed" in printed
-    for line in ("dedup       57 -> ", "clusters    route: ", "balance     floor route ", "train       ", "test        "):
+    for line in (
+        "dedup       57 -> ",
+        "clusters    route: ",
+        "balance     floor route ",
+        "train       ",
+        "test        ",
+    ):
         assert line in printed, line
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["sources"]["traces"]["no_outcome"] == 1
     assert f"sha256      {manifest['sha256']}" in printed
-    assert sum(manifest["splits"][split]["examples"] for split in SPLITS) == sum(len(_read_split(out, s)) for s in SPLITS)
+    assert sum(manifest["splits"][split]["examples"] for split in SPLITS) == sum(
+        len(_read_split(out, s)) for s in SPLITS
+    )
 
     assert main([*argv[:-1], str(tmp_path / "again"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == manifest
@@ -292,11 +315,30 @@ def test_the_cli_curates_traces_and_files_end_to_end(tmp_path, capsys, bitext_ro
 def test_the_cli_says_what_is_missing(tmp_path, capsys):
     assert main(["distill", "dataset", "--role", "route", "--out", str(tmp_path / "out")]) == 2
     assert "give --traces STORE, --import FILE or --customer-support" in capsys.readouterr().err
-    assert main(["distill", "dataset", "--role", "route", "--traces", str(tmp_path / "none.sqlite"), "--out", str(tmp_path)]) == 2
+    assert (
+        main(
+            ["distill", "dataset", "--role", "route", "--traces", str(tmp_path / "none.sqlite"), "--out", str(tmp_path)]
+        )
+        == 2
+    )
     assert "no trace store at" in capsys.readouterr().err
     assert not (tmp_path / "none.sqlite").exists()
     store = SQLiteTraceStore(tmp_path / "pending.sqlite")
     store.record_call(_call("where is my order?", "track_order", accepted=None))
     store.close()
-    assert main(["distill", "dataset", "--role", "route", "--traces", str(tmp_path / "pending.sqlite"), "--out", str(tmp_path)]) == 2
+    assert (
+        main(
+            [
+                "distill",
+                "dataset",
+                "--role",
+                "route",
+                "--traces",
+                str(tmp_path / "pending.sqlite"),
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
     assert "no examples" in capsys.readouterr().err

@@ -14,6 +14,7 @@ from langchain_core.messages import AIMessage
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import START, StateGraph
 
+from agentgraph.nodes.router import RouterState, RuleStrategy, create_router
 from agentgraph.records.decisions import JSONLDecisionLog, open_decision_log
 from agentgraph.records.traces import (
     LLMCall,
@@ -23,7 +24,6 @@ from agentgraph.records.traces import (
     TraceNotFoundError,
     open_trace_store,
 )
-from agentgraph.nodes.router import RouterState, RuleStrategy, create_router
 
 
 class State(TypedDict, total=False):
@@ -98,14 +98,23 @@ def test_recorder_stores_every_llm_call_of_a_graph_with_its_node_and_step_type(w
     store.close()
 
     calls = list(open_trace_store(path).calls())  # a new connection: the calls are stored
-    assert [(c.node, c.step_type) for c in calls] == [("router", "route"), ("extractor", "extract"), ("planner", "plan")]
+    assert [(c.node, c.step_type) for c in calls] == [
+        ("router", "route"),
+        ("extractor", "extract"),
+        ("planner", "plan"),
+    ]
     route, extract, plan = calls
     assert route.messages == [
         {"role": "system", "content": "Answer with one intent."},
         {"role": "user", "content": "where is order 12345?"},
     ]
     assert route.input_text == "where is order 12345?"
-    assert (route.output, route.prompt_tokens, route.completion_tokens, route.model) == ("track_order", 41, 2, "teacher-large")
+    assert (route.output, route.prompt_tokens, route.completion_tokens, route.model) == (
+        "track_order",
+        41,
+        2,
+        "teacher-large",
+    )
     assert extract.tool_calls == [{"name": "SupportTicket", "args": {"order_id": "12345"}}]
     assert plan.output.startswith("1. look up order 12345") and plan.prompt_tokens is None
     assert {c.thread_id for c in calls} == {"thread-7"}
@@ -123,7 +132,9 @@ def test_a_failed_call_is_stored_rejected_with_its_error(where):
     builder = StateGraph(State)
     builder.add_node("router", ask).add_edge(START, "router")
     with pytest.raises(RuntimeError):
-        builder.compile().invoke({"text": "hello"}, config={"callbacks": [LLMCallRecorder(store, default_step_type="route")]})
+        builder.compile().invoke(
+            {"text": "hello"}, config={"callbacks": [LLMCallRecorder(store, default_step_type="route")]}
+        )
     (call,) = store.calls()
     assert call.node == "router" and call.step_type == "route"
     assert call.accepted is False and call.output is None and "StopIteration" in call.error
@@ -135,7 +146,11 @@ def test_completion_models_are_recorded_as_one_user_message(where):
         "cancel order 7", config={"callbacks": [LLMCallRecorder(store)], "metadata": {"agentgraph_step_type": "route"}}
     )
     (call,) = store.calls()
-    assert (call.messages, call.output, call.step_type) == ([{"role": "user", "content": "cancel order 7"}], "cancel_order", "route")
+    assert (call.messages, call.output, call.step_type) == (
+        [{"role": "user", "content": "cancel order 7"}],
+        "cancel_order",
+        "route",
+    )
 
 
 def test_calls_are_accepted_or_rejected_later_by_id(where):
@@ -192,6 +207,8 @@ def test_one_opener_takes_a_file_or_a_postgres_url(where):
     location = where("traces")
     store = open_trace_store(location)
     expected = PostgresTraceStore if location.startswith("postgresql://") else SQLiteTraceStore
-    assert type(store) is expected and type(store.decision_log).__name__ == expected.__name__.replace("TraceStore", "DecisionLog")
+    assert type(store) is expected and type(store.decision_log).__name__ == expected.__name__.replace(
+        "TraceStore", "DecisionLog"
+    )
     with pytest.raises(TraceNotFoundError, match=f"in the trace store {store.path};"):
         store.get("nope")

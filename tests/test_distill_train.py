@@ -17,8 +17,6 @@ import pytest
 import torch
 
 from agentgraph.cli import main
-from agentgraph.graphs.customer_support.bitext import CUSTOMER_SUPPORT_INTENTS, load_customer_support, split_customer_support
-from agentgraph.graphs.customer_support.distillation import SupportExtraction
 from agentgraph.distill.dataset import (
     CuratedDataset,
     Example,
@@ -45,6 +43,12 @@ from agentgraph.distill.train import (
     read_manifest,
     train_router_slm,
 )
+from agentgraph.graphs.customer_support.bitext import (
+    CUSTOMER_SUPPORT_INTENTS,
+    load_customer_support,
+    split_customer_support,
+)
+from agentgraph.graphs.customer_support.distillation import SupportExtraction
 from agentgraph.nodes.router import Router, SLMStrategy
 from agentgraph.slm.models import prepare_model_folder
 
@@ -165,17 +169,22 @@ def test_loss_is_on_label_tokens_only_and_sharing_the_prefix_changes_nothing(tin
     ours = {name: p.grad.clone() for name, p in model.named_parameters()}
     model.zero_grad()
     # Reference: transformers' own causal-LM loss with -100 on the prompt, one unpadded row at a time.
-    total = sum(
-        model(input_ids=torch.tensor([row.input_ids]), labels=torch.tensor([row.labels])).loss * len(row.target)
-        for row in rows
-    ) / tokens
+    total = (
+        sum(
+            model(input_ids=torch.tensor([row.input_ids]), labels=torch.tensor([row.labels])).loss * len(row.target)
+            for row in rows
+        )
+        / tokens
+    )
     total.backward()
     # (transformers casts logits to float32 for its loss, hence float32 tolerances on float64 weights)
     assert float(loss.detach()) == pytest.approx(float(total.detach()), rel=1e-6)
     for name, parameter in model.named_parameters():
         torch.testing.assert_close(ours[name], parameter.grad, rtol=1e-4, atol=1e-6, msg=name)
     # Had the prompt tokens counted, the loss would be another number (a random model predicts them badly).
-    unmasked = sum(model(input_ids=torch.tensor([row.input_ids]), labels=torch.tensor([row.input_ids])).loss for row in rows)
+    unmasked = sum(
+        model(input_ids=torch.tensor([row.input_ids]), labels=torch.tensor([row.input_ids])).loss for row in rows
+    )
     assert abs(float(unmasked.detach()) / len(rows) - float(loss.detach())) > 1e-3
 
 
@@ -195,7 +204,9 @@ def test_training_writes_a_router_model_folder_with_its_manifest(tiny_model, sma
     assert not (out / "checkpoints").exists()
     for name in ("config.json", "model.safetensors", "tokenizer.json", "manifest.json"):
         assert (out / name).is_file()
-    assert "im_start" in (out / "tokenizer_config.json").read_text() + "".join(p.read_text() for p in out.glob("*.jinja"))
+    assert "im_start" in (out / "tokenizer_config.json").read_text() + "".join(
+        p.read_text() for p in out.glob("*.jinja")
+    )
 
     strategy = load_router_strategy(out)
     proposal = strategy.propose("where is my order 123?")
@@ -209,7 +220,9 @@ def test_training_writes_a_router_model_folder_with_its_manifest(tiny_model, sma
 def learnt_router(tiny_model, small_data, tmp_path_factory) -> Path:
     """A tiny router trained with the learnt label set (scored, never listed)."""
     out = tmp_path_factory.mktemp("learnt") / "model"
-    train_router_slm(small_data, output_dir=out, base=tiny_model, settings=_tiny_settings(label_style="learnt", eval_examples=0))
+    train_router_slm(
+        small_data, output_dir=out, base=tiny_model, settings=_tiny_settings(label_style="learnt", eval_examples=0)
+    )
     return out
 
 
@@ -224,7 +237,9 @@ def test_a_learnt_label_set_routes_without_a_label_list(learnt_router):
 
 
 @pytest.mark.slow  # trains a model
-def test_backend_agreement_reports_same_answers_accuracy_and_the_risk_coverage_curve(learnt_router, small_data, tmp_path):
+def test_backend_agreement_reports_same_answers_accuracy_and_the_risk_coverage_curve(
+    learnt_router, small_data, tmp_path
+):
     from agentgraph.distill.agreement import backend_agreement
     from agentgraph.slm import TransformersSLM
 
@@ -239,17 +254,21 @@ def test_backend_agreement_reports_same_answers_accuracy_and_the_risk_coverage_c
 
 @pytest.mark.slow
 @pytest.mark.vllm
-def test_a_distilled_router_served_by_vllm_answers_as_the_embedded_backend(learnt_router, small_data, vllm_python, tmp_path):
+def test_a_distilled_router_served_by_vllm_answers_as_the_embedded_backend(
+    learnt_router, small_data, vllm_python, tmp_path
+):
     """The artifact is a plain model folder: vLLM serves it and routes the held-out requests as TransformersSLM does."""
     from agentgraph.distill.agreement import backend_agreement
-    from agentgraph.slm import TransformersSLM, VLLMSLM
+    from agentgraph.slm import VLLMSLM, TransformersSLM
     from agentgraph.slm.server import ServeSettings, VLLMServer
 
     # The tiny model's context is 2,048 positions, below the server's default 4,096.
     settings = ServeSettings(model=str(learnt_router), port=0, python=vllm_python, max_model_len=2048)
     with VLLMServer(settings, log_path=tmp_path / "server.log") as server:
         served = VLLMSLM(server.base_url)
-        report = backend_agreement(learnt_router, TransformersSLM(learnt_router), served, data_dir=small_data, limit=None)
+        report = backend_agreement(
+            learnt_router, TransformersSLM(learnt_router), served, data_dir=small_data, limit=None
+        )
     assert report.rows == 12 and report.role == "route"
     assert report.same_answer == 1.0, report.disagreements
     assert report.probability_gap_max < 2e-5, report.probability_gap_max
@@ -282,12 +301,17 @@ def test_a_lora_run_writes_an_adapter_on_its_base_that_the_embedded_backend_merg
     adapter = load_file(lora_router / "adapter_model.safetensors")
     # Two layers x seven projections x (A, B), and the count the manifest reports.
     assert len(adapter) == 28 and sum(t.numel() for t in adapter.values()) == manifest["trained_parameters"]
-    assert manifest["trained_parameters"] < sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(tiny_model).parameters()) / 10
+    assert (
+        manifest["trained_parameters"]
+        < sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(tiny_model).parameters()) / 10
+    )
     assert model_and_adapter(lora_router) == (tiny_model, lora_router)
 
     slm = TransformersSLM(lora_router)
     assert slm.model_name == lora_router.name and slm.folder == tiny_model
-    prompt = torch.tensor([slm.tokenize_chat([{"role": "user", "content": "cancel my order"}], add_generation_prompt=True)])
+    prompt = torch.tensor(
+        [slm.tokenize_chat([{"role": "user", "content": "cancel my order"}], add_generation_prompt=True)]
+    )
     base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
     with torch.inference_mode():
         base_logits = base(input_ids=prompt).logits
@@ -309,7 +333,9 @@ def test_distill_merge_writes_a_whole_model_that_answers_as_the_adapter(lora_rou
     assert not is_adapter_folder(merged) and model_and_adapter(merged) == (merged, None)
     manifest = read_manifest(merged)
     assert manifest["artifact"] == "model" and manifest["merged_from"] == str(lora_router)
-    assert {k: v for k, v in manifest.items() if k != "merged_from"} == read_manifest(lora_router) | {"artifact": "model"}
+    assert {k: v for k, v in manifest.items() if k != "merged_from"} == read_manifest(lora_router) | {
+        "artifact": "model"
+    }
 
     requests = ["cancel my order", "where is my refund?", "I want to talk to a person"]
     adapter, whole = load_router_strategy(lora_router), load_router_strategy(merged)
@@ -346,11 +372,12 @@ def test_an_adapter_whose_base_is_gone_is_a_clear_error(lora_router, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.vllm
-def test_a_lora_router_served_by_vllm_beside_its_base_answers_as_the_embedded_backend(lora_router, tiny_model, small_data,
-                                                                                     vllm_python, tmp_path):
+def test_a_lora_router_served_by_vllm_beside_its_base_answers_as_the_embedded_backend(
+    lora_router, tiny_model, small_data, vllm_python, tmp_path
+):
     """`--model ADAPTER` serves the base with --enable-lora --lora-modules; the adapter answers as TransformersSLM does."""
     from agentgraph.distill.agreement import backend_agreement
-    from agentgraph.slm import TransformersSLM, VLLMSLM
+    from agentgraph.slm import VLLMSLM, TransformersSLM
     from agentgraph.slm.server import ServeSettings, VLLMServer
 
     settings = ServeSettings(model=str(lora_router), port=0, python=vllm_python, max_model_len=2048)
@@ -370,7 +397,9 @@ def test_a_lora_router_served_by_vllm_beside_its_base_answers_as_the_embedded_ba
     [pytest.param(None, "model.safetensors", id="full"),
      pytest.param(LoraSettings(rank=4), "adapter_model.safetensors", id="lora")],
 )  # fmt: skip
-def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_weights(tiny_model, small_data, tmp_path, lora, weights_file):
+def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_weights(
+    tiny_model, small_data, tmp_path, lora, weights_file
+):
     from safetensors.torch import load_file
 
     settings = _tiny_settings(epochs=3, checkpoint_every=2, eval_examples=0, lora=lora)
@@ -407,10 +436,14 @@ def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_weights(tiny_model
 
 
 @pytest.mark.slow  # trains a model
-def test_the_gate_refuses_promotion_below_its_default_threshold_of_92_percent_and_records_it(tiny_model, small_data, tmp_path):
+def test_the_gate_refuses_promotion_below_its_default_threshold_of_92_percent_and_records_it(
+    tiny_model, small_data, tmp_path
+):
     out = tmp_path / "model"
     train_router_slm(small_data, output_dir=out, base=tiny_model, settings=_tiny_settings())
-    report = gate_router(out, base=tiny_model, dev_limit=6, descriptions=CUSTOMER_SUPPORT_INTENTS)  # the threshold left at its default
+    report = gate_router(
+        out, base=tiny_model, dev_limit=6, descriptions=CUSTOMER_SUPPORT_INTENTS
+    )  # the threshold left at its default
     assert report.test_rows == 12 and report.dev_rows == 6 and report.dataset_matches
     assert report.agreement == report.student.evaluation.accuracy < 0.92  # a random two-layer model cannot
     assert report.base is not None and report.base.evaluation.in_scope == 12
@@ -419,7 +452,9 @@ def test_the_gate_refuses_promotion_below_its_default_threshold_of_92_percent_an
     with pytest.raises(PromotionRefusedError, match="not promoted: agreement .* < threshold 0.9200"):
         promote(out, report)
     promotion = read_manifest(out)["promotion"]
-    assert (promotion["decision"], promotion["threshold"]) == ("refused", 0.92), "the default is what the manifest records"
+    assert (promotion["decision"], promotion["threshold"]) == ("refused", 0.92), (
+        "the default is what the manifest records"
+    )
 
     accepted = gate_router(out, threshold=0.0, base=False, dev_limit=6, limit=3)
     assert accepted.base is None and accepted.test_rows == 3 and accepted.passed
@@ -444,7 +479,16 @@ def test_cli_trains_gates_and_refuses_to_promote(tiny_model, small_data, tmp_pat
     assert main(args) == 2
     assert "--overwrite" in capsys.readouterr().err
 
-    gate = ["distill", "gate", "--model", str(out), "--dev-limit", "6", "--no-base", "--promote"]  # no --threshold: 0.92
+    gate = [
+        "distill",
+        "gate",
+        "--model",
+        str(out),
+        "--dev-limit",
+        "6",
+        "--no-base",
+        "--promote",
+    ]  # no --threshold: 0.92
     assert main(gate) == 2
     captured = capsys.readouterr()
     assert "decision    refused: agreement " in captured.out and "< threshold 0.9200" in captured.out
@@ -474,9 +518,18 @@ def test_extraction_trains_on_the_prompt_its_schema_enforcer_sends_and_is_gated(
             "--epochs", "1", "--batch-size", "4", "--lr", "1e-3", "--threads", "2"]  # fmt: skip
     assert main(args) == 0
     manifest = read_manifest(out)
-    assert manifest["role"] == "extract" and manifest["schema"] == "agentgraph.graphs.customer_support.distillation:SupportExtraction"
-    assert manifest["schema_enforcer"] == {"prompt": "schema_enforcer.v1", "prompt_version": 1, "describe_schema": False}
-    assert manifest["steps"] == 5 and manifest["learning_curve"][-1]["dev_accuracy"] is not None  # teacher-forced exact match
+    assert (
+        manifest["role"] == "extract"
+        and manifest["schema"] == "agentgraph.graphs.customer_support.distillation:SupportExtraction"
+    )
+    assert manifest["schema_enforcer"] == {
+        "prompt": "schema_enforcer.v1",
+        "prompt_version": 1,
+        "describe_schema": False,
+    }
+    assert (
+        manifest["steps"] == 5 and manifest["learning_curve"][-1]["dev_accuracy"] is not None
+    )  # teacher-forced exact match
 
     slm = TransformersSLM(out)
     seen = []
@@ -495,10 +548,16 @@ def test_extraction_trains_on_the_prompt_its_schema_enforcer_sends_and_is_gated(
     assert f"<<<\n{request}\n>>>" in prompt and "refund_amount" not in prompt, "the request fenced, the schema learnt"
     described = ExtractPromptEncoder(slm.tokenizer, SupportExtraction, describe_schema=True, prompt_version=1)
     first_call = len(seen)  # a random model's answer may be repaired: the node's first prompt is the one compared
-    create_schema_enforcer(slm, SupportExtraction, mode="student", prompt_version=1, max_tokens=16)({"text": request}, {})
-    assert seen[first_call] == described.prompt_ids(request) and "refund_amount" in slm.tokenizer.decode(seen[first_call])
+    create_schema_enforcer(slm, SupportExtraction, mode="student", prompt_version=1, max_tokens=16)(
+        {"text": request}, {}
+    )
+    assert seen[first_call] == described.prompt_ids(request) and "refund_amount" in slm.tokenizer.decode(
+        seen[first_call]
+    )
     target = learnt.target_ids({"intent": "track_order", "order_id": "12345", "person_name": None})
-    assert slm.tokenizer.decode(target) == '{"intent":"track_order","order_id":"12345"}<|im_end|>\n', "defaults left out"
+    assert slm.tokenizer.decode(target) == '{"intent":"track_order","order_id":"12345"}<|im_end|>\n', (
+        "defaults left out"
+    )
 
     agreement = backend_agreement(out, slm, TransformersSLM(out), limit=3, names=("spied", "fresh"))
     assert (agreement.role, agreement.rows, agreement.same_answer) == ("extract", 3, 1.0)
@@ -525,7 +584,9 @@ def test_fine_tuning_smollm2_beats_the_base_model_on_held_out_requests(tmp_path)
                                progress=False, num_threads=2, bf16=False)  # fmt: skip
     manifest = train_router_slm(data, output_dir=tmp_path / "model", settings=settings).manifest
     assert manifest["steps"] == 15
-    report = gate_router(tmp_path / "model", target_accuracy=0.95, max_rejection=0.5, descriptions=CUSTOMER_SUPPORT_INTENTS)
+    report = gate_router(
+        tmp_path / "model", target_accuracy=0.95, max_rejection=0.5, descriptions=CUSTOMER_SUPPORT_INTENTS
+    )
     assert report.base is not None and report.test_rows == 40
     base, student = report.base.evaluation.accuracy, report.student.evaluation.accuracy
     print(f"student {student:.3f} base {base:.3f}; {manifest['training_seconds']:.0f} s training")

@@ -1,8 +1,8 @@
 """Every docstring example in the library and the example graphs runs as written."""
 
 from __future__ import annotations
-
 import __future__
+
 import doctest
 import importlib
 import pkgutil
@@ -15,8 +15,7 @@ import agentgraph.graphs
 # agentgraph.graphs (and agentgraph.prompts) install from their own folders, so they are walked on their own.
 PACKAGES = [(agentgraph.__path__, "agentgraph."), (agentgraph.graphs.__path__, "agentgraph.graphs.")]
 ALL_MODULES = sorted(
-    {info.name for path, prefix in PACKAGES for info in pkgutil.walk_packages(path, prefix)}
-    - {"agentgraph.__main__"}
+    {info.name for path, prefix in PACKAGES for info in pkgutil.walk_packages(path, prefix)} - {"agentgraph.__main__"}
 )
 # The command line is documented by --help and tested by running it; the package __init__s only re-export.
 WITHOUT_EXAMPLES = {
@@ -34,21 +33,23 @@ LOADS_MODELS = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=pytest.mark.slow) if n in LOADS_MODELS else n for n in MODULES]
-)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in LOADS_MODELS else n for n in MODULES])
 def test_docstring_examples_run(name):
     module = importlib.import_module(name)
     # Run the examples the way a user's script would: without the module's own `from __future__` imports,
     # which doctest would otherwise apply (postponed annotations in an example's State break get_type_hints).
     globs = {k: v for k, v in vars(module).items() if not isinstance(v, __future__._Feature)}
-    result = doctest.testmod(module, globs=globs, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE, verbose=False)
+    result = doctest.testmod(
+        module, globs=globs, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE, verbose=False
+    )
     assert result.attempted > 0, f"{name} has no docstring example: add one, or list it in WITHOUT_EXAMPLES with why"
     assert result.failed == 0, f"{result.failed} of {result.attempted} docstring examples of {name} failed (see stdout)"
 
 
 def test_only_the_command_line_and_re_exporting_packages_go_without_examples():
     finder = doctest.DocTestFinder()
-    without = {name for name in ALL_MODULES if not any(test.examples for test in finder.find(importlib.import_module(name)))}
+    without = {
+        name for name in ALL_MODULES if not any(test.examples for test in finder.find(importlib.import_module(name)))
+    }
     assert without <= WITHOUT_EXAMPLES, f"modules without a docstring example: {sorted(without - WITHOUT_EXAMPLES)}"
     assert WITHOUT_EXAMPLES <= set(ALL_MODULES), "WITHOUT_EXAMPLES names a module that no longer exists"

@@ -18,7 +18,6 @@ import pytest
 
 from agentgraph.classifier import SentenceEncoder, encoder_onnx_folder
 from agentgraph.cli import main
-from agentgraph.records.decisions import Decision
 from agentgraph.distill.drift import (
     DriftError,
     DriftMetrics,
@@ -33,8 +32,9 @@ from agentgraph.distill.drift import (
     route_window,
 )
 from agentgraph.distill.report import build_report, requests_using_llm
-from agentgraph.records.traces import LLMCall, SQLiteTraceStore
 from agentgraph.distill.train import load_route_dataset
+from agentgraph.records.decisions import Decision
+from agentgraph.records.traces import LLMCall, SQLiteTraceStore
 
 OFF_TOPIC = [
     "What's the weather in Lisbon tomorrow?", "Will it rain in Paris this weekend?", "How hot will it get in Madrid on Friday?",
@@ -81,7 +81,7 @@ def per_intent(rows, count: int, *, skip: int = 0, exclude=frozenset()) -> list:
         if row.intent not in exclude:
             by_intent.setdefault(row.intent, []).append(row)
     chosen = [group[skip : skip + count] for _, group in sorted(by_intent.items())]
-    return [row for turn in zip(*chosen) for row in turn]
+    return [row for turn in zip(*chosen, strict=False) for row in turn]
 
 
 def record_window(store, texts, *, confidences, out_of_scope_every: int = 50, start: datetime = START) -> None:
@@ -146,7 +146,9 @@ def test_requests_of_intents_the_training_set_lacks_raise_a_retrain_signal(suppo
     )  # fmt: skip
     known = [r.text for r in per_intent(support_splits["test"], 3, skip=8, exclude=HELD_OUT_INTENTS)]
     new = [r.text for r in support_splits["test"] if r.intent in HELD_OUT_INTENTS][:40]
-    report = window_report(reference, encoder, [text for pair in zip(known, new) for text in pair] + known[40:])
+    report = window_report(
+        reference, encoder, [text for pair in zip(known, new, strict=False) for text in pair] + known[40:]
+    )
     assert report.retrain and "novel_input_share" in report.crossed
     assert report.metrics.novel_input_share > 0.3  # 40 of 106 requests are of the new intents
 
@@ -221,7 +223,9 @@ def route_dataset(tmp_path_factory, support_splits) -> Path:
     rows = per_intent(support_splits["train"], 12)
     labelled = folder / "requests.jsonl"
     labelled.write_text("".join(json.dumps({"text": r.text, "label": r.intent}) + "\n" for r in rows), encoding="utf-8")
-    assert main(["distill", "dataset", "--role", "route", "--import", str(labelled), "--out", str(folder / "data")]) == 0
+    assert (
+        main(["distill", "dataset", "--role", "route", "--import", str(labelled), "--out", str(folder / "data")]) == 0
+    )
     return folder / "data"
 
 
@@ -276,7 +280,9 @@ def days_of_traffic(path: Path) -> dict[str, dict]:
                                   strategy="llm" if i == 0 else "classifier", thread_id=thread,
                                   timestamp=at + timedelta(seconds=1)))  # fmt: skip
             if route == "escalate" and answered:
-                store.record_call(LLMCall(node="escalate", messages=[], thread_id=thread, timestamp=at + timedelta(seconds=2)))
+                store.record_call(
+                    LLMCall(node="escalate", messages=[], thread_id=thread, timestamp=at + timedelta(seconds=2))
+                )
             if i == 1:
                 store.record_call(LLMCall(node="router", messages=[], thread_id=thread, metadata={"agentgraph_shadow": True},
                                           timestamp=at + timedelta(seconds=3)))  # fmt: skip
@@ -312,11 +318,18 @@ def test_llm_calls_are_attributed_to_requests_through_their_thread():
         for i in range(3)
     ]  # fmt: skip
     calls = [
-        LLMCall(node="router", messages=[], thread_id="t", timestamp=START + timedelta(minutes=1, seconds=-1)),  # routing
+        LLMCall(
+            node="router", messages=[], thread_id="t", timestamp=START + timedelta(minutes=1, seconds=-1)
+        ),  # routing
         LLMCall(node="escalate", messages=[], thread_id="t", timestamp=START + timedelta(seconds=30)),  # an answer
         LLMCall(node="escalate", messages=[], thread_id="other", timestamp=START),
-        LLMCall(node="router", messages=[], thread_id="t", metadata={"agentgraph_shadow": True},
-                timestamp=START + timedelta(minutes=2, seconds=5)),
+        LLMCall(
+            node="router",
+            messages=[],
+            thread_id="t",
+            metadata={"agentgraph_shadow": True},
+            timestamp=START + timedelta(minutes=2, seconds=5),
+        ),
     ]
     assert requests_using_llm(requests, calls) == {requests[0].id, requests[1].id}
 
@@ -332,7 +345,9 @@ def test_the_report_counts_what_the_store_holds_and_draws_it(tmp_path, capsys):
     for row in rows:
         want = expected[row[0]]
         assert int(row[1]) == want["requests"]
-        assert {route: int(count) for route, count in zip(routes, row[2:6]) if int(count)} == want["routes"]
+        assert {route: int(count) for route, count in zip(routes, row[2:6], strict=False) if int(count)} == want[
+            "routes"
+        ]
     assert table[4] == f"wrote       {png}"
     data = png.read_bytes()
     assert data[:8] == PNG_SIGNATURE and len(data) > 10_000
@@ -353,7 +368,12 @@ def test_an_hourly_report_splits_the_days(tmp_path):
     report = build_report(store, bucket="hour")
     store.close()
     assert sum(row.requests for row in report.buckets) == 28
-    assert [row.start.hour for row in report.buckets if row.start.day == 3] == [9, 10, 11, 13]  # routing, shadows, drift
+    assert [row.start.hour for row in report.buckets if row.start.day == 3] == [
+        9,
+        10,
+        11,
+        13,
+    ]  # routing, shadows, drift
 
 
 def test_an_empty_store_is_reported_as_such_and_writes_no_png(tmp_path, capsys):

@@ -8,10 +8,10 @@ import pytest
 from langchain_core.language_models.fake_chat_models import FakeListChatModel, GenericFakeChatModel
 from langchain_core.messages import AIMessage
 
-from agentgraph.graphs.customer_support.bitext import load_customer_support, split_customer_support
-from agentgraph.records.decisions import Decision, JSONLDecisionLog, SQLiteDecisionLog, open_decision_log
 from agentgraph.errors import EmptyInputError
+from agentgraph.graphs.customer_support.bitext import load_customer_support, split_customer_support
 from agentgraph.llm import HumanHandoff, default_llm, escalate
+from agentgraph.records.decisions import Decision, JSONLDecisionLog, SQLiteDecisionLog, open_decision_log
 from agentgraph.text import clean_text, require_text, truncate_to_tokens
 
 

@@ -4,22 +4,23 @@ from __future__ import annotations
 
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
-import sqlite3
 from collections.abc import Callable, Iterator
+
 import pytest
+from consequence_shop import Clock, race
 
 from agentgraph.errors import IdempotencyConflictError, IdempotencyKeyReuseError, IdempotencyOutcomeUnknownError
 from agentgraph.idempotency import (
     KeyOwner,
     PostgresIdempotencyStore,
-    SQLiteIdempotencyStore,
     SQLIdempotencyStore,
+    SQLiteIdempotencyStore,
     derive_idempotency_key,
     request_fingerprint,
 )
-from consequence_shop import Clock, race
 
 LEASE_S = 60.0
 RETENTION_S = 3600.0

@@ -17,6 +17,7 @@ import pytest
 from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.graph import END, START, StateGraph
 from pydantic import BaseModel
+from scripted_llm import answering_llm
 
 from agentgraph.errors import EmptyInputError, InputTooLargeError
 from agentgraph.llm import HumanHandoff
@@ -29,9 +30,6 @@ from agentgraph.nodes.router import RouterState, RuleStrategy, create_escalation
 from agentgraph.nodes.schema_enforcer import create_schema_enforcer
 from agentgraph.records.decisions import DecisionLog, DecisionState, SQLiteDecisionLog
 from agentgraph.slm.base import SLM
-
-from _tiny_reranker import tiny_reranker_folder  # noqa: F401  (a session fixture)
-from scripted_llm import answering_llm
 
 
 class UncalledSLM(SLM):
@@ -85,7 +83,9 @@ ROUTES = {"track_order": "lookup"}
 
 
 def rule_router(**kwargs: Any) -> ControlNode:
-    return create_router(RuleStrategy({r"\border\b": "track_order"}), routes=ROUTES, default_route="knowledge", **kwargs)
+    return create_router(
+        RuleStrategy({r"\border\b": "track_order"}), routes=ROUTES, default_route="knowledge", **kwargs
+    )
 
 
 def running_total(step: str, state: Mapping[str, Any]) -> str:
@@ -128,15 +128,21 @@ REFUSING = {
     ),
     "context_pruner": NodeCase(
         lambda request, log: create_context_pruner(UncalledReranker(), decision_log=log),
-        ContextPrunerState, "query", {"chunks": CHUNKS},
+        ContextPrunerState,
+        "query",
+        {"chunks": CHUNKS},
     ),  # fmt: skip
     "output_validator": NodeCase(
         lambda request, log: create_output_validator([pii_check()], decision_log=log), ValidatorState, "draft"
     ),
     "escalate": NodeCase(lambda request, log: create_escalation_node(None, decision_log=log), RouterState, "text"),
-    "plan": NodeCase(lambda request, log: create_planner(answering_llm("1. add 2"), decision_log=log), LoopState, "goal"),
+    "plan": NodeCase(
+        lambda request, log: create_planner(answering_llm("1. add 2"), decision_log=log), LoopState, "goal"
+    ),
     "evaluate": NodeCase(
-        lambda request, log: create_evaluator(UncalledSLM(), decision_log=log), LoopState, "goal",
+        lambda request, log: create_evaluator(UncalledSLM(), decision_log=log),
+        LoopState,
+        "goal",
         {key: value for key, value in EVALUATED.items() if key != "goal"},
     ),  # fmt: skip
 }
@@ -173,7 +179,9 @@ def test_every_node_refuses_input_over_max_input_chars_and_logs_it(request, name
 
 def test_a_message_list_is_read_as_its_last_message():
     log = SQLiteDecisionLog(":memory:")
-    update = rule_router(decision_log=log)({"text": [AIMessage("How can I help?"), HumanMessage("where is order 10001?")]})
+    update = rule_router(decision_log=log)(
+        {"text": [AIMessage("How can I help?"), HumanMessage("where is order 10001?")]}
+    )
     assert (update.goto, update.update["request"]) == ("lookup", "where is order 10001?")
 
 
@@ -186,39 +194,55 @@ def test_a_structured_value_is_validated_as_it_is():
 slow = pytest.mark.slow
 
 DECIDING = {
-    "router": NodeCase(lambda request, log: rule_router(decision_log=log), RouterState, "text", {"text": "where is order 10001?"}),
+    "router": NodeCase(
+        lambda request, log: rule_router(decision_log=log), RouterState, "text", {"text": "where is order 10001?"}
+    ),
     "output_validator": NodeCase(
         lambda request, log: create_output_validator([pii_check(), length_check(max_chars=40)], decision_log=log),
-        ValidatorState, "draft", {"draft": "Write to jo@example.com today."},
+        ValidatorState,
+        "draft",
+        {"draft": "Write to jo@example.com today."},
     ),  # fmt: skip
     "escalate": NodeCase(
         lambda request, log: create_escalation_node(answering_llm("Sorry about that."), decision_log=log),
-        RouterState, "text", {"text": "nothing works", "escalation_reason": "below_gate"},
+        RouterState,
+        "text",
+        {"text": "nothing works", "escalation_reason": "below_gate"},
     ),  # fmt: skip
     "plan": NodeCase(
         lambda request, log: create_planner(answering_llm("1. add 2\n2. add 3"), decision_log=log),
-        LoopState, "goal", {"goal": "Add 2 and 3"},
+        LoopState,
+        "goal",
+        {"goal": "Add 2 and 3"},
     ),  # fmt: skip
     "act": NodeCase(
         lambda request, log: create_actor(running_total, decision_log=log),
-        LoopState, None, {"goal": "Add 2 and 3", "plan": ["add 2", "add 3"], "step_index": 0},
+        LoopState,
+        None,
+        {"goal": "Add 2 and 3", "plan": ["add 2", "add 3"], "step_index": 0},
     ),  # fmt: skip
     "context_pruner": pytest.param(
         NodeCase(
             lambda request, log: create_context_pruner(tiny_reranker(request), decision_log=log),
-            ContextPrunerState, "query", {"query": "I want my money back", "chunks": CHUNKS},
+            ContextPrunerState,
+            "query",
+            {"query": "I want my money back", "chunks": CHUNKS},
         ),  # fmt: skip
         marks=slow,
     ),
     "schema_enforcer": pytest.param(
         NodeCase(
             lambda request, log: create_schema_enforcer(embedded(request), Order, decision_log=log),
-            ExtractState, "text", {"text": "where is order 4587345?"},
+            ExtractState,
+            "text",
+            {"text": "where is order 4587345?"},
         ),  # fmt: skip
         marks=slow,
     ),
     "evaluate": pytest.param(
-        NodeCase(lambda request, log: create_evaluator(embedded(request), decision_log=log), LoopState, "goal", EVALUATED),
+        NodeCase(
+            lambda request, log: create_evaluator(embedded(request), decision_log=log), LoopState, "goal", EVALUATED
+        ),
         marks=slow,
     ),
 }
@@ -312,7 +336,11 @@ def test_add_node_draws_the_routers_destinations_without_being_told():
     for route in ("lookup", "knowledge", "escalate"):
         builder.add_node(route, lambda state: {}).add_edge(route, END)
     graph = builder.compile()
-    assert {edge.target for edge in graph.get_graph().edges if edge.source == "router"} == {"lookup", "knowledge", "escalate"}
+    assert {edge.target for edge in graph.get_graph().edges if edge.source == "router"} == {
+        "lookup",
+        "knowledge",
+        "escalate",
+    }
     assert set(router.destinations) == {"lookup", "knowledge", "escalate"}
     assert graph.invoke({"text": "where is my order?"})["route"] == "lookup"
     assert graph.invoke({"text": "hello there"})["route"] == "escalate"

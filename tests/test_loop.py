@@ -12,7 +12,6 @@ from langchain_core.messages import AIMessage
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import START, StateGraph
 
-from agentgraph.records.decisions import SQLiteDecisionLog
 from agentgraph.errors import EmptyInputError
 from agentgraph.nodes.loop import (
     ActResult,
@@ -27,6 +26,7 @@ from agentgraph.nodes.loop import (
     parse_plan,
     text_tokens,
 )
+from agentgraph.records.decisions import SQLiteDecisionLog
 
 GOAL = "Add the numbers 1 to 10 with the calculator"
 TEN_STEP_PLAN = "\n".join(f"{n}. add {n} to the running total" for n in range(1, 11))
@@ -100,7 +100,9 @@ def test_ten_step_loop_makes_at_most_two_llm_calls(embedded_slm, tmp_path):
     # A second reply is scripted for the one escalation or replan the budget allows; a third call would fail.
     planner = ScriptedPlanner(TEN_STEP_PLAN, "DONE: the running total is 55")
     log = SQLiteDecisionLog(tmp_path / "decisions.db")
-    graph = create_loop_graph(planner.model, embedded_slm, running_total, decision_log=log, checkpointer=InMemorySaver())
+    graph = create_loop_graph(
+        planner.model, embedded_slm, running_total, decision_log=log, checkpointer=InMemorySaver()
+    )
     final = graph.invoke({"goal": GOAL}, {"configurable": {"thread_id": "ten-steps"}})
 
     assert final["status"] == "done", final.get("handoff")

@@ -16,6 +16,7 @@ from langchain_core.tools import tool
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.types import Command
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
+from scripted_llm import answering_llm, scripted_llm
 
 from agentgraph.idempotency import SQLiteIdempotencyStore
 from agentgraph.middleware import (
@@ -34,8 +35,6 @@ from agentgraph.nodes.router import RuleStrategy
 from agentgraph.nodes.schema_enforcer import source_text_of
 from agentgraph.records.decisions import SQLiteDecisionLog
 from agentgraph.write_safety import WritePolicy
-
-from scripted_llm import answering_llm, scripted_llm
 
 HOURS = "We are open 9:00-17:00, Monday to Friday."
 RULES = {r"\bopening hours\b": "hours", r"\btrack\b": "track_order", r"\bcancel\b": "cancel_order"}

@@ -17,12 +17,10 @@ from langchain_core.messages import AIMessage
 from langgraph.graph import END, START, StateGraph
 from scripted_llm import scripted_llm, tool_call
 
-from agentgraph.graphs.customer_support import CUSTOMER_SUPPORT_INTENTS, SupportTicket
 from agentgraph.cli import main
-from agentgraph.records.decisions import Decision, DecisionState, SQLiteDecisionLog
 from agentgraph.distill.dataset import trace_examples
-from agentgraph.records.traces import LLMCallRecorder, SQLiteTraceStore
 from agentgraph.errors import ConfigError, SLMUnavailableError
+from agentgraph.graphs.customer_support import CUSTOMER_SUPPORT_INTENTS, SupportTicket
 from agentgraph.llm import HumanHandoff
 from agentgraph.modes import NodeModes
 from agentgraph.nodes.router import (
@@ -34,6 +32,8 @@ from agentgraph.nodes.router import (
     create_router,
 )
 from agentgraph.nodes.schema_enforcer import create_schema_enforcer
+from agentgraph.records.decisions import Decision, DecisionState, SQLiteDecisionLog
+from agentgraph.records.traces import LLMCallRecorder, SQLiteTraceStore
 from agentgraph.shadow import ShadowConfig, ShadowEvaluator, shadow_agreement
 
 ROUTES = {"track_order": "lookup", "cancel_order": "action", "check_refund_policy": "knowledge"}
@@ -136,7 +136,10 @@ def test_a_bad_shadow_rate_is_a_clear_error(rate):
     ("options", "message"),
     [
         (["--mode", "router=expert"], "unknown mode 'expert' for node 'router'; the modes are teacher, auto, student"),
-        (["--mode", "extractor=teacher"], "no node named 'extractor' has modes; the nodes with modes are router, extract"),
+        (
+            ["--mode", "extractor=teacher"],
+            "no node named 'extractor' has modes; the nodes with modes are router, extract",
+        ),
         (["--shadow-rate", "2"], "the rate is a share between 0 and 1"),
     ],
 )
@@ -160,7 +163,11 @@ def test_teacher_mode_routes_with_the_llm_alone_and_records_its_call_as_a_route_
     assert (result["route"], result["intent"], result["route_confidence"]) == ("action", "cancel_order", None)
     assert strategy.asked == [], "teacher mode never asks the classifier"
     [decision] = result["decisions"]
-    assert (decision.strategy, decision.model, decision.metadata["mode"]) == ("llm", "ToolCallingFakeChatModel", "teacher")
+    assert (decision.strategy, decision.model, decision.metadata["mode"]) == (
+        "llm",
+        "ToolCallingFakeChatModel",
+        "teacher",
+    )
     assert [a["strategy"] for a in decision.metadata["attempts"]] == ["llm"]
     [call] = store.calls()
     assert (call.node, call.step_type, call.accepted, call.thread_id) == ("router", "route", None, "t-1")
@@ -232,7 +239,9 @@ def test_what_the_teacher_routes_in_auto_mode_becomes_route_training_data_once_a
     store.mark_thread("loop-2", accepted=False)
     source = trace_examples(store, role="route")
     assert {(e.input, e.target) for e in source.examples} == {
-        ("I want to cancel order 12345", "cancel_order"), ("I need to track my order 777", "track_order")}
+        ("I want to cancel order 12345", "cancel_order"),
+        ("I need to track my order 777", "track_order"),
+    }
     assert source.counts["rejected"] == 1
 
 
@@ -264,20 +273,26 @@ def test_without_a_teacher_answer_the_request_escalates_to_a_person(strategy, st
 
     result = route(routing_graph(node), "I want to cancel order 12345", store)
 
-    assert (result["route"], result["escalation_reason"], result["escalation"].kind) == ("escalate", reason, "human_handoff")
+    assert (result["route"], result["escalation_reason"], result["escalation"].kind) == (
+        "escalate",
+        reason,
+        "human_handoff",
+    )
     error = result["decisions"][0].metadata["teacher_error"]
     assert (error is not None) == (reason == "teacher_failed")
 
 
 def test_the_teacher_confidence_is_the_label_token_probability_when_the_provider_returns_logprobs():
-    tokens = [("{\"", -0.01), ("intent", -0.02), ("\":\"", -0.01), ("cancel", -0.1), ("_order", -0.2), ("\"}", -0.01)]
+    tokens = [('{"', -0.01), ("intent", -0.02), ('":"', -0.01), ("cancel", -0.1), ("_order", -0.2), ('"}', -0.01)]
     reply = intent_call(
         "cancel_order",
         content='{"intent":"cancel_order"}',
         response_metadata={"logprobs": {"content": [{"token": t, "logprob": lp} for t, lp in tokens]}},
     )
     with_logprobs = LLMStrategy(scripted_llm(reply), ["track_order", "cancel_order"]).propose("cancel 12345")
-    without = LLMStrategy(scripted_llm(intent_call("cancel_order")), ["track_order", "cancel_order"]).propose("cancel 12345")
+    without = LLMStrategy(scripted_llm(intent_call("cancel_order")), ["track_order", "cancel_order"]).propose(
+        "cancel 12345"
+    )
 
     assert with_logprobs.confidence == pytest.approx(math.exp(-0.3))
     assert without.confidence is None
@@ -310,7 +325,11 @@ def test_shadow_comparisons_are_logged_as_decisions_in_the_background(strategy, 
     assert [s.metadata["mode"] for s in students] == ["student"] * 3
     assert [s.strategy for s in students] == ["classifier"] * 3
     shadows = {d.metadata["shadow_of"]: d for d in store.decisions(node="router", kind="shadow")}
-    expected = [("cancel_order", True, "agree"), ("check_refund_policy", False, "disagree"), (None, None, "teacher_failed")]
+    expected = [
+        ("cancel_order", True, "agree"),
+        ("check_refund_policy", False, "disagree"),
+        (None, None, "teacher_failed"),
+    ]
     for student, (teacher, agree, outcome) in zip(students, expected, strict=True):
         decision = shadows[student.id]
         assert decision.input == student.input
@@ -383,7 +402,9 @@ def test_schema_enforcer_teacher_mode_asks_the_llm_alone(embedded_slm, store, mo
     assert [a["strategy"] for a in decision.metadata["attempts"]] == ["llm"]
     [call] = store.calls()
     assert (call.step_type, call.accepted) == ("extract", None)
-    assert "<<<\ncan you help me canceling purchase 4587345?\n>>>" in call.messages[-1]["content"], "the LLM reads it fenced"
+    assert "<<<\ncan you help me canceling purchase 4587345?\n>>>" in call.messages[-1]["content"], (
+        "the LLM reads it fenced"
+    )
     assert call.input_text == "can you help me canceling purchase 4587345?", "a distillation example is the request"
 
 
@@ -476,7 +497,9 @@ def test_the_example_graph_in_teacher_mode_routes_with_the_llm(embedded_slm, sup
     from agentgraph.running import run_turn
 
     llm = scripted_llm(intent_call("check_refund_policy"))
-    parts = CustomerSupportParts(data_dir=support_dir, slm=embedded_slm, llm=llm, modes=NodeModes.parse("router=teacher"))
+    parts = CustomerSupportParts(
+        data_dir=support_dir, slm=embedded_slm, llm=llm, modes=NodeModes.parse("router=teacher")
+    )
 
     turn = run_turn(compose(parts), "How long do I have to send something back?", thread_id="teacher-llm",
                     callbacks=[parts.llm_call_recorder])  # fmt: skip

@@ -11,8 +11,8 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command, interrupt
 from pydantic import BaseModel, Field
 
-from agentgraph.records.decisions import DecisionState, SQLiteDecisionLog
 from agentgraph.errors import EmptyInputError
+from agentgraph.graphs.customer_support import SupportTicket
 from agentgraph.nodes.output_validator import (
     ValidationReport,
     Violation,
@@ -22,7 +22,7 @@ from agentgraph.nodes.output_validator import (
     pii_check,
     schema_check,
 )
-from agentgraph.graphs.customer_support import SupportTicket
+from agentgraph.records.decisions import DecisionState, SQLiteDecisionLog
 
 
 class Reply(BaseModel):
@@ -35,12 +35,19 @@ def run(validator, draft: Any) -> dict[str, Any]:
 
 
 def test_a_clean_output_passes_unchanged():
-    update = run(create_output_validator([pii_check(), length_check(min_chars=5, max_chars=100)]), "Your order ships today.")
+    update = run(
+        create_output_validator([pii_check(), length_check(min_chars=5, max_chars=100)]), "Your order ships today."
+    )
     report: ValidationReport = update["validation"]
     assert update["output"] == "Your order ships today."
     assert (report.passed, report.flagged, report.outcome, report.violations) == (True, False, "ok", [])
     [decision] = update["decisions"]
-    assert (decision.kind, decision.outcome, decision.strategy, decision.escalated) == ("validate", "ok", "checks", False)
+    assert (decision.kind, decision.outcome, decision.strategy, decision.escalated) == (
+        "validate",
+        "ok",
+        "checks",
+        False,
+    )
 
 
 def test_pii_is_redacted_in_text_and_the_decision_keeps_what_was_found():
@@ -153,7 +160,12 @@ def test_regeneration_is_bounded_then_the_output_is_flagged():
     assert report.flagged and report.candidate == "far too long!!"
     assert report.reason == "still failing length after check, regenerate, regenerate"
     decision = update["decisions"][0]
-    assert (decision.outcome, decision.strategy, decision.escalated, decision.output) == ("flagged", "human", True, None)
+    assert (decision.outcome, decision.strategy, decision.escalated, decision.output) == (
+        "flagged",
+        "human",
+        True,
+        None,
+    )
 
 
 def test_a_failing_regenerate_callable_ends_in_a_flag_not_a_crash():
@@ -232,7 +244,10 @@ def test_in_a_graph_a_flagged_output_waits_for_a_human_and_resumes(tmp_path):
     config = {"configurable": {"thread_id": "review-1"}}
     paused = app.invoke({"draft": "This draft is far too long to send."}, config)
     [pending] = paused["__interrupt__"]
-    assert pending.value == {"candidate": "This draft is far too long to send.", "reason": "still failing length after check"}
+    assert pending.value == {
+        "candidate": "This draft is far too long to send.",
+        "reason": "still failing length after check",
+    }
     done = app.invoke(Command(resume="Short reply."), config)
     assert done["output"] == "Short reply."
     assert [d.outcome for d in done["decisions"]] == ["flagged"]

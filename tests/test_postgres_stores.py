@@ -58,7 +58,9 @@ def stored_bytes(url: str) -> bytes:
     with psycopg.connect(url) as db:
         rows = [row for table in ("checkpoints", "checkpoint_blobs", "checkpoint_writes")
                 for row in db.execute(f"SELECT * FROM {table}").fetchall()]  # fmt: skip
-    return b"".join(bytes(value) if isinstance(value, bytes | memoryview) else str(value).encode() for row in rows for value in row)
+    return b"".join(
+        bytes(value) if isinstance(value, bytes | memoryview) else str(value).encode() for row in rows for value in row
+    )
 
 
 # --- the checkpointer ---------------------------------------------------------------------------------------
@@ -71,7 +73,11 @@ def test_the_postgres_checkpointer_round_trips_a_thread_that_it_stores_encrypted
 
     # Another process's saver, with the same key, reads the thread back exactly.
     again = echo_graph(postgres_checkpointer(postgres_url, key=key))
-    assert again.get_state(config).values == {"text": f"my card is {CARD}", "turns": 1, "response": f"re: my card is {CARD}"}
+    assert again.get_state(config).values == {
+        "text": f"my card is {CARD}",
+        "turns": 1,
+        "response": f"re: my card is {CARD}",
+    }
     assert again.invoke({"text": "and again"}, config)["turns"] == 2
     assert CARD.encode() not in stored_bytes(postgres_url) and b"and again" not in stored_bytes(postgres_url)
     assert checkpoint_location(again.checkpointer).startswith("the PostgreSQL database test_")
@@ -116,8 +122,8 @@ def test_the_async_postgres_checkpointer_shares_the_tables_and_the_key(postgres_
 
 
 def test_workers_that_start_at_once_set_up_the_same_tables_without_a_race(postgres_url):
-    from agentgraph.records.traces import PostgresTraceStore
     from agentgraph.idempotency import PostgresIdempotencyStore
+    from agentgraph.records.traces import PostgresTraceStore
 
     errors: list[BaseException] = []
     barrier = threading.Barrier(6)
@@ -152,7 +158,9 @@ with hold_thread(sys.argv[2], database_url=sys.argv[1]):
 
 def hold_elsewhere(url: str, thread_id: str, seconds: float) -> subprocess.Popen:
     """Another process (another worker, as far as the lock can tell) holding ``thread_id`` for ``seconds``."""
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, url, thread_id, str(seconds)], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, url, thread_id, str(seconds)], stdout=subprocess.PIPE, text=True
+    )
     assert holder.stdout.readline() == "held\n"
     return holder
 
@@ -190,7 +198,9 @@ def test_a_turn_waits_for_the_other_workers_turn_on_its_thread_to_finish(postgre
 
 
 def test_url_passwords_stay_out_of_messages():
-    assert describe_url("postgresql://agent:s3cret@db.internal:5433/agent") == "postgresql://agent@db.internal:5433/agent"
+    assert (
+        describe_url("postgresql://agent:s3cret@db.internal:5433/agent") == "postgresql://agent@db.internal:5433/agent"
+    )
     assert describe_url("postgresql://agent@db/agent") == "postgresql://agent@db/agent"
 
 
@@ -213,7 +223,11 @@ def test_distill_dataset_reads_a_trace_store_in_postgres(postgres_url, tmp_path,
     assert main(["distill", "dataset", "--role", "route", "--traces", postgres_url, "--out", str(out), "--json"]) == 0
     manifest = json.loads(capsys.readouterr().out)
     assert manifest["sources"]["traces"]["accepted"] == 4 and manifest["sources"]["traces"]["path"] == postgres_url
-    kept = [json.loads(line) for split in ("train", "dev", "test") for line in (out / f"{split}.jsonl").read_text().splitlines()]
+    kept = [
+        json.loads(line)
+        for split in ("train", "dev", "test")
+        for line in (out / f"{split}.jsonl").read_text().splitlines()
+    ]
     assert {example["input"] for example in kept} <= set(requests) and kept
 
 
@@ -232,7 +246,9 @@ def test_distill_dataset_reads_a_trace_store_in_postgres(postgres_url, tmp_path,
 def test_the_cli_checks_the_database_url_and_the_key_before_loading_anything(tmp_path, url, key, error):
     env = {name: value for name, value in os.environ.items() if name != CHECKPOINT_KEY_ENV}
     if key is not None:
-        env[CHECKPOINT_KEY_ENV] = base64.urlsafe_b64encode(new_checkpoint_key()).decode() if key == "set" else "c2hvcnQ="
+        env[CHECKPOINT_KEY_ENV] = (
+            base64.urlsafe_b64encode(new_checkpoint_key()).decode() if key == "set" else "c2hvcnQ="
+        )
     done = subprocess.run([*CLI, "hello", "--database-url", url, "--data-dir", str(tmp_path / "data")],
                           capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
 
@@ -244,10 +260,13 @@ def test_the_cli_checks_the_database_url_and_the_key_before_loading_anything(tmp
 
 @pytest.mark.slow
 def test_an_approval_raised_by_one_cli_process_is_answered_by_another_with_its_own_data_dir(postgres_url, tmp_path):
-    from agentgraph.records.decisions import PostgresDecisionLog
     from agentgraph.graphs.customer_support.shop import Shop
+    from agentgraph.records.decisions import PostgresDecisionLog
 
-    env = os.environ | {CHECKPOINT_KEY_ENV: base64.urlsafe_b64encode(new_checkpoint_key()).decode(), "AGENTGRAPH_LLM_MODEL": ""}
+    env = os.environ | {
+        CHECKPOINT_KEY_ENV: base64.urlsafe_b64encode(new_checkpoint_key()).decode(),
+        "AGENTGRAPH_LLM_MODEL": "",
+    }
     first, second = tmp_path / "machine-a", tmp_path / "machine-b"
     paused = subprocess.run([*CLI, "delete my account", "--json", "--thread", "t-pg", "--data-dir", str(first),
                              "--database-url", postgres_url], capture_output=True, text=True, env=env, timeout=900)  # fmt: skip

@@ -18,7 +18,15 @@ from scripted_llm import answering_llm
 
 from agentgraph.acts import ActVerdict
 from agentgraph.clarification import Clarification, ClarificationPolicy, ClarifiedRequest, ReferencePattern
-from agentgraph.perturb import KEYBOARD_NEIGHBOURS, PERTURBATIONS, add_typos, id_only, keyboard_typo, realistic, truncate
+from agentgraph.perturb import (
+    KEYBOARD_NEIGHBOURS,
+    PERTURBATIONS,
+    add_typos,
+    id_only,
+    keyboard_typo,
+    realistic,
+    truncate,
+)
 from agentgraph.write_safety import WritePolicy, judge_write
 
 BENCHMARK_DATA = Path(__file__).resolve().parents[1] / "benchmarks" / "data"
@@ -70,7 +78,9 @@ def test_typos_hit_a_neighbouring_key_or_drop_double_or_swap_a_letter():
 
 
 def test_a_fragment_keeps_one_to_four_words_of_what_the_request_is_about():
-    fragments = {truncate("Hi, could you please help me cancel my order 48213 today?", random.Random(s)) for s in range(30)}
+    fragments = {
+        truncate("Hi, could you please help me cancel my order 48213 today?", random.Random(s)) for s in range(30)
+    }
     assert all(1 <= len(f.split()) <= 4 for f in fragments)
     assert {f.split()[0] for f in fragments} == {"cancel"}, "request filler (hi, could you please help me) goes first"
 
@@ -257,7 +267,11 @@ def test_a_bare_order_number_then_the_action_chosen_runs_that_action_on_that_ord
     parts, graph = support
     question, done = turns(graph, "bare-id", "order no 48213", "cancel it")
 
-    assert question.route == "clarify" and question.llm_calls == 0 and "track it, change it or cancel it" in question.response
+    assert (
+        question.route == "clarify"
+        and question.llm_calls == 0
+        and "track it, change it or cancel it" in question.response
+    )
     assert (done.route, done.intent, done.llm_calls) == ("action", "cancel_order", 0)
     assert done.response.startswith("Order 48213 is cancelled")
     assert parts.shop.count_writes("cancel_order") == 1

@@ -23,11 +23,11 @@ from langgraph.graph import START, StateGraph
 from langgraph.graph.message import add_messages
 
 from agentgraph.checkpointing import CHECKPOINT_KEY_ENV, new_checkpoint_key, sqlite_checkpointer
-from agentgraph.records.decisions import Decision, DecisionState, JSONLDecisionLog
-from agentgraph.records.traces import LLMCallRecorder, SQLiteTraceStore
 from agentgraph.errors import CheckpointDecryptionError, ConfigError
 from agentgraph.idempotency import SQLiteIdempotencyStore
 from agentgraph.nodes.consequence import ConsequencePolicy, create_guarded_tool_node
+from agentgraph.records.decisions import Decision, DecisionState, JSONLDecisionLog
+from agentgraph.records.traces import LLMCallRecorder, SQLiteTraceStore
 from agentgraph.running import run_turn
 
 CARD, CARD_AS_ORDER_ID = "4111 1111 1111 1111", "4111111111111111"
@@ -121,7 +121,9 @@ def test_a_jsonl_decision_log_holds_no_personal_data(tmp_path):
 
 def test_checkpoints_are_encrypted_with_a_key_file_only_the_owner_can_read(tmp_path, monkeypatch):
     monkeypatch.delenv(CHECKPOINT_KEY_ENV, raising=False)
-    graph = support_graph(tmp_path, GenericFakeChatModel(messages=iter([AIMessage("ok")])), SQLiteTraceStore(":memory:"))
+    graph = support_graph(
+        tmp_path, GenericFakeChatModel(messages=iter([AIMessage("ok")])), SQLiteTraceStore(":memory:")
+    )
     run_turn(graph, MESSAGE, thread_id="t1")
 
     key_file = tmp_path / "checkpoints.key"
@@ -131,18 +133,24 @@ def test_checkpoints_are_encrypted_with_a_key_file_only_the_owner_can_read(tmp_p
 
 
 def test_another_key_cannot_read_the_checkpoints_and_says_which_key_to_set(tmp_path):
-    graph = support_graph(tmp_path, GenericFakeChatModel(messages=iter([AIMessage("ok")])), SQLiteTraceStore(":memory:"))
+    graph = support_graph(
+        tmp_path, GenericFakeChatModel(messages=iter([AIMessage("ok")])), SQLiteTraceStore(":memory:")
+    )
     run_turn(graph, MESSAGE, thread_id="t1")
 
     other = sqlite_checkpointer(tmp_path / "checkpoints.db", key=new_checkpoint_key())
-    with pytest.raises(CheckpointDecryptionError, match=f"written with another one, or altered. Set {CHECKPOINT_KEY_ENV}"):
+    with pytest.raises(
+        CheckpointDecryptionError, match=f"written with another one, or altered. Set {CHECKPOINT_KEY_ENV}"
+    ):
         other.get_tuple({"configurable": {"thread_id": "t1"}})
 
 
 def test_the_key_in_the_environment_wins_over_the_key_file(tmp_path, monkeypatch):
     key = new_checkpoint_key()
     monkeypatch.setenv(CHECKPOINT_KEY_ENV, base64.urlsafe_b64encode(key).decode())
-    graph = support_graph(tmp_path, GenericFakeChatModel(messages=iter([AIMessage("ok")])), SQLiteTraceStore(":memory:"))
+    graph = support_graph(
+        tmp_path, GenericFakeChatModel(messages=iter([AIMessage("ok")])), SQLiteTraceStore(":memory:")
+    )
     run_turn(graph, MESSAGE, thread_id="t1")
 
     assert not (tmp_path / "checkpoints.key").exists()

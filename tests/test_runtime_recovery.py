@@ -12,10 +12,10 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-
-from agentgraph.idempotency import DEFAULT_LEASE_S, SQLiteIdempotencyStore
 from consequence_shop import TABLE_OF, Shop, open_checkpointer, shop_graph
 from consequence_worker import WORKER_THREAD, run_worker
+
+from agentgraph.idempotency import DEFAULT_LEASE_S, SQLiteIdempotencyStore
 
 CREDIT = ("add_credit", {"customer": "C1", "amount": 5.0, "reference": "credit-1"})
 CHARGE = ("charge_card", {"customer": "C1", "amount": 9.0, "reference": "charge-1"})

@@ -11,13 +11,13 @@ import pytest
 from scripted_llm import scripted_llm, tool_call
 from test_slm_errors import MODELS_REPLY, serve_replies
 
-from agentgraph.records.decisions import SQLiteDecisionLog
 from agentgraph.errors import SLMUnavailableError
+from agentgraph.graphs.customer_support import SupportTicket
 from agentgraph.llm import HumanHandoff
 from agentgraph.nodes.schema_enforcer import create_schema_enforcer
+from agentgraph.records.decisions import SQLiteDecisionLog
 from agentgraph.slm import VLLMSLM
 from agentgraph.slm.base import SLM
-from agentgraph.graphs.customer_support import SupportTicket
 
 REQUEST = "can you help me canceling purchase 4587345?"
 
@@ -90,7 +90,9 @@ def test_the_example_hands_lookups_and_actions_to_a_person_when_its_slm_is_down(
         turn = run_turn(graph, message, thread_id=thread)
 
         [extract] = [d for d in turn.decisions if d.kind == "extract"]
-        assert extract.strategy == "handoff" and "cannot reach the SLM server" in extract.metadata["attempts"][0]["error"]
+        assert (
+            extract.strategy == "handoff" and "cannot reach the SLM server" in extract.metadata["attempts"][0]["error"]
+        )
         assert turn.response.startswith("I have passed your request to a colleague"), turn.response
     assert parts.shop.count_writes() == 0
 

@@ -97,7 +97,9 @@ def run_at_once(turns: list[tuple[str, str]], graph, **options: Any) -> list[Any
 def forks(checkpointer, thread_id: str) -> list[str | None]:
     """The checkpoints of the thread that are the parent of more than one (None: more than one first checkpoint)."""
     config = {"configurable": {"thread_id": thread_id}}
-    parents = [t.parent_config["configurable"]["checkpoint_id"] if t.parent_config else None for t in checkpointer.list(config)]
+    parents = [
+        t.parent_config["configurable"]["checkpoint_id"] if t.parent_config else None for t in checkpointer.list(config)
+    ]
     return sorted({parent for parent in parents if parents.count(parent) > 1}, key=str)
 
 
@@ -140,7 +142,9 @@ def test_a_message_and_a_resume_value_together_or_neither_is_a_typed_error(tmp_p
 def test_resuming_an_unknown_thread_says_where_it_looked(tmp_path):
     path = tmp_path / "checkpoints.db"
     with pytest.raises(UnknownThreadError, match=re.escape(f"no thread 'nope' in {path}:")):
-        run_turn(approval_graph(sqlite_checkpointer(path)), resume={"decisions": [{"type": "approve"}]}, thread_id="nope")
+        run_turn(
+            approval_graph(sqlite_checkpointer(path)), resume={"decisions": [{"type": "approve"}]}, thread_id="nope"
+        )
 
 
 def test_resuming_without_a_checkpointer_is_a_typed_error():

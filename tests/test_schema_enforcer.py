@@ -16,11 +16,11 @@ from langgraph.graph import START, StateGraph
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
 from scripted_llm import scripted_llm, tool_call
 
-from agentgraph.records.decisions import DecisionState, SQLiteDecisionLog
 from agentgraph.errors import EmptyInputError
+from agentgraph.graphs.customer_support import SupportTicket
 from agentgraph.llm import HumanHandoff
 from agentgraph.nodes.schema_enforcer import create_schema_enforcer, source_text_of
-from agentgraph.graphs.customer_support import SupportTicket
+from agentgraph.records.decisions import DecisionState, SQLiteDecisionLog
 
 pytestmark = pytest.mark.slow
 
@@ -161,13 +161,17 @@ def test_max_input_tokens_caps_the_input_below_the_model_budget(embedded_slm):
 
 
 def test_control_characters_are_removed_before_extraction(embedded_slm):
-    update = enforce(create_schema_enforcer(embedded_slm, SupportTicket), "cancel\x00 order\x07 4587345\u200b please\x1b")
+    update = enforce(
+        create_schema_enforcer(embedded_slm, SupportTicket), "cancel\x00 order\x07 4587345\u200b please\x1b"
+    )
     assert update["decisions"][0].input["text"] == "cancel order 4587345 please"
     assert update["extracted"].order_id == "4587345"
 
 
 def test_mixed_languages(embedded_slm):
-    update = enforce(create_schema_enforcer(embedded_slm, SupportTicket), "Hola, quiero cancelar el pedido 732201349959, danke!")
+    update = enforce(
+        create_schema_enforcer(embedded_slm, SupportTicket), "Hola, quiero cancelar el pedido 732201349959, danke!"
+    )
     assert update["extracted"].order_id == "732201349959"
 
 
@@ -186,7 +190,10 @@ def test_values_may_come_from_the_context(embedded_slm):
     node = create_schema_enforcer(embedded_slm, SupportTicket, context_key="history")
     update = enforce(node, "please cancel it", history="Customer: I ordered something, order 4587345.")
     assert update["extracted"].order_id == "4587345"
-    assert update["decisions"][0].input == {"text": "please cancel it", "context": "Customer: I ordered something, order 4587345."}
+    assert update["decisions"][0].input == {
+        "text": "please cancel it",
+        "context": "Customer: I ordered something, order 4587345.",
+    }
 
 
 class TicketState(DecisionState, total=False):

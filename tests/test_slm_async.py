@@ -100,10 +100,25 @@ def test_the_async_calls_give_the_sync_results(slm: SLM):
     ]
     cases = [
         (lambda s: s.choose, lambda s: s.achoose, ("Where is my parcel?", INTENTS), {}),
-        (lambda s: s.choose, lambda s: s.achoose, (messages, list(INTENTS)), {"system": "You route customer requests."}),
+        (
+            lambda s: s.choose,
+            lambda s: s.achoose,
+            (messages, list(INTENTS)),
+            {"system": "You route customer requests."},
+        ),
         (lambda s: s.choose, lambda s: s.achoose, ("Where is my parcel?", INTENTS), {"list_labels": False}),
-        (lambda s: s.structured, lambda s: s.astructured, ("Where is order 10001? It is urgent.", Ticket), {"max_tokens": 60}),
-        (lambda s: s.generate, lambda s: s.agenerate, ("Write the numbers from one to ten.",), {"max_tokens": 20, "stop": ["five"]}),
+        (
+            lambda s: s.structured,
+            lambda s: s.astructured,
+            ("Where is order 10001? It is urgent.", Ticket),
+            {"max_tokens": 60},
+        ),
+        (
+            lambda s: s.generate,
+            lambda s: s.agenerate,
+            ("Write the numbers from one to ten.",),
+            {"max_tokens": 20, "stop": ["five"]},
+        ),
     ]
     for sync_call, async_call, args, kwargs in cases:
         expected = sync_call(slm)(*args, **kwargs)
@@ -231,7 +246,9 @@ FAILING_SERVERS = [
 @pytest.mark.parametrize(("fake_server_url", "error", "match"), FAILING_SERVERS, indirect=["fake_server_url"])
 def test_an_async_choice_fails_with_the_sync_typed_error(fake_server_url, error, match):
     slm = VLLMSLM(fake_server_url, timeout_s=0.3)
-    assert_same_failure(slm, lambda: slm.choose("hello", ["yes", "no"]), lambda: slm.achoose("hello", ["yes", "no"]), error, match)
+    assert_same_failure(
+        slm, lambda: slm.choose("hello", ["yes", "no"]), lambda: slm.achoose("hello", ["yes", "no"]), error, match
+    )
 
 
 @pytest.mark.parametrize(
@@ -247,7 +264,9 @@ def test_an_async_choice_fails_with_the_sync_typed_error(fake_server_url, error,
 def test_an_async_generation_fails_with_the_sync_typed_error(fake_server_url, error, match):
     slm = VLLMSLM(fake_server_url)
     assert_same_failure(slm, lambda: slm.generate("hello"), lambda: slm.agenerate("hello"), error, match)
-    assert_same_failure(slm, lambda: slm.structured("hello", Ticket), lambda: slm.astructured("hello", Ticket), error, match)
+    assert_same_failure(
+        slm, lambda: slm.structured("hello", Ticket), lambda: slm.astructured("hello", Ticket), error, match
+    )
 
 
 def test_a_closed_port_is_unavailable_to_the_async_client_as_to_the_sync_one():

@@ -77,7 +77,9 @@ def test_unreachable_server_says_how_to_start_one():
     assert caught.value.base_url == url
 
 
-@pytest.mark.parametrize("fake_server_url", [({"/v1/models": MODELS_REPLY, "/tokenize": {"tokens": [1]}}, 2.0)], indirect=True)
+@pytest.mark.parametrize(
+    "fake_server_url", [({"/v1/models": MODELS_REPLY, "/tokenize": {"tokens": [1]}}, 2.0)], indirect=True
+)
 def test_slow_server_is_a_timeout(fake_server_url):
     slm = VLLMSLM(fake_server_url, timeout_s=0.3)
     with pytest.raises(SLMTimeoutError, match="0.3 s"):
@@ -143,7 +145,11 @@ def next_token_logprobs(request: dict) -> dict:
 
 def scoring_server(breaks=lambda reply: reply) -> tuple[dict, float]:
     """Routes for ``choose``: a chat tokenizer and next-token log-probs, spoilt by ``breaks``."""
-    routes = {"/v1/models": MODELS_REPLY, "/tokenize": chat_tokens, "/v1/completions": lambda r: breaks(next_token_logprobs(r))}
+    routes = {
+        "/v1/models": MODELS_REPLY,
+        "/tokenize": chat_tokens,
+        "/v1/completions": lambda r: breaks(next_token_logprobs(r)),
+    }
     return routes, 0
 
 
@@ -182,24 +188,39 @@ def test_the_scripted_log_prob_server_is_scored(fake_server_url):
         pytest.param(scoring_server(set_first_logprob(0.5)), "not a finite number <= 0", id="positive"),
         pytest.param(scoring_server(set_first_logprob("-1.0")), "not a finite number", id="string"),
         pytest.param(scoring_server(set_first_logprob(None)), "not a finite number", id="null"),
-        pytest.param(scoring_server(lambda reply: {"choices": reply["choices"][:-1]}), "prompts, got choices", id="choice-short"),
         pytest.param(
-            scoring_server(lambda reply: {"choices": [{**c, "index": 0} for c in reply["choices"]]}),
-            "prompts, got choices", id="repeated-index",
+            scoring_server(lambda reply: {"choices": reply["choices"][:-1]}), "prompts, got choices", id="choice-short"
         ),
         pytest.param(
-            scoring_server(spoil_choices(lambda c: c["logprobs"]["top_logprobs"].append({}))), "expected top_logprobs",
+            scoring_server(lambda reply: {"choices": [{**c, "index": 0} for c in reply["choices"]]}),
+            "prompts, got choices",
+            id="repeated-index",
+        ),
+        pytest.param(
+            scoring_server(spoil_choices(lambda c: c["logprobs"]["top_logprobs"].append({}))),
+            "expected top_logprobs",
             id="two-positions",
         ),
         pytest.param(
-            scoring_server(spoil_choices(lambda c: c["logprobs"].update(top_logprobs=[
-                {chr(int(k.removeprefix("token_id:"))): v for k, v in c["logprobs"]["top_logprobs"][0].items()}
-            ]))),
-            "asked for", id="tokens-as-text",
+            scoring_server(
+                spoil_choices(
+                    lambda c: c["logprobs"].update(
+                        top_logprobs=[
+                            {
+                                chr(int(k.removeprefix("token_id:"))): v
+                                for k, v in c["logprobs"]["top_logprobs"][0].items()
+                            }
+                        ]
+                    )
+                )
+            ),
+            "asked for",
+            id="tokens-as-text",
         ),  # fmt: skip
         pytest.param(
             scoring_server(spoil_choices(lambda c: c["logprobs"]["top_logprobs"][0].update({"token_id:7": -2.0}))),
-            "asked for", id="tokens-not-asked-for",
+            "asked for",
+            id="tokens-not-asked-for",
         ),
     ],
     indirect=["fake_server_url"],
@@ -235,7 +256,16 @@ CONTEXT_TOO_LONG = {"error": {"message": "This model's maximum context length is
     ("fake_server_url", "status"),
     [
         (({"/v1/models": MODELS_REPLY, "/tokenize": (400, CONTEXT_TOO_LONG)}, 0), 400),
-        (({"/v1/models": MODELS_REPLY, "/tokenize": (404, {"error": {"message": "The model `smol` does not exist."}})}, 0), 404),
+        (
+            (
+                {
+                    "/v1/models": MODELS_REPLY,
+                    "/tokenize": (404, {"error": {"message": "The model `smol` does not exist."}}),
+                },
+                0,
+            ),
+            404,
+        ),
     ],
     indirect=["fake_server_url"],
 )
@@ -258,7 +288,17 @@ def test_a_server_that_wants_an_api_key_refuses_the_client_at_once(fake_server_u
 @pytest.mark.parametrize(
     ("fake_server_url", "status"),
     [
-        (({"/v1/models": MODELS_REPLY, "/tokenize": chat_tokens, "/v1/completions": (500, b"Internal Server Error")}, 0), 500),
+        (
+            (
+                {
+                    "/v1/models": MODELS_REPLY,
+                    "/tokenize": chat_tokens,
+                    "/v1/completions": (500, b"Internal Server Error"),
+                },
+                0,
+            ),
+            500,
+        ),
         (({"/v1/models": MODELS_REPLY, "/tokenize": (503, {"error": {"message": "engine is overloaded"}})}, 0), 503),
     ],
     indirect=["fake_server_url"],
@@ -317,7 +357,9 @@ def test_settings_pick_the_backend_from_the_environment(monkeypatch):
 
 def _adapter(folder: Path, rank: int) -> Path:
     folder.mkdir(parents=True)
-    (folder / "adapter_config.json").write_text(json.dumps({"r": rank, "base_model_name_or_path": "SmolLM2-135M-Instruct"}))
+    (folder / "adapter_config.json").write_text(
+        json.dumps({"r": rank, "base_model_name_or_path": "SmolLM2-135M-Instruct"})
+    )
     return folder
 
 
@@ -345,10 +387,14 @@ def test_serve_command_line_has_cpu_defaults(tmp_path):
 
 def test_an_adapter_as_the_model_is_served_beside_its_base_with_a_rank_vllm_takes(tmp_path):
     extractor = _adapter(tmp_path / "extractor", 24)
-    settings = ServeSettings(device="cpu", model=str(extractor), lora_modules={"router": str(_adapter(tmp_path / "router", 8))})
+    settings = ServeSettings(
+        device="cpu", model=str(extractor), lora_modules={"router": str(_adapter(tmp_path / "router", 8))}
+    )
     command = " ".join(vllm_command(settings, "/venv/bin/python", tmp_path / "SmolLM2-135M-Instruct", 8011))
     assert "--served-model-name SmolLM2-135M-Instruct" in command
-    assert f"--max-lora-rank 32 --max-loras 2 --lora-modules router={tmp_path / 'router'} extractor={extractor}" in command
+    assert (
+        f"--max-lora-rank 32 --max-loras 2 --lora-modules router={tmp_path / 'router'} extractor={extractor}" in command
+    )
     with pytest.raises(ServerStartError, match="not an adapter folder"):
         vllm_command(ServeSettings(lora_modules={"router": str(tmp_path / "missing")}), "python", tmp_path, 8011)
     with pytest.raises(ServerStartError, match="above the largest"):

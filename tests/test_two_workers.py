@@ -29,7 +29,6 @@ from typing import Any
 
 import psycopg
 import pytest
-
 from support_worker import create_queue
 
 WORKER = Path(__file__).with_name("support_worker.py")
@@ -270,7 +269,8 @@ def story(url: str, checkpointer: Any, thread_id: str) -> str:
     """What happened on a thread, for a failure's message: its runs and its checkpoints."""
     with psycopg.connect(url) as db:
         runs = db.execute(
-            "SELECT id, kind, status, attempts, attempted_by, result FROM runs WHERE thread_id = %s ORDER BY id", (thread_id,)
+            "SELECT id, kind, status, attempts, attempted_by, result FROM runs WHERE thread_id = %s ORDER BY id",
+            (thread_id,),
         ).fetchall()
     lines = [f"thread {thread_id}:"]
     for run_id, kind, status, attempts, attempted_by, result in runs:
@@ -278,8 +278,10 @@ def story(url: str, checkpointer: Any, thread_id: str) -> str:
         lines.append(f"  run {run_id} {kind} {status} attempts={attempts} by={attempted_by} how={how}")
     for saved in reversed(list(checkpointer.list({"configurable": {"thread_id": thread_id}}))):
         parent = saved.parent_config["configurable"]["checkpoint_id"][-8:] if saved.parent_config else None
-        lines.append(f"  checkpoint {saved.checkpoint['id'][-8:]} parent={parent} step={saved.metadata.get('step')}"
-                     f" {saved.metadata.get('source')} {saved.metadata.get('agentgraph_run')} next={saved.checkpoint.get('updated_channels')}")
+        lines.append(
+            f"  checkpoint {saved.checkpoint['id'][-8:]} parent={parent} step={saved.metadata.get('step')}"
+            f" {saved.metadata.get('source')} {saved.metadata.get('agentgraph_run')} next={saved.checkpoint.get('updated_channels')}"
+        )
     return "\n".join(lines)
 
 
@@ -290,7 +292,11 @@ def check_everything(url: str, data_dir: Path, threads: list[Thread], checkpoint
     with sqlite3.connect(data_dir / "shop.db") as shop:
         writes = Counter(shop.execute("SELECT tool, target FROM writes").fetchall())
         cancelled = {order for (order,) in shop.execute("SELECT id FROM orders WHERE status = 'cancelled'")}
-        refunded = dict(shop.execute("SELECT order_id, SUM(amount) FROM refunds WHERE requested_on = '2026-11-24' GROUP BY order_id"))
+        refunded = dict(
+            shop.execute(
+                "SELECT order_id, SUM(amount) FROM refunds WHERE requested_on = '2026-11-24' GROUP BY order_id"
+            )
+        )
     duplicates = {write: count for write, count in writes.items() if count > 1}
     assert duplicates == {}, f"writes that ran more than once: {duplicates}"
 

@@ -10,8 +10,8 @@ from agentgraph.errors import AgentGraphError
 
 def open_traces(location: str, hint: str) -> Any:
     """The trace store ``--traces`` names: a ``postgresql://`` URL, or a SQLite file that must exist."""
-    from agentgraph.records.traces import open_trace_store
     from agentgraph.postgres import is_postgres_url
+    from agentgraph.records.traces import open_trace_store
 
     if not is_postgres_url(location) and not Path(location).is_file():
         raise AgentGraphError(f"no trace store at {location}; {hint}")

@@ -46,7 +46,6 @@ from typing import Any
 from agentgraph.commands import open_traces
 from agentgraph.errors import AgentGraphError
 
-
 ROLES = ("route", "extract")
 """As :data:`agentgraph.distill.dataset.ROLES`, named here so that building the parser imports no numpy."""
 HELD_OUT_SPLITS = ("dev", "test")
@@ -56,35 +55,61 @@ HELD_OUT_SPLITS = ("dev", "test")
 def register(groups: argparse._SubParsersAction) -> None:
     distill = groups.add_parser("distill", help="distil the LLM's work into a small model: dataset, train, gate")
     commands = distill.add_subparsers(dest="distill_command", required=True, metavar="DISTILL_COMMAND")
-    dataset = commands.add_parser("dataset", help="curate train/dev/test splits for one role from traces and labelled files")
-    dataset.add_argument("--role", choices=ROLES, required=True, help="route: a label per input; extract: a JSON object")
+    dataset = commands.add_parser(
+        "dataset", help="curate train/dev/test splits for one role from traces and labelled files"
+    )
+    dataset.add_argument(
+        "--role", choices=ROLES, required=True, help="route: a label per input; extract: a JSON object"
+    )
     dataset.add_argument("--out", type=Path, required=True, help="folder for train/dev/test.jsonl and manifest.json")
-    dataset.add_argument("--traces", help="a trace store written by LLMCallRecorder: a SQLite file or a postgresql:// URL")
+    dataset.add_argument(
+        "--traces", help="a trace store written by LLMCallRecorder: a SQLite file or a postgresql:// URL"
+    )
     dataset.add_argument("--import", dest="imports", type=Path, action="append", default=[], metavar="FILE",
                          help="a labelled CSV or JSONL file (repeatable)")  # fmt: skip
-    dataset.add_argument("--text-column", help="of imported files (default: the first of text, input, instruction, request)")
-    dataset.add_argument("--label-column", help="of imported files (default: route: label or intent; extract: target or label)")
+    dataset.add_argument(
+        "--text-column", help="of imported files (default: the first of text, input, instruction, request)"
+    )
+    dataset.add_argument(
+        "--label-column", help="of imported files (default: route: label or intent; extract: target or label)"
+    )
     dataset.add_argument("--customer-support", nargs="?", const=True, metavar="CSV",
                          help="add the Bitext customer-support data, its split kept (default file: "
                               "$AGENTGRAPH_CUSTOMER_SUPPORT_CSV, else ../shared/data/bitext-customer-support/train.csv)")  # fmt: skip
     dataset.add_argument("--step-type", dest="step_types", action="append", metavar="TYPE",
                          help="trace step types to learn from (repeatable; default: the role's own)")  # fmt: skip
     dataset.add_argument("--seed", type=int, help="split, cluster and oversampling seed (default: the benchmarks')")
-    dataset.add_argument("--dev-fraction", type=float, default=0.1, help="of examples without a fixed split (default 0.1)")
-    dataset.add_argument("--test-fraction", type=float, default=0.1, help="of examples without a fixed split (default 0.1)")
+    dataset.add_argument(
+        "--dev-fraction", type=float, default=0.1, help="of examples without a fixed split (default 0.1)"
+    )
+    dataset.add_argument(
+        "--test-fraction", type=float, default=0.1, help="of examples without a fixed split (default 0.1)"
+    )
     dataset.add_argument("--dedup-threshold", type=float, help="cosine at which two inputs count as one (default 0.98)")
     dataset.add_argument("--clusters", type=int, help="k-means clusters per step type (default: sqrt(n/2), at most 32)")
-    dataset.add_argument("--class-floor", type=int, help="oversample train classes below this many (default: half the median; 0: off)")
+    dataset.add_argument(
+        "--class-floor", type=int, help="oversample train classes below this many (default: half the median; 0: off)"
+    )
     dataset.add_argument("--label-field", help="the key of a JSON target that holds its class (default: intent)")
     dataset.add_argument("--json", action="store_true", help="print the manifest as JSON")
     dataset.set_defaults(handler=_dataset)
 
     train = commands.add_parser("train", help="fine-tune the SLM for one role on a curated dataset")
-    train.add_argument("--role", choices=ROLES, required=True, help="route: pick a label; extract: fill a pydantic schema")
-    train.add_argument("--schema", help="extract: the pydantic model as module:Class (default: the example's SupportExtraction)")
-    train.add_argument("--data", type=Path, required=True, help="a dataset folder written by `agentgraph distill dataset`")
-    train.add_argument("--out", type=Path, required=True, help="the model folder to write (weights, tokenizer, manifest.json)")
-    train.add_argument("--base", help="a local model folder to start from (default: the packaged SmolLM2-135M-Instruct)")
+    train.add_argument(
+        "--role", choices=ROLES, required=True, help="route: pick a label; extract: fill a pydantic schema"
+    )
+    train.add_argument(
+        "--schema", help="extract: the pydantic model as module:Class (default: the example's SupportExtraction)"
+    )
+    train.add_argument(
+        "--data", type=Path, required=True, help="a dataset folder written by `agentgraph distill dataset`"
+    )
+    train.add_argument(
+        "--out", type=Path, required=True, help="the model folder to write (weights, tokenizer, manifest.json)"
+    )
+    train.add_argument(
+        "--base", help="a local model folder to start from (default: the packaged SmolLM2-135M-Instruct)"
+    )
     train.add_argument("--epochs", type=float, help="passes over the train split (default 2)")
     train.add_argument("--batch-size", type=int, help="examples per step (default 16)")
     train.add_argument("--lr", dest="learning_rate", type=float, help="peak learning rate (default 1e-4)")
@@ -96,7 +121,9 @@ def register(groups: argparse._SubParsersAction) -> None:
                        help="extract: state the JSON schema in the prompt (default off: the model learns it, a prompt 10x shorter)")  # fmt: skip
     train.add_argument("--max-minutes", type=float, help="stop training after this much time and write the model")
     train.add_argument("--checkpoint-every", type=int, help="steps between resumable checkpoints (default 50)")
-    train.add_argument("--eval-every", type=int, help="steps between learning-curve points on dev (default: start and end)")
+    train.add_argument(
+        "--eval-every", type=int, help="steps between learning-curve points on dev (default: start and end)"
+    )
     train.add_argument("--eval-examples", type=int, help="dev examples per learning-curve point (default 108; 0: none)")
     train.add_argument("--seed", type=int, help="training seed (default 0)")
     train.add_argument("--threads", dest="num_threads", type=int, help="torch threads (default: torch's)")
@@ -105,48 +132,78 @@ def register(groups: argparse._SubParsersAction) -> None:
     train.add_argument("--lora", action="store_true",
                        help="train a LoRA adapter (peft) instead of every weight, for larger bases; vLLM serves it with --lora-modules")  # fmt: skip
     train.add_argument("--lora-rank", type=int, help="the adapter's rank (default 16; implies --lora)")
-    train.add_argument("--lora-alpha", type=float, help="the adapter's scaling alpha (default twice the rank; implies --lora)")
+    train.add_argument(
+        "--lora-alpha", type=float, help="the adapter's scaling alpha (default twice the rank; implies --lora)"
+    )
     train.add_argument("--lora-targets", help="comma-separated linear layers that get an adapter "
                        "(default: q,k,v,o,gate,up,down _proj; implies --lora)")  # fmt: skip
-    train.add_argument("--resume", action="store_true", help="continue the unfinished run in --out from its last checkpoint")
+    train.add_argument(
+        "--resume", action="store_true", help="continue the unfinished run in --out from its last checkpoint"
+    )
     train.add_argument("--overwrite", action="store_true", help="delete what --out holds and start over")
     train.add_argument("--json", action="store_true", help="print the manifest as JSON")
     train.set_defaults(handler=_train)
 
-    merge = commands.add_parser("merge", help="merge a LoRA adapter into its base: a whole model folder (faster on vLLM's CPU backend)")
-    merge.add_argument("--model", type=Path, required=True, help="an adapter folder written by `agentgraph distill train --lora`")
+    merge = commands.add_parser(
+        "merge", help="merge a LoRA adapter into its base: a whole model folder (faster on vLLM's CPU backend)"
+    )
+    merge.add_argument(
+        "--model", type=Path, required=True, help="an adapter folder written by `agentgraph distill train --lora`"
+    )
     merge.add_argument("--out", type=Path, required=True, help="the model folder to write")
     merge.add_argument("--overwrite", action="store_true", help="replace the distilled model --out holds")
     merge.set_defaults(handler=_merge)
 
-    gate = commands.add_parser("gate", help="evaluate a distilled model on held-out data against the base model; --promote")
+    gate = commands.add_parser(
+        "gate", help="evaluate a distilled model on held-out data against the base model; --promote"
+    )
     gate.add_argument("--model", type=Path, required=True, help="a model folder written by `agentgraph distill train`")
     gate.add_argument("--data", type=Path, help="the dataset folder (default: the one the model was trained on)")
     # The default is the library's DEFAULT_THRESHOLD (0.92), read when the gate runs: the gate module is slow to import.
     gate.add_argument("--threshold", type=float, help="agreement needed to promote (default 0.92)")
     gate.add_argument("--limit", type=int, help="N test rows, round-robin over classes (default: all)")
     gate.add_argument("--dev-limit", type=int, help="dev rows to fit calibration and gate on (default: all)")
-    gate.add_argument("--base-limit", type=int, help="dev and test rows for the base model (default: as --dev-limit and --limit)")
+    gate.add_argument(
+        "--base-limit", type=int, help="dev and test rows for the base model (default: as --dev-limit and --limit)"
+    )
     gate.add_argument("--no-base", action="store_true", help="skip the base model")
-    gate.add_argument("--target-accuracy", type=float, default=0.995, help="selective accuracy the gate aims for on dev")
+    gate.add_argument(
+        "--target-accuracy", type=float, default=0.995, help="selective accuracy the gate aims for on dev"
+    )
     gate.add_argument("--max-rejection", type=float, default=0.1, help="most of dev the gate may reject (default 0.1)")
     gate.add_argument("--promote", action="store_true", help="record the decision in the manifest; exit 2 when refused")
     gate.add_argument("--json", action="store_true", help="print the report as JSON")
     gate.set_defaults(handler=_gate)
 
-    agree = commands.add_parser("agree", help="check that a vLLM server serving a distilled model answers as the embedded backend")
+    agree = commands.add_parser(
+        "agree", help="check that a vLLM server serving a distilled model answers as the embedded backend"
+    )
     agree.add_argument("--model", type=Path, required=True, help="a model folder written by `agentgraph distill train`")
-    agree.add_argument("--slm-url", required=True, help="the vLLM server serving it (`agentgraph slm serve --model MODEL`)")
-    agree.add_argument("--served-model", help="the model name on the server (default: an adapter's folder name, else the only model it serves)")
+    agree.add_argument(
+        "--slm-url", required=True, help="the vLLM server serving it (`agentgraph slm serve --model MODEL`)"
+    )
+    agree.add_argument(
+        "--served-model",
+        help="the model name on the server (default: an adapter's folder name, else the only model it serves)",
+    )
     agree.add_argument("--data", type=Path, help="the dataset folder (default: the one the model was trained on)")
-    agree.add_argument("--limit", type=int, default=200, help="test rows, round-robin over classes (default 200; 0: all)")
+    agree.add_argument(
+        "--limit", type=int, default=200, help="test rows, round-robin over classes (default 200; 0: all)"
+    )
     agree.add_argument("--json", action="store_true", help="print the report as JSON")
     agree.set_defaults(handler=_agree)
 
-    drift = commands.add_parser("drift", help="compare recent routing with the training set; exit 3 when a retrain is due")
-    drift.add_argument("--traces", required=True,
-                       help="the trace store the router logs its decisions to: a SQLite file or a postgresql:// URL")
-    drift.add_argument("--data", type=Path, required=True, help="the router's dataset (`agentgraph distill dataset --role route`)")
+    drift = commands.add_parser(
+        "drift", help="compare recent routing with the training set; exit 3 when a retrain is due"
+    )
+    drift.add_argument(
+        "--traces",
+        required=True,
+        help="the trace store the router logs its decisions to: a SQLite file or a postgresql:// URL",
+    )
+    drift.add_argument(
+        "--data", type=Path, required=True, help="the router's dataset (`agentgraph distill dataset --role route`)"
+    )
     drift.add_argument("--node", default="router", help="the router node's name in the decisions (default router)")
     drift.add_argument("--window", type=int, default=200, help="the last N route decisions (default 200)")
     drift.add_argument("--hours", type=float, help="only decisions of the last H hours")
@@ -154,7 +211,9 @@ def register(groups: argparse._SubParsersAction) -> None:
                        help="the reference's held-out split: one the router never trained or calibrated on (default test)")  # fmt: skip
     drift.add_argument("--classifier", type=Path, help="the classifier folder that routes the held-out split for the baseline "
                        "(default: the example graph's, built on first use)")  # fmt: skip
-    drift.add_argument("--rebuild-reference", action="store_true", help="rebuild the cached reference (the router changed)")
+    drift.add_argument(
+        "--rebuild-reference", action="store_true", help="rebuild the cached reference (the router changed)"
+    )
     drift.add_argument("--json", action="store_true", help="print the report as JSON")
     drift.set_defaults(handler=_drift)
 
@@ -170,9 +229,15 @@ def _dataset(args: argparse.Namespace) -> int:
         "seed": args.seed, "dedup_threshold": args.dedup_threshold, "clusters": args.clusters,
         "class_floor": args.class_floor, "label_field": args.label_field, "step_types": args.step_types,
     }  # fmt: skip
-    fractions = {"train": 1 - args.dev_fraction - args.test_fraction, "dev": args.dev_fraction, "test": args.test_fraction}
+    fractions = {
+        "train": 1 - args.dev_fraction - args.test_fraction,
+        "dev": args.dev_fraction,
+        "test": args.test_fraction,
+    }
     try:
-        config = DatasetConfig(role=args.role, fractions=fractions, **{k: v for k, v in options.items() if v is not None})
+        config = DatasetConfig(
+            role=args.role, fractions=fractions, **{k: v for k, v in options.items() if v is not None}
+        )
     except ValidationError as exc:
         raise AgentGraphError(f"invalid options: {exc.errors()[0]['msg']}") from exc
 
@@ -180,7 +245,9 @@ def _dataset(args: argparse.Namespace) -> int:
     if args.traces:
         store = open_traces(args.traces, "record calls with LLMCallRecorder first")
         try:
-            sources.append(trace_examples(store, role=config.role, step_types=config.step_types, label_field=config.label_field))
+            sources.append(
+                trace_examples(store, role=config.role, step_types=config.step_types, label_field=config.label_field)
+            )
         finally:
             store.close()
     for path in args.imports:
@@ -209,7 +276,9 @@ def summary_lines(manifest: dict[str, Any], *, out: Path) -> list[str]:
     steps, splits = manifest["steps"], manifest["splits"]
     lines = [f"role        {manifest['role']} (step types: {', '.join(manifest['config']['step_types'])})"]
     for name, counts in manifest["sources"].items():
-        figures = ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in counts.items() if isinstance(value, int))
+        figures = ", ".join(
+            f"{key.replace('_', ' ')} {value}" for key, value in counts.items() if isinstance(value, int)
+        )
         lines.append(f"source      {name}: {figures}")
     pii = steps["pii"]
     kinds = ", ".join(f"{kind} {count}" for kind, count in pii["matches"].items())
@@ -256,7 +325,12 @@ def _train(args: argparse.Namespace) -> int:
         raise AgentGraphError(f"invalid options: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}") from exc
     if args.role == "route":
         result = train_router_slm(
-            args.data, output_dir=args.out, base=args.base, settings=settings, resume=args.resume, overwrite=args.overwrite,
+            args.data,
+            output_dir=args.out,
+            base=args.base,
+            settings=settings,
+            resume=args.resume,
+            overwrite=args.overwrite,
             descriptions=CUSTOMER_SUPPORT_INTENTS,
         )
     else:
@@ -272,7 +346,9 @@ def _train(args: argparse.Namespace) -> int:
     for point in manifest["learning_curve"]:
         accuracy = "-" if point["dev_accuracy"] is None else f"{point['dev_accuracy']:.3f}"
         loss = "-" if point["loss"] is None else f"{point['loss']:.4f}"
-        print(f"step {point['step']:>5}  examples {point['examples']:>6}  {point['train_seconds']:>7.0f} s  loss {loss:>7}  dev accuracy {accuracy}")
+        print(
+            f"step {point['step']:>5}  examples {point['examples']:>6}  {point['train_seconds']:>7.0f} s  loss {loss:>7}  dev accuracy {accuracy}"
+        )
     stopped = " (stopped at the time limit)" if manifest["stopped_early"] else ""
     print(f"trained     {manifest['steps']}/{manifest['total_steps']} steps in {manifest['training_seconds'] / 60:.1f} min "
           f"({manifest['cpu_seconds'] / 60:.1f} CPU min){stopped}")  # fmt: skip
@@ -288,7 +364,9 @@ def _merge(args: argparse.Namespace) -> int:
     from agentgraph.distill.train import merge_adapter
 
     output = merge_adapter(args.model, args.out, overwrite=args.overwrite)
-    print(f"wrote       {output} (a whole model: load it with TransformersSLM, serve it with `agentgraph slm serve --model`)")
+    print(
+        f"wrote       {output} (a whole model: load it with TransformersSLM, serve it with `agentgraph slm serve --model`)"
+    )
     return 0
 
 
@@ -326,7 +404,7 @@ def _gate(args: argparse.Namespace) -> int:
 
 def _agree(args: argparse.Namespace) -> int:
     from agentgraph.distill.agreement import backend_agreement
-    from agentgraph.slm import TransformersSLM, VLLMSLM
+    from agentgraph.slm import VLLMSLM, TransformersSLM
     from agentgraph.slm.models import is_adapter_folder
 
     # `slm serve --model ADAPTER` serves an adapter under its folder name, beside its base.
@@ -339,12 +417,17 @@ def _agree(args: argparse.Namespace) -> int:
     print(f"rows        {report.rows} held-out {report.role} requests")
     print(f"agreement   {100 * report.same_answer:.2f}% same answers (embedded vs vLLM)")
     if report.probability_gap_max is not None:
-        print(f"confidence  |p_embedded - p_vllm| of the label: mean {report.probability_gap_mean:.4f}, max {report.probability_gap_max:.4f}")
+        print(
+            f"confidence  |p_embedded - p_vllm| of the label: mean {report.probability_gap_mean:.4f}, max {report.probability_gap_max:.4f}"
+        )
     for name, accuracy in report.accuracy.items():
         if report.role == "extract":
             print(f"{name:<11} entity exact match {100 * accuracy:.2f}% against the targets")
             continue
-        curve = ", ".join(f"{100 * acc:.2f}% at {100 * float(c):.0f}%" for c, acc in report.selective_accuracy_at_coverage[name].items())
+        curve = ", ".join(
+            f"{100 * acc:.2f}% at {100 * float(c):.0f}%"
+            for c, acc in report.selective_accuracy_at_coverage[name].items()
+        )
         print(f"{name:<11} accuracy {100 * accuracy:.2f}% against the labels; most confident: {curve}")
     print("latency     p50 " + ", ".join(f"{name} {ms:.0f} ms" for name, ms in report.latency_ms_p50.items()))
     for row in report.disagreements:
@@ -358,7 +441,9 @@ def gate_lines(report: Any) -> list[str]:
     def pct(value: float | None) -> str:
         return "-" if value is None else f"{100 * value:.2f}%"
 
-    lines = [f"data        {report.data_dir} (dev {report.dev_rows}, test {report.test_rows}; sha256 {report.dataset_sha256[:16]})"]
+    lines = [
+        f"data        {report.data_dir} (dev {report.dev_rows}, test {report.test_rows}; sha256 {report.dataset_sha256[:16]})"
+    ]
     for name, side in (("student", report.student), ("base", report.base)):
         if side is None:
             continue
@@ -377,7 +462,9 @@ def extraction_gate_lines(report: Any) -> list[str]:
     for name, e in (("student", report.student), ("base", report.base)):
         if e is None:
             continue
-        with_entity = "-" if e.entity_exact_match_with_entity is None else f"{100 * e.entity_exact_match_with_entity:.2f}%"
+        with_entity = (
+            "-" if e.entity_exact_match_with_entity is None else f"{100 * e.entity_exact_match_with_entity:.2f}%"
+        )
         lines.append(
             f"{name:<11} schema-valid {100 * e.schema_valid:.2f}%, entity exact match {100 * e.entity_exact_match:.2f}% "
             f"({with_entity} of rows with an entity), exact match {100 * e.exact_match:.2f}%, intent "

@@ -36,7 +36,9 @@ def register(groups: argparse._SubParsersAction) -> None:
     router.set_defaults(handler=_eval_router)
 
 
-def read_labelled(path: Path, *, text_column: str | None = None, label_column: str | None = None) -> list[tuple[str, str]]:
+def read_labelled(
+    path: Path, *, text_column: str | None = None, label_column: str | None = None
+) -> list[tuple[str, str]]:
     """``(text, label)`` rows of a CSV or JSONL file (JSONL when the name ends in ``.jsonl``)."""
     records = read_records(path)
     if not records:
@@ -60,7 +62,9 @@ def _eval_router(args: argparse.Namespace) -> int:
     classifier = IntentClassifier.load(args.router or support_router_path())
     unknown = sorted({label for _, label in rows} - set(classifier.labels) - {OUT_OF_SCOPE})
     if unknown:
-        raise DatasetError(f"labels {unknown} are unknown to the router; use {OUT_OF_SCOPE} for requests that should escalate")
+        raise DatasetError(
+            f"labels {unknown} are unknown to the router; use {OUT_OF_SCOPE} for requests that should escalate"
+        )
     result = evaluate_router(support_router(classifier), rows)
     if args.json:
         print(result.model_dump_json())
@@ -74,7 +78,9 @@ def _eval_router(args: argparse.Namespace) -> int:
     print(f"coverage at gate    {percent(result.coverage)}")
     print(f"selective accuracy  {percent(result.selective_accuracy)}")
     print(f"OOS escalation rate {percent(result.oos_escalation_rate)} (escalated or clarified)")
-    print(f"clarified           {percent(result.clarification_rate)} in scope, {percent(result.oos_clarification_rate)} out of scope")
+    print(
+        f"clarified           {percent(result.clarification_rate)} in scope, {percent(result.oos_clarification_rate)} out of scope"
+    )
     print(f"escalations         {', '.join(f'{k}: {v}' for k, v in sorted(result.escalations.items())) or 'none'}")
     print(f"questions asked     {', '.join(f'{k}: {v}' for k, v in sorted(result.clarifications.items())) or 'none'}")
     print(f"latency             p50 {result.latency_ms_p50:.2f} ms, p95 {result.latency_ms_p95:.2f} ms")

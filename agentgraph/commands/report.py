@@ -23,7 +23,9 @@ BUCKETS = ("hour", "day", "week")
 
 
 def register(groups: argparse._SubParsersAction) -> None:
-    report = groups.add_parser("report", help="route volumes, LLM share, shadow agreement and drift over time: table and PNG")
+    report = groups.add_parser(
+        "report", help="route volumes, LLM share, shadow agreement and drift over time: table and PNG"
+    )
     report.add_argument("--traces", required=True,
                         help="a trace store: a SQLite file (the graph's decisions.db) or a postgresql:// URL")  # fmt: skip
     report.add_argument("--out", type=Path, required=True, help="the PNG to write")

@@ -59,24 +59,43 @@ def register(groups: argparse._SubParsersAction) -> None:
     run.add_argument("--interactive", action="store_true", help="a chat loop on one thread")
     run.add_argument("--thread", help="thread id: continue or resume this thread (default: a new one)")
     run.add_argument("--customer", help="the customer id the request comes from (default: the demo customer C1001)")
-    run.add_argument("--resume", help='answer a pending approval: JSON such as \'{"decisions": [{"type": "approve"}]}\'')
+    run.add_argument(
+        "--resume", help='answer a pending approval: JSON such as \'{"decisions": [{"type": "approve"}]}\''
+    )
     run.add_argument("--slm-url", help="a vLLM server's base URL instead of the embedded SLM (env AGENTGRAPH_SLM_URL)")
     run.add_argument("--slm-model", help="embedded: a model folder; vLLM: the served model name")
-    run.add_argument("--data-dir", type=Path, help="store, logs and threads (default: ~/.cache/agentgraph/customer-support)")
-    run.add_argument("--database-url", metavar="URL",
-                     help="a PostgreSQL database (postgresql://...) for threads, approvals, idempotency keys and the "
-                     f"trace store, shared by several workers (env {DATABASE_URL_ENV}; needs AGENTGRAPH_CHECKPOINT_KEY)")
+    run.add_argument(
+        "--data-dir", type=Path, help="store, logs and threads (default: ~/.cache/agentgraph/customer-support)"
+    )
+    run.add_argument(
+        "--database-url",
+        metavar="URL",
+        help="a PostgreSQL database (postgresql://...) for threads, approvals, idempotency keys and the "
+        f"trace store, shared by several workers (env {DATABASE_URL_ENV}; needs AGENTGRAPH_CHECKPOINT_KEY)",
+    )
     run.add_argument("--json", action="store_true", help="print each turn as one JSON object")
-    run.add_argument("--reviewer", metavar="NAME",
-                     help="who answers approvals asked in the terminal, recorded as the approver (default: your login name)")
+    run.add_argument(
+        "--reviewer",
+        metavar="NAME",
+        help="who answers approvals asked in the terminal, recorded as the approver (default: your login name)",
+    )
     run.add_argument("--wait", type=float, metavar="SECONDS",
                      help="how long a turn waits for another turn on its thread (in any process on --data-dir, "
                      "or any worker on --database-url) to finish (default 120)")  # fmt: skip
     run.add_argument("--trace", action="store_true", help="trace to Langfuse (needs LANGFUSE_* credentials)")
-    run.add_argument("--mode", action="append", default=[], metavar="NODE=MODE",
-                     help="run router or extract as teacher, auto or student (repeatable; env AGENTGRAPH_MODES)")
-    run.add_argument("--shadow-rate", type=float, metavar="RATE",
-                     help="share of small-model answers the LLM checks too (env AGENTGRAPH_SHADOW_RATE; default 0)")
+    run.add_argument(
+        "--mode",
+        action="append",
+        default=[],
+        metavar="NODE=MODE",
+        help="run router or extract as teacher, auto or student (repeatable; env AGENTGRAPH_MODES)",
+    )
+    run.add_argument(
+        "--shadow-rate",
+        type=float,
+        metavar="RATE",
+        help="share of small-model answers the LLM checks too (env AGENTGRAPH_SHADOW_RATE; default 0)",
+    )
     run.set_defaults(handler=_run)
 
 
@@ -98,11 +117,15 @@ def _checked_arguments(args: argparse.Namespace) -> dict[str, Any] | None:
     if args.interactive == bool(args.message or args.resume):
         raise AgentGraphError("give a MESSAGE, --resume with --thread, or --interactive")
     if args.message and args.resume:
-        raise AgentGraphError("give a MESSAGE or --resume, not both: --resume answers a pending approval and sends no message")
+        raise AgentGraphError(
+            "give a MESSAGE or --resume, not both: --resume answers a pending approval and sends no message"
+        )
     if args.resume and not args.thread:
         raise AgentGraphError("--resume answers the approval pending on a thread: give its --thread ID")
     if args.wait is not None and args.wait < 0:
-        raise AgentGraphError(f"--wait is how many seconds to wait for a busy thread: give 0 or more, not {args.wait:g}")
+        raise AgentGraphError(
+            f"--wait is how many seconds to wait for a busy thread: give 0 or more, not {args.wait:g}"
+        )
     for what, text in (("MESSAGE", args.message), ("--thread", args.thread), ("--customer", args.customer),
                        ("--resume", args.resume)):  # fmt: skip
         if text is not None:
@@ -127,7 +150,9 @@ def _parse_resume(text: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise AgentGraphError(f"--resume must be JSON like '{{\"decisions\": [{{\"type\": \"approve\"}}]}}': {exc}") from exc
+        raise AgentGraphError(
+            f'--resume must be JSON like \'{{"decisions": [{{"type": "approve"}}]}}\': {exc}'
+        ) from exc
     if not isinstance(value, dict) or "decisions" not in value:
         raise AgentGraphError('--resume must be a JSON object with "decisions": one per pending action')
     return value

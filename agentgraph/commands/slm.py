@@ -13,7 +13,9 @@ def register(groups: argparse._SubParsersAction) -> None:
     commands = slm.add_subparsers(dest="slm_command", required=True, metavar="SLM_COMMAND")
 
     prepare = commands.add_parser("prepare", help="build the safetensors model folder and print its path")
-    prepare.add_argument("--model", default=os.environ.get("AGENTGRAPH_SLM_MODEL"), help="model folder (default: packaged SmolLM2)")
+    prepare.add_argument(
+        "--model", default=os.environ.get("AGENTGRAPH_SLM_MODEL"), help="model folder (default: packaged SmolLM2)"
+    )
     prepare.set_defaults(handler=_prepare)
 
     choose = commands.add_parser("choose", help="ask the SLM to pick one label for a text; prints the distribution")
@@ -30,15 +32,32 @@ def register(groups: argparse._SubParsersAction) -> None:
     install.set_defaults(handler=_install)
 
     serve = commands.add_parser("serve", help="start a local vLLM server, wait until healthy, print its base URL")
-    serve.add_argument("--model", default=os.environ.get("AGENTGRAPH_SLM_MODEL"), help="model folder (default: packaged SmolLM2; env AGENTGRAPH_SLM_MODEL)")
+    serve.add_argument(
+        "--model",
+        default=os.environ.get("AGENTGRAPH_SLM_MODEL"),
+        help="model folder (default: packaged SmolLM2; env AGENTGRAPH_SLM_MODEL)",
+    )
     serve.add_argument("--served-model-name", help="name clients pass (default: the folder name)")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=int(os.environ.get("AGENTGRAPH_SLM_PORT", "8000")), help="0 = any free port (env AGENTGRAPH_SLM_PORT)")
-    serve.add_argument("--python", default=None, help="interpreter with vLLM (env AGENTGRAPH_VLLM_PYTHON; default: this one or the install-vllm venv)")
+    serve.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("AGENTGRAPH_SLM_PORT", "8000")),
+        help="0 = any free port (env AGENTGRAPH_SLM_PORT)",
+    )
+    serve.add_argument(
+        "--python",
+        default=None,
+        help="interpreter with vLLM (env AGENTGRAPH_VLLM_PYTHON; default: this one or the install-vllm venv)",
+    )
     serve.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     serve.add_argument("--max-model-len", type=int, default=4096)
-    serve.add_argument("--memory-fraction", type=float, help="--gpu-memory-utilization (on CPU: share of RAM for the KV cache)")
-    serve.add_argument("--lora", action="append", default=[], metavar="NAME=PATH", help="serve a LoRA adapter (repeatable)")
+    serve.add_argument(
+        "--memory-fraction", type=float, help="--gpu-memory-utilization (on CPU: share of RAM for the KV cache)"
+    )
+    serve.add_argument(
+        "--lora", action="append", default=[], metavar="NAME=PATH", help="serve a LoRA adapter (repeatable)"
+    )
     serve.add_argument("--startup-timeout", type=float, default=600.0, help="seconds to wait for /health")
     serve.add_argument("extra", nargs=argparse.REMAINDER, help="after --, more arguments for vLLM's api_server")
     serve.set_defaults(handler=_serve)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -39,7 +40,9 @@ class BackendAgreement(BaseModel):
     backends: tuple[str, str]
     rows: int
     same_answer: float = Field(description="share of requests with the same label (route) or the same object (extract)")
-    probability_gap_max: float | None = Field(default=None, description="route: largest |p_a - p_b| of the first backend's label")
+    probability_gap_max: float | None = Field(
+        default=None, description="route: largest |p_a - p_b| of the first backend's label"
+    )
     probability_gap_mean: float | None = None
     disagreements: list[dict[str, Any]] = Field(description="the requests answered differently (up to 20)")
     accuracy: dict[str, float] = Field(
@@ -103,8 +106,8 @@ def _route_agreement(
     for text, label in rows:
         routed, _ = cut.fit_to_budgets(text)
         answers = []
-        for name, strategy in zip(names, strategies):
-            result, ms = _timed(lambda s=strategy: s.choose(routed))
+        for name, strategy in zip(names, strategies, strict=False):
+            result, ms = _timed(partial(strategy.choose, routed))
             latencies[name].append(ms)
             correct[name].append(strategy.intents[result.label] == label)
             confidence[name].append(result.probabilities[result.label])
@@ -142,8 +145,8 @@ def _extract_agreement(
     for text, target in rows:
         expected = schema.model_validate(target).model_dump()
         answers = []
-        for name, node in zip(names, nodes):
-            result, ms = _timed(lambda n=node: extracted(n, text))
+        for name, node in zip(names, nodes, strict=False):
+            result, ms = _timed(partial(extracted, node, text))
             latencies[name].append(ms)
             correct[name].append(same_entities(result, expected, fields))
             answers.append(result)

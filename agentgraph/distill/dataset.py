@@ -73,10 +73,10 @@ from pydantic import BaseModel, Field, model_validator
 
 from agentgraph.classifier import canonical_text, file_sha256
 from agentgraph.datasets import read_records
-from agentgraph.records.traces import LLMCall, SQLiteTraceStore
 from agentgraph.errors import DatasetError
 from agentgraph.idempotency import canonical_json
 from agentgraph.pii import PIIMatch, redact_pii
+from agentgraph.records.traces import LLMCall, SQLiteTraceStore
 from agentgraph.text import clean_text
 
 FORMAT_VERSION = 1
@@ -126,7 +126,9 @@ class DatasetConfig(BaseModel):
     fractions: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_FRACTIONS))
     dedup_threshold: float = Field(default=0.98, gt=0, le=1, description="cosine at which inputs are near-identical")
     clusters: int | None = Field(default=None, ge=1, description="k-means clusters per step type (default: automatic)")
-    class_floor: int | None = Field(default=None, ge=0, description="train examples per class (default: half the median; 0: off)")
+    class_floor: int | None = Field(
+        default=None, ge=0, description="train examples per class (default: half the median; 0: off)"
+    )
     label_field: str = Field(default="intent", description="the key of a JSON target that holds its class")
 
     @model_validator(mode="after")
@@ -307,7 +309,9 @@ def _file_target(value: Any, *, role: Role, where: str) -> Any:
     return value
 
 
-def build_dataset(sources: Sequence[Source], config: DatasetConfig, *, encoder: TextEncoder | None = None) -> CuratedDataset:
+def build_dataset(
+    sources: Sequence[Source], config: DatasetConfig, *, encoder: TextEncoder | None = None
+) -> CuratedDataset:
     """Scrub, de-duplicate, cluster, split and balance the examples of ``sources`` (see the module docs).
 
     ``encoder`` defaults to :class:`~agentgraph.classifier.SentenceEncoder` (int8 MiniLM).
@@ -487,7 +491,9 @@ def _balance(train: list[Example], config: DatasetConfig) -> tuple[list[Example]
     floors: dict[str, int] = {}
     for step_type in sorted({step for step, _ in by_class}):
         sizes = [len(group) for (step, _), group in by_class.items() if step == step_type]
-        floors[step_type] = config.class_floor if config.class_floor is not None else math.ceil(float(np.median(sizes)) / 2)
+        floors[step_type] = (
+            config.class_floor if config.class_floor is not None else math.ceil(float(np.median(sizes)) / 2)
+        )
     rng = random.Random(config.seed)
     copies: list[Example] = []
     added: dict[str, dict[str, int]] = defaultdict(dict)

@@ -64,8 +64,8 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from agentgraph.classifier import canonical_text
-from agentgraph.records.decisions import Decision, DecisionLog
 from agentgraph.errors import AgentGraphError
+from agentgraph.records.decisions import Decision, DecisionLog
 from agentgraph.slm.models import cache_dir
 
 if TYPE_CHECKING:
@@ -174,7 +174,9 @@ def population_stability_index(
 ) -> float:
     """PSI of ``values`` against ``baseline`` over the bins ``edges`` (the last bin includes its upper edge)."""
     bins = np.asarray(edges, dtype=float)
-    counts = [np.histogram(np.clip(np.fromiter(side, float), bins[0], bins[-1]), bins)[0] for side in (values, baseline)]
+    counts = [
+        np.histogram(np.clip(np.fromiter(side, float), bins[0], bins[-1]), bins)[0] for side in (values, baseline)
+    ]
     window, reference = ((count / count.sum() + PSI_SMOOTHING) / (1 + PSI_SMOOTHING * len(count)) for count in counts)
     return float(((window - reference) * np.log(window / reference)).sum())
 
@@ -195,7 +197,11 @@ class DriftReference:
     """The training set as drift is measured against it: embeddings, held-out novelty scores, the router's baseline."""
 
     def __init__(
-        self, info: ReferenceInfo, train_embeddings: np.ndarray, heldout_scores: np.ndarray, baseline_confidences: np.ndarray
+        self,
+        info: ReferenceInfo,
+        train_embeddings: np.ndarray,
+        heldout_scores: np.ndarray,
+        baseline_confidences: np.ndarray,
     ) -> None:
         self.info = info
         self.train_embeddings = train_embeddings
@@ -224,7 +230,9 @@ class DriftReference:
             )
         info = ReferenceInfo.model_validate_json((folder / _INFO).read_text(encoding="utf-8"))
         if info.format_version != FORMAT_VERSION:
-            raise DriftError(f"{folder} is a format {info.format_version} drift reference; rebuild it (--rebuild-reference)")
+            raise DriftError(
+                f"{folder} is a format {info.format_version} drift reference; rebuild it (--rebuild-reference)"
+            )
         with np.load(folder / _ARRAYS, allow_pickle=False) as arrays:
             return cls(info, arrays["train_embeddings"], arrays["heldout_scores"], arrays["baseline_confidences"])
 

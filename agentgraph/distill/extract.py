@@ -136,7 +136,9 @@ def load_extract_rows(folder: str | os.PathLike[str]) -> tuple[dict[str, Any], d
         )
     manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
     if manifest.get("role") != "extract":
-        raise DistillError(f"{folder} is a {manifest.get('role')!r} dataset; extraction needs one built with --role extract")
+        raise DistillError(
+            f"{folder} is a {manifest.get('role')!r} dataset; extraction needs one built with --role extract"
+        )
     splits = {}
     for split in ("train", "dev", "test"):
         path = folder / f"{split}.jsonl"
@@ -190,7 +192,9 @@ def train_extractor_slm(
     base_folder = prepare_model_folder(base)
     tokenizer = AutoTokenizer.from_pretrained(base_folder)
     prompt = load_prompt("schema_enforcer")
-    encoder = ExtractPromptEncoder(tokenizer, schema, describe_schema=settings.describe_schema, prompt_version=prompt.version)
+    encoder = ExtractPromptEncoder(
+        tokenizer, schema, describe_schema=settings.describe_schema, prompt_version=prompt.version
+    )
     try:
         train = [encoder.encode(text, target) for text, target in splits["train"]]
     except ValueError as exc:
@@ -221,7 +225,9 @@ def load_schema_enforcer(model_dir: str | os.PathLike[str], slm: SLM | None = No
     manifest, slm = load_artifact(model_dir, "extract", slm)
     trained = manifest.get("schema_enforcer")
     if trained is None:
-        raise DistillError(f"{model_dir} predates schema-enforcer prompts in the manifest; retrain it with `agentgraph distill train`")
+        raise DistillError(
+            f"{model_dir} predates schema-enforcer prompts in the manifest; retrain it with `agentgraph distill train`"
+        )
     return create_schema_enforcer(
         slm, import_schema(manifest["schema"]), prompt_version=trained["prompt_version"],
         describe_schema=trained["describe_schema"], **node_options,
@@ -314,11 +320,15 @@ def gate_extractor(
     student = evaluate_extractor(load_schema_enforcer(model_dir, mode="student"), schema, test)
     base_eval = None
     if base is not False:
-        base_node = create_schema_enforcer(TransformersSLM(manifest["base_model"] if base is True else base), schema, mode="student")
+        base_node = create_schema_enforcer(
+            TransformersSLM(manifest["base_model"] if base is True else base), schema, mode="student"
+        )
         base_test = test if base_limit is None else stratified_rows(test, base_limit, label=extraction_stratum)
         base_eval = evaluate_extractor(base_node, schema, base_test)
     matches = data_manifest["sha256"] == manifest["dataset"]["sha256"]
-    decision, reason = promotion_decision(agreement=student.entity_exact_match, threshold=threshold, dataset_matches=matches)
+    decision, reason = promotion_decision(
+        agreement=student.entity_exact_match, threshold=threshold, dataset_matches=matches
+    )
     return ExtractionGateReport(
         model_dir=str(model_dir), data_dir=str(folder), dataset_sha256=data_manifest["sha256"], dataset_matches=matches,
         test_rows=len(test), student=student, base=base_eval, agreement=student.entity_exact_match, threshold=threshold,

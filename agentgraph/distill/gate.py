@@ -123,7 +123,9 @@ class GateVerdict(BaseModel):
     model_dir: str
     data_dir: str
     dataset_sha256: str
-    dataset_matches: bool = Field(description="the data is the data the artifact was trained on (its test split is held out)")
+    dataset_matches: bool = Field(
+        description="the data is the data the artifact was trained on (its test split is held out)"
+    )
     test_rows: int
     agreement: float = Field(description="the student's answer equals the label (teacher), on test")
     threshold: float
@@ -145,10 +147,15 @@ class GateReport(GateVerdict):
     base: GateSide | None
 
     def promotion_figures(self) -> dict[str, Any]:
-        return {"coverage": self.student.evaluation.coverage, "selective_accuracy": self.student.evaluation.selective_accuracy}
+        return {
+            "coverage": self.student.evaluation.coverage,
+            "selective_accuracy": self.student.evaluation.selective_accuracy,
+        }
 
 
-def promotion_decision(*, agreement: float, threshold: float, dataset_matches: bool) -> tuple[Literal["accepted", "refused"], str]:
+def promotion_decision(
+    *, agreement: float, threshold: float, dataset_matches: bool
+) -> tuple[Literal["accepted", "refused"], str]:
     """``("accepted" | "refused", why)`` for an artifact with ``agreement`` on held-out data."""
     if not dataset_matches:
         return "refused", "gated on other data than the artifact was trained on: its test split may not be held out"
@@ -159,7 +166,9 @@ def promotion_decision(*, agreement: float, threshold: float, dataset_matches: b
 
 def _fit_and_evaluate(strategy: SLMStrategy, dev: Sequence[tuple[str, str]], test: Sequence[tuple[str, str]],
                       *, target_accuracy: float, max_rejection: float) -> GateSide:  # fmt: skip
-    strategy.fit([t for t, _ in dev], [label for _, label in dev], target_accuracy=target_accuracy, max_rejection=max_rejection)
+    strategy.fit(
+        [t for t, _ in dev], [label for _, label in dev], target_accuracy=target_accuracy, max_rejection=max_rejection
+    )
     evaluation = evaluate_router(Router([strategy]), test)
     return GateSide(model=strategy.slm.model_name, gate_threshold=strategy.threshold, evaluation=evaluation)
 

@@ -53,13 +53,17 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, computed_field
 
-from agentgraph.records.decisions import Decision
 from agentgraph.distill.drift import RETRAIN, DriftReport
-from agentgraph.records.traces import LLMCall, SQLiteTraceStore
 from agentgraph.errors import AgentGraphError
+from agentgraph.records.decisions import Decision
+from agentgraph.records.traces import LLMCall, SQLiteTraceStore
 from agentgraph.shadow import SHADOW_KEY, Bucket, bucket_start, shadow_agreement
 
-BUCKET_LENGTHS: dict[str, timedelta] = {"hour": timedelta(hours=1), "day": timedelta(days=1), "week": timedelta(weeks=1)}
+BUCKET_LENGTHS: dict[str, timedelta] = {
+    "hour": timedelta(hours=1),
+    "day": timedelta(days=1),
+    "week": timedelta(weeks=1),
+}
 
 
 class ReportError(AgentGraphError):
@@ -158,7 +162,9 @@ def build_report(store: SQLiteTraceStore, *, bucket: Bucket = "day") -> TraceRep
         retrain = check.outcome == RETRAIN or (row.drift is not None and row.drift.retrain)
         row.drift = DriftPoint(**metrics.model_dump(include=set(DriftPoint.model_fields)), retrain=retrain)
     routes = sorted({route for row in buckets.values() for route in row.routes})
-    return TraceReport(store=store.path, bucket=bucket, routes=routes, buckets=[buckets[start] for start in sorted(buckets)])
+    return TraceReport(
+        store=store.path, bucket=bucket, routes=routes, buckets=[buckets[start] for start in sorted(buckets)]
+    )
 
 
 def _percent(value: float | None) -> str:
@@ -188,7 +194,7 @@ def report_table(report: TraceReport) -> str:
         ])  # fmt: skip
     widths = [max(len(cells[i]) for cells in rows) for i in range(len(header))]
     # The bucket column reads left to right; the figures line up on their last digit.
-    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(cells, widths)))
+    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(cells, widths, strict=False)))
              for cells in rows]  # fmt: skip
     return "\n".join(line.rstrip() for line in lines)
 
@@ -218,13 +224,15 @@ def plot_report(report: TraceReport, path: str | Path) -> Path:
     def drift_series(value: Callable[[DriftPoint], float | None]) -> list[float]:
         return series(None if point is None else value(point) for point in drifts)
 
-    figure, (volumes, share, agreement, drift) = plt.subplots(4, 1, sharex=True, figsize=(10, 11), constrained_layout=True)
+    figure, (volumes, share, agreement, drift) = plt.subplots(
+        4, 1, sharex=True, figsize=(10, 11), constrained_layout=True
+    )
     bottom = [0] * len(rows)
     for route in report.routes:
         counts = [row.routes.get(route, 0) for row in rows]
         # matplotlib's date unit is the day
         volumes.bar(starts, counts, width=0.8 * length / timedelta(days=1), bottom=bottom, align="edge", label=route)
-        bottom = [b + c for b, c in zip(bottom, counts)]
+        bottom = [b + c for b, c in zip(bottom, counts, strict=False)]
     volumes.set(ylabel="requests", title=f"route volumes per {report.bucket}")
     if report.routes:
         volumes.legend(loc="upper left", fontsize="small", ncols=min(4, len(report.routes)))
@@ -236,11 +244,15 @@ def plot_report(report: TraceReport, path: str | Path) -> Path:
 
     drift.plot(middles, drift_series(lambda d: d.out_of_scope_rate), marker="o", label="out-of-scope rate")
     drift.plot(middles, drift_series(lambda d: d.novel_input_share), marker="s", label="novel-input share")
-    drift.set(ylabel="share of the window", ylim=(-0.02, 1.02), title="drift: latest check per bucket (red: retrain signalled)")
+    drift.set(
+        ylabel="share of the window",
+        ylim=(-0.02, 1.02),
+        title="drift: latest check per bucket (red: retrain signalled)",
+    )
     psi = drift.twinx()
     psi.plot(middles, drift_series(lambda d: d.confidence_psi), marker="^", color="tab:purple", label="confidence PSI")
     psi.set(ylabel="confidence PSI", ylim=(0, None))
-    for start, point in zip(starts, drifts):
+    for start, point in zip(starts, drifts, strict=False):
         if point is not None and point.retrain:
             drift.axvspan(start, start + length, color="tab:red", alpha=0.15, lw=0)
     drift.legend(handles=drift.get_lines() + psi.get_lines(), loc="upper left", fontsize="small")

@@ -104,7 +104,8 @@ class LoraSettings(BaseModel):
     dropout: float = Field(default=0.0, ge=0, lt=1)
     target_modules: list[str] = Field(
         # Every linear layer of a Llama-style block: vLLM applies adapters to these (not to embeddings).
-        default=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], min_length=1,
+        default=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        min_length=1,
         description="names of the linear layers that get an adapter",
     )
 
@@ -134,22 +135,31 @@ class DistillSettings(BaseModel):
     max_grad_norm: float | None = Field(default=1.0, gt=0)
     seed: int = 0
     label_style: LabelStyle = "learnt"
-    max_input_tokens: int = Field(default=64, ge=8, description="the request is cut to this many tokens, as the router does")
+    max_input_tokens: int = Field(
+        default=64, ge=8, description="the request is cut to this many tokens, as the router does"
+    )
     describe_schema: bool = Field(
         default=False,
         description="extract role: state the JSON schema in the prompt (False: the model learns it, "
         "as labels are learnt, and the prompt is about 80 tokens instead of 650)",
     )
     max_minutes: float | None = Field(
-        default=None, gt=0,
+        default=None,
+        gt=0,
         description="training time limit: the schedule is shortened to the steps that fit (timed over the first 10), "
         "and training stops at the limit whatever happens",
     )
     checkpoint_every: int = Field(default=50, ge=1, description="steps between resumable checkpoints")
-    eval_every: int | None = Field(default=None, ge=1, description="steps between learning-curve points (None: start and end only)")
+    eval_every: int | None = Field(
+        default=None, ge=1, description="steps between learning-curve points (None: start and end only)"
+    )
     eval_examples: int = Field(default=108, ge=0, description="dev examples for the learning curve (0: none)")
-    bf16: bool = Field(default=True, description="bf16 autocast for the forward pass (weights and optimiser stay float32)")
-    lora: LoraSettings | None = Field(default=None, description="train a LoRA adapter instead of every weight (None: full fine-tuning)")
+    bf16: bool = Field(
+        default=True, description="bf16 autocast for the forward pass (weights and optimiser stay float32)"
+    )
+    lora: LoraSettings | None = Field(
+        default=None, description="train a LoRA adapter instead of every weight (None: full fine-tuning)"
+    )
     num_threads: int | None = Field(default=None, ge=1, description="torch intra-op threads")
     progress: bool = Field(default=True, description="show a tqdm bar")
 
@@ -200,7 +210,9 @@ def load_route_dataset(folder: str | os.PathLike[str]) -> RouteDataset:
         )
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     if manifest.get("role") != "route":
-        raise DistillError(f"{folder} is a {manifest.get('role')!r} dataset; the router needs one built with --role route")
+        raise DistillError(
+            f"{folder} is a {manifest.get('role')!r} dataset; the router needs one built with --role route"
+        )
     splits: dict[str, list[tuple[str, str]]] = {}
     for split in ("train", "dev", "test"):
         path = folder / f"{split}.jsonl"
@@ -214,7 +226,9 @@ def load_route_dataset(folder: str | os.PathLike[str]) -> RouteDataset:
     for split in ("dev", "test"):
         unseen = sorted({label for _, label in splits[split]} - known)
         if unseen:
-            raise DistillError(f"{split} labels {unseen[:5]} never occur in train; rebuild the dataset with more examples of them")
+            raise DistillError(
+                f"{split} labels {unseen[:5]} never occur in train; rebuild the dataset with more examples of them"
+            )
     return RouteDataset(folder=folder, manifest=manifest, splits=splits)
 
 
@@ -223,8 +237,10 @@ def label_codes(labels: Sequence[str]) -> dict[str, str]:
     letters = [chr(ord("A") + i) for i in range(26)]
     codes = letters + [a + b for a in letters for b in letters]
     if len(labels) > len(codes):
-        raise DistillError(f"{len(labels)} labels are more than label codes can name ({len(codes)}); use label_style='names'")
-    return dict(zip(codes, labels))
+        raise DistillError(
+            f"{len(labels)} labels are more than label codes can name ({len(codes)}); use label_style='names'"
+        )
+    return dict(zip(codes, labels, strict=False))
 
 
 def lists_labels(style: LabelStyle) -> bool:
@@ -295,7 +311,9 @@ class Encoded:
 class RoutePromptEncoder:
     """Builds training prompts with the router's own code path (``SLMStrategy.render`` and ``SLM.choose``'s steps)."""
 
-    def __init__(self, tokenizer: Any, labels: Mapping[str, str], *, max_input_tokens: int, list_labels: bool = True) -> None:
+    def __init__(
+        self, tokenizer: Any, labels: Mapping[str, str], *, max_input_tokens: int, list_labels: bool = True
+    ) -> None:
         from agentgraph.nodes.router import Router, SLMStrategy
 
         self.slm = _TokenizerSLM(tokenizer)
@@ -308,7 +326,9 @@ class RoutePromptEncoder:
         from agentgraph.text import require_text
 
         text, _ = self.router.fit_to_budgets(require_text(text, what="request"))
-        messages = choice_messages(self.strategy.render(text), self.options, None, list_labels=self.strategy.list_labels)
+        messages = choice_messages(
+            self.strategy.render(text), self.options, None, list_labels=self.strategy.list_labels
+        )
         return self.slm.tokenize_chat(messages, add_generation_prompt=True)
 
     def target_ids(self, label: str) -> list[int]:
@@ -348,7 +368,7 @@ def batch_loss(model: Any, shared: Sequence[int], rows: Sequence[Encoded], *, pa
     mask = torch.zeros((len(rows), len(shared) + width), dtype=torch.long)
     mask[:, : len(shared)] = 1
     positions, targets = [], []
-    for r, (row, rest) in enumerate(zip(rows, rests)):
+    for r, (row, rest) in enumerate(zip(rows, rests, strict=False)):
         ids[r, : len(rest)] = torch.tensor(rest)
         mask[r, len(shared) : len(shared) + len(rest)] = 1
         start = len(row.prompt) - len(shared)  # the first target token's index in ``rest``
@@ -458,7 +478,9 @@ def stratified_rows(rows: Sequence[RowT], count: int, *, label: Callable[[RowT],
 
 def settings_hash(settings: DistillSettings) -> str:
     """Hash of the settings that change the trained weights (not the time limit, threads or display)."""
-    relevant = settings.model_dump(exclude={"max_minutes", "num_threads", "progress", "checkpoint_every", "eval_every", "eval_examples"})
+    relevant = settings.model_dump(
+        exclude={"max_minutes", "num_threads", "progress", "checkpoint_every", "eval_every", "eval_examples"}
+    )
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
 
 
@@ -501,7 +523,9 @@ def train_router_slm(
         tokenizer, shown, max_input_tokens=settings.max_input_tokens, list_labels=lists_labels(settings.label_style)
     )
     train = [encoder.encode(text, to_prompt_label[label]) for text, label in dataset.splits["train"]]
-    eval_rows = [(text, to_prompt_label[label]) for text, label in stratified_rows(dataset.splits["dev"], settings.eval_examples)]
+    eval_rows = [
+        (text, to_prompt_label[label]) for text, label in stratified_rows(dataset.splits["dev"], settings.eval_examples)
+    ]
     job = TrainingJob(
         role="route", dataset_folder=dataset.folder, dataset_sha256=dataset.sha256, base_folder=base_folder,
         tokenizer=tokenizer, train=train, evaluate=(lambda model: dev_accuracy(model, encoder, eval_rows)) if eval_rows else None,
@@ -536,9 +560,13 @@ def _prepare_output(output_dir: str | os.PathLike[str], *, resume: bool, overwri
             raise DistillError(f"refusing to delete {output}: it holds no distill output; choose an empty or new --out")
         shutil.rmtree(output)
     elif (output / MANIFEST).is_file():
-        raise DistillError(f"{output} already holds a trained model; pass --overwrite (overwrite=True) or choose another --out")
+        raise DistillError(
+            f"{output} already holds a trained model; pass --overwrite (overwrite=True) or choose another --out"
+        )
     elif checkpoint_file.is_file() and not resume:
-        raise DistillError(f"{output} holds a checkpoint of an unfinished run; pass --resume to continue it or --overwrite to start over")
+        raise DistillError(
+            f"{output} holds a checkpoint of an unfinished run; pass --resume to continue it or --overwrite to start over"
+        )
     output.mkdir(parents=True, exist_ok=True)
     return output
 
@@ -607,7 +635,11 @@ def _fine_tune(
     horizon = [total_steps]
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, horizon[0], settings))
 
-    fingerprint = {"dataset_sha256": job.dataset_sha256, "settings_sha256": settings_hash(settings), "base": str(base_folder)}
+    fingerprint = {
+        "dataset_sha256": job.dataset_sha256,
+        "settings_sha256": settings_hash(settings),
+        "base": str(base_folder),
+    }
     step, train_seconds, cpu_seconds = 0, 0.0, 0.0
     curve: list[dict[str, Any]] = []
     if resume and checkpoint_file.is_file():
@@ -621,7 +653,12 @@ def _fine_tune(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
-        step, train_seconds, cpu_seconds, curve = state["step"], state["train_seconds"], state["cpu_seconds"], state["curve"]
+        step, train_seconds, cpu_seconds, curve = (
+            state["step"],
+            state["train_seconds"],
+            state["cpu_seconds"],
+            state["curve"],
+        )
         total_steps = horizon[0] = state["total_steps"]
         logger.info("resuming from step %d of %d", step, total_steps)
 
@@ -748,7 +785,9 @@ def portable_base(base_folder: Path) -> str:
     return DEFAULT_MODEL if base_folder == default_model_folder() else str(base_folder)
 
 
-def merge_adapter(adapter_dir: str | os.PathLike[str], output_dir: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+def merge_adapter(
+    adapter_dir: str | os.PathLike[str], output_dir: str | os.PathLike[str], *, overwrite: bool = False
+) -> Path:
     """Write the LoRA adapter in ``adapter_dir`` merged into its base as a whole model folder.
 
     The folder answers as the adapter does (float32, as training keeps the
@@ -762,7 +801,9 @@ def merge_adapter(adapter_dir: str | os.PathLike[str], output_dir: str | os.Path
     from agentgraph.slm.models import is_adapter_folder, load_causal_lm, model_and_adapter
 
     if not is_adapter_folder(adapter_dir):
-        raise DistillError(f"{adapter_dir} is not a LoRA adapter folder (no adapter_config.json); only `distill train --lora` output merges")
+        raise DistillError(
+            f"{adapter_dir} is not a LoRA adapter folder (no adapter_config.json); only `distill train --lora` output merges"
+        )
     manifest = read_manifest(adapter_dir)
     base_folder, adapter = model_and_adapter(adapter_dir)
     model = load_causal_lm(base_folder, adapter, dtype=torch.float32)

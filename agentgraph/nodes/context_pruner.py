@@ -170,7 +170,14 @@ def prune_scored(
     for index, score in sorted(scored, key=lambda pair: -pair[1]):
         words = word_set(texts[index])
         duplicate_of = (
-            next((k.index for k, w in zip(kept, kept_words, strict=True) if jaccard(words, w) >= settings.dedupe_threshold), None)
+            next(
+                (
+                    k.index
+                    for k, w in zip(kept, kept_words, strict=True)
+                    if jaccard(words, w) >= settings.dedupe_threshold
+                ),
+                None,
+            )
             if settings.dedupe_threshold is not None
             else None
         )
@@ -228,7 +235,9 @@ def create_context_pruner(
     logged; no chunks is a valid input that keeps nothing. Returns
     ``{output_key: [KeptChunk], "decisions": [Decision]}``.
     """
-    settings = PruneSettings(top_k=top_k, min_score=min_score, dedupe_threshold=dedupe_threshold, token_budget=token_budget)
+    settings = PruneSettings(
+        top_k=top_k, min_score=min_score, dedupe_threshold=dedupe_threshold, token_budget=token_budget
+    )
     counter = count_tokens or reranker.count_tokens
 
     def prune_chunks(call: NodeCall) -> NodeResult:

@@ -169,7 +169,9 @@ def _as_modes(value: Any) -> NodeModes:
         return NodeModes.parse(value)
     if isinstance(value, Mapping):
         return NodeModes.from_mapping(value)
-    raise ConfigError(f"configurable {MODES_CONFIG_KEY!r} must be NodeModes, a mapping or 'node=mode,...', not {value!r:.60}")
+    raise ConfigError(
+        f"configurable {MODES_CONFIG_KEY!r} must be NodeModes, a mapping or 'node=mode,...', not {value!r:.60}"
+    )
 
 
 @cache
@@ -184,7 +186,12 @@ def _routing_class(base: type["ControlNode"], destinations: tuple[str, ...]) -> 
 
     # A run-time annotation: the destinations are known only when the node is made.
     __call__.__annotations__["return"] = Command[Literal[destinations]]  # type: ignore[valid-type]
-    namespace = {"__call__": __call__, "__doc__": base.__doc__, "__module__": base.__module__, "__qualname__": base.__qualname__}
+    namespace = {
+        "__call__": __call__,
+        "__doc__": base.__doc__,
+        "__module__": base.__module__,
+        "__qualname__": base.__qualname__,
+    }
     return type(base.__name__, (base,), namespace)
 
 

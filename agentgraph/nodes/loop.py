@@ -97,6 +97,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+
 def create_planner(
     llm: BaseChatModel | None,
     *,

@@ -21,7 +21,6 @@ from pydantic import BaseModel, Field
 from agentgraph.llm import HumanHandoff
 from agentgraph.records.decisions import DecisionState
 
-
 Verdict = Literal["continue", "replan", "done", "escalate"]
 Status = Literal["running", "done", "handoff"]
 

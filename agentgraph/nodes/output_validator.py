@@ -320,7 +320,9 @@ def create_output_validator(
             passed=not remaining,
             flagged=bool(remaining),
             outcome=outcome,
-            reason=f"still failing {', '.join(failed)} after {', '.join(s.action for s in steps)}" if remaining else None,
+            reason=f"still failing {', '.join(failed)} after {', '.join(s.action for s in steps)}"
+            if remaining
+            else None,
             violations=steps[0].violations,
             steps=steps,
             candidate=value if remaining else None,

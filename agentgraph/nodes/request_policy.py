@@ -31,8 +31,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from agentgraph.acts import ActDetector, ActVerdict
-from agentgraph.classifier import OUT_OF_SCOPE
 from agentgraph.clarification import Clarification, ClarificationPolicy, ClarifiedRequest
+from agentgraph.classifier import OUT_OF_SCOPE
 from agentgraph.write_safety import WriteConsent, WritePolicy, WriteVerdict, judge_write
 
 CANDIDATE_FLOOR = 0.1
@@ -136,7 +136,9 @@ class RequestPolicy:
             if self.writes is not None and self.writes.writes(label):
                 return self._write(self.writes, text, label, confidence, act, top)
             return PolicyOutcome(label=label, text=text)
-        if clarification is not None and (candidates := candidate_set(top, gate, max_candidates=clarification.max_candidates)):
+        if clarification is not None and (
+            candidates := candidate_set(top, gate, max_candidates=clarification.max_candidates)
+        ):
             return self._ask(clarification.choose(candidates, request=text))
         return ESCALATION
 
@@ -160,7 +162,9 @@ class RequestPolicy:
             return PolicyOutcome(write=verdict, outcome="escalated")
         if verdict.judgement == "which":
             question = clarification.which(label, request=text, consent=True, options=references)
-        elif verdict.judgement == "fragment" and len(offered := plausible(top, label, clarification.max_candidates)) > 1:
+        elif (
+            verdict.judgement == "fragment" and len(offered := plausible(top, label, clarification.max_candidates)) > 1
+        ):
             # "refund" may ask for one, after one, or about the policy: offer what it plausibly means.
             question = clarification.choose(offered, request=text)
         elif verdict.judgement in ("confirm", "fragment"):
@@ -178,7 +182,9 @@ class RequestPolicy:
 def ranked(top: Mapping[str, float]) -> list[tuple[float, str]]:
     """``(probability, label)`` of the labels a question may offer, most probable first: the out-of-scope class
     never, nor a label under :data:`CANDIDATE_FLOOR`."""
-    return sorted(((p, label) for label, p in top.items() if label != OUT_OF_SCOPE and p >= CANDIDATE_FLOOR), reverse=True)
+    return sorted(
+        ((p, label) for label, p in top.items() if label != OUT_OF_SCOPE and p >= CANDIDATE_FLOOR), reverse=True
+    )
 
 
 def plausible(top: Mapping[str, float], label: str, max_candidates: int) -> list[str]:

@@ -83,9 +83,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from langchain_core.messages import AIMessage
-
 from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage
 
 from agentgraph.acts import ActDetector
 from agentgraph.clarification import Clarification, ClarificationPolicy
@@ -132,7 +131,6 @@ __all__ = [
     "route_of",
     "score_verdicts",
 ]
-
 
 
 class RouterNode(ControlNode):
@@ -264,7 +262,11 @@ def create_router(
             },
             goto=verdict.route if goto else None,
         )
-        if teacher is not None and verdict.label is not None and verdict.strategy not in (teacher.name, "clarification"):
+        if (
+            teacher is not None
+            and verdict.label is not None
+            and verdict.strategy not in (teacher.name, "clarification")
+        ):
             label = verdict.label
             result.shadow = ShadowCheck(
                 label, lambda shadow_config: teacher.propose(verdict.text, shadow_config).label, teacher.model

@@ -47,7 +47,9 @@ class RouterEvaluation(BaseModel):
     )
     escalations: dict[str, int] = Field(description="escalations by reason")
     clarifications: dict[str, int] = Field(default_factory=dict, description="questions asked, by kind")
-    confusions: list[tuple[str, str, int]] = Field(description="most frequent (expected, routed) errors, answered ones only")
+    confusions: list[tuple[str, str, int]] = Field(
+        description="most frequent (expected, routed) errors, answered ones only"
+    )
     latency_ms_p50: float
     latency_ms_p95: float
 
@@ -62,9 +64,7 @@ def evaluate_router(router: Router, rows: Iterable[tuple[str, str]], *, top_conf
     return score_verdicts(((label, router.decide(text)) for text, label in rows), top_confusions=top_confusions)
 
 
-def score_verdicts(
-    verdicts: Iterable[tuple[str, RoutingDecision]], *, top_confusions: int = 10
-) -> RouterEvaluation:
+def score_verdicts(verdicts: Iterable[tuple[str, RoutingDecision]], *, top_confusions: int = 10) -> RouterEvaluation:
     """The :class:`RouterEvaluation` of ``(expected label, verdict)`` pairs routed already (see :func:`evaluate_router`)."""
     latencies, in_scope, out_of_scope = [], [], []
     reasons: Counter[str] = Counter()
@@ -101,7 +101,9 @@ def score_verdicts(
         selective_accuracy_at_coverage={
             f"{coverage:.2f}": selective_accuracy_at_coverage(confidences, correct, coverage)
             for coverage in (0.8, 0.9, 0.95)
-        } if in_scope else {},
+        }
+        if in_scope
+        else {},
         oos_escalation_rate=float(np.mean(out_of_scope)) if out_of_scope else None,
         clarification_rate=float(np.mean(clarified_in_scope)) if in_scope else None,
         oos_clarification_rate=float(np.mean(clarified_out_of_scope)) if out_of_scope else None,

@@ -58,11 +58,14 @@ class RoutingDecision(BaseModel):
     attempts: list[RouteProposal]
     latency_ms: float
     outcome: str = Field(
-        default="routed", description="routed, escalated, clarified_<kind> (a question asked), declined, clarified_answer"
+        default="routed",
+        description="routed, escalated, clarified_<kind> (a question asked), declined, clarified_answer",
     )
     act: ActVerdict | None = Field(default=None, description="what the message does, when the router reads acts")
     clarification: Clarification | None = Field(default=None, description="the question asked this turn, if any")
-    consent: WriteConsent | None = Field(default=None, description="the customer's consent to the write this route makes")
+    consent: WriteConsent | None = Field(
+        default=None, description="the customer's consent to the write this route makes"
+    )
     write: WriteVerdict | None = Field(default=None, description="the write-safety rule's verdict, for a write label")
 
     @property
@@ -143,7 +146,9 @@ class Router:
         truncated = False
         for strategy in self.strategies if (mode or self.mode) != "teacher" else ():
             if strategy.max_input_tokens is not None:
-                text, cut = truncate_to_tokens(text, max_tokens=strategy.max_input_tokens, count_tokens=strategy.count_tokens)
+                text, cut = truncate_to_tokens(
+                    text, max_tokens=strategy.max_input_tokens, count_tokens=strategy.count_tokens
+                )
                 truncated = truncated or cut
         return text, truncated
 

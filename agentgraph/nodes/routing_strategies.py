@@ -85,7 +85,9 @@ class RuleStrategy:
     def propose(self, text: str) -> RouteProposal | None:
         for rule, matches, label in self._rules:
             if matches(text):
-                return RouteProposal(label=label, confidence=1.0, strategy=self.name, threshold=0.0, details={"rule": rule})
+                return RouteProposal(
+                    label=label, confidence=1.0, strategy=self.name, threshold=0.0, details={"rule": rule}
+                )
         return None
 
 

@@ -71,6 +71,9 @@ from langchain_core.messages import HumanMessage, SystemMessage
 from langchain_core.runnables import RunnableConfig
 from pydantic import BaseModel, ValidationError
 
+from agentgraph.errors import ConfigError, SLMError, StructuredOutputError
+from agentgraph.llm import HumanHandoff, llm_name
+from agentgraph.modes import Mode
 from agentgraph.nodes.extraction import (
     Extraction,
     ExtractionAttempt,
@@ -83,12 +86,9 @@ from agentgraph.nodes.extraction import (
     source_text_of,
 )
 from agentgraph.nodes.kernel import ControlNode, NodeCall, NodeResult, ShadowCheck
+from agentgraph.prompting import load_prompt
 from agentgraph.records.decisions import DecisionLog
 from agentgraph.records.traces import REQUEST_TEXT_KEY, STEP_TAG_PREFIX
-from agentgraph.errors import ConfigError, SLMError, StructuredOutputError
-from agentgraph.llm import HumanHandoff, llm_name
-from agentgraph.modes import Mode
-from agentgraph.prompting import load_prompt
 from agentgraph.shadow import ShadowEvaluator
 from agentgraph.slm import SLM
 from agentgraph.slm.base import json_schema_instruction, structured_messages

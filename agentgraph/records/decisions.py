@@ -216,4 +216,3 @@ def open_decision_log(path: str | Path) -> DecisionLog:
     if is_postgres_url(path):
         return PostgresDecisionLog(str(path))
     return JSONLDecisionLog(path) if str(path).endswith(".jsonl") else SQLiteDecisionLog(path)
-

@@ -58,6 +58,8 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, conver
 from langchain_core.outputs import ChatGeneration, LLMResult
 from pydantic import BaseModel, Field
 
+from agentgraph.errors import AgentGraphError
+from agentgraph.postgres import PostgresDialect, is_postgres_url
 from agentgraph.records.decisions import (
     Decision,
     DecisionLog,
@@ -67,8 +69,6 @@ from agentgraph.records.decisions import (
     stored_record,
     where_clause,
 )
-from agentgraph.errors import AgentGraphError
-from agentgraph.postgres import PostgresDialect, is_postgres_url
 from agentgraph.storage import connect_sqlite
 
 STEP_TYPE_KEY = "agentgraph_step_type"
@@ -84,9 +84,7 @@ class TraceNotFoundError(AgentGraphError, KeyError):
     """No call with the given id is in the store."""
 
     def __init__(self, call_id: str, path: str) -> None:
-        super().__init__(
-            f"no LLM call {call_id!r} in the trace store {path}; list the ids with the store's calls()"
-        )
+        super().__init__(f"no LLM call {call_id!r} in the trace store {path}; list the ids with the store's calls()")
         self.call_id = call_id
 
     def __str__(self) -> str:  # KeyError would print the message quoted
@@ -99,7 +97,9 @@ class LLMCall(BaseModel):
     id: str = Field(default_factory=lambda: uuid.uuid4().hex, description="the callback run id (hex) when recorded")
     timestamp: datetime = Field(default_factory=lambda: datetime.now(UTC), description="when the call started")
     node: str | None = Field(default=None, description="the LangGraph node that made the call")
-    step_type: str | None = Field(default=None, description="what the call was for: route, extract, plan, escalate, ...")
+    step_type: str | None = Field(
+        default=None, description="what the call was for: route, extract, plan, escalate, ..."
+    )
     messages: list[dict[str, Any]] = Field(description="the prompt, as OpenAI-format chat messages")
     output: str | None = Field(default=None, description="the answer's text")
     tool_calls: list[dict[str, Any]] = Field(default_factory=list, description="the answer's tool calls: name and args")
@@ -109,7 +109,9 @@ class LLMCall(BaseModel):
     completion_tokens: int | None = None
     model: str | None = None
     thread_id: str | None = None
-    accepted: bool | None = Field(default=None, description="the outcome: True accepted, False rejected, None not known yet")
+    accepted: bool | None = Field(
+        default=None, description="the outcome: True accepted, False rejected, None not known yet"
+    )
     tags: list[str] = Field(default_factory=list)
     metadata: dict[str, Any] = Field(default_factory=dict, description="the run's metadata, JSON-safe values only")
 
@@ -235,7 +237,9 @@ class SQLTraceStore(SQLStore):
 
 
 def _stored_call(accepted: int | None, record: str) -> LLMCall:
-    return LLMCall.model_validate_json(record).model_copy(update={"accepted": None if accepted is None else bool(accepted)})
+    return LLMCall.model_validate_json(record).model_copy(
+        update={"accepted": None if accepted is None else bool(accepted)}
+    )
 
 
 class SQLiteTraceStore(SQLTraceStore):
@@ -249,7 +253,9 @@ class SQLiteTraceStore(SQLTraceStore):
 
     def __init__(self, path: str | Path, *, decision_log: DecisionLog | None = None) -> None:
         super().__init__(
-            connect_sqlite(path), str(path), decision_log=decision_log if decision_log is not None else SQLiteDecisionLog(path)
+            connect_sqlite(path),
+            str(path),
+            decision_log=decision_log if decision_log is not None else SQLiteDecisionLog(path),
         )
 
 
@@ -322,7 +328,11 @@ class LLMCallRecorder(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         self._start(
-            run_id, convert_to_openai_messages([HumanMessage(prompts[0])]), tags, metadata, kwargs.get("invocation_params")
+            run_id,
+            convert_to_openai_messages([HumanMessage(prompts[0])]),
+            tags,
+            metadata,
+            kwargs.get("invocation_params"),
         )
 
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:

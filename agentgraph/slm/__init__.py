@@ -11,9 +11,9 @@ from agentgraph.slm.base import (
     Usage,
 )
 from agentgraph.slm.embedded import TransformersSLM
+from agentgraph.slm.factory import SLMSettings, load_slm
 from agentgraph.slm.models import DEFAULT_MODEL, prepare_model_folder
 from agentgraph.slm.vllm import VLLMSLM
-from agentgraph.slm.factory import SLMSettings, load_slm
 
 __all__ = [
     "DEFAULT_MODEL",

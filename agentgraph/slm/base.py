@@ -230,7 +230,9 @@ class SLM(ABC):
     def __init__(self) -> None:
         self._suffix_cache: dict[str, list[int]] = {}
 
-    def choose(self, prompt: Prompt, labels: Labels, *, system: str | None = None, list_labels: bool = True) -> ChoiceResult:
+    def choose(
+        self, prompt: Prompt, labels: Labels, *, system: str | None = None, list_labels: bool = True
+    ) -> ChoiceResult:
         """Pick one of ``labels``; the answer can never leave the label set.
 
         Each label is scored as the full assistant reply (label tokens and the

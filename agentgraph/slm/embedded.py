@@ -104,10 +104,14 @@ class TransformersSLM(SLM):
             cache = first.past_key_values
             cache.batch_repeat_interleave(len(labels))
             # Right padding is harmless: a causal model never lets padding influence earlier positions.
-            rest = self.model(input_ids=batch.to(self.device), attention_mask=mask.to(self.device), past_key_values=cache)
+            rest = self.model(
+                input_ids=batch.to(self.device), attention_mask=mask.to(self.device), past_key_values=cache
+            )
         # Position t predicts continuation token t: the prompt's last logits, then the batch's own.
         logits = torch.cat([first.logits[:, -1:, :].expand(len(labels), -1, -1), rest.logits[:, :-1, :]], dim=1)
-        logprobs = torch.log_softmax(logits.float(), dim=-1).gather(2, batch.to(logits.device).unsqueeze(-1)).squeeze(-1)
+        logprobs = (
+            torch.log_softmax(logits.float(), dim=-1).gather(2, batch.to(logits.device).unsqueeze(-1)).squeeze(-1)
+        )
         scores = {label: float(logprobs[row, : len(continuations[label])].sum()) for row, label in enumerate(labels)}
         usage = Usage(
             model=self.model_name,
@@ -177,7 +181,8 @@ class TransformersSLM(SLM):
         return GenerationResult(
             text=text,
             tokens=[
-                TokenLogprob(token=self.tokenizer.decode([t]), logprob=lp) for t, lp in zip(generated, logprobs, strict=True)
+                TokenLogprob(token=self.tokenizer.decode([t]), logprob=lp)
+                for t, lp in zip(generated, logprobs, strict=True)
             ],
             finish_reason=finish_reason,
             usage=Usage(

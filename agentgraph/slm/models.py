@@ -93,7 +93,9 @@ def model_and_adapter(model: str | os.PathLike[str] | None = None) -> tuple[Path
     try:
         return prepare_model_folder(base), adapter
     except ModelNotFoundError as exc:
-        raise ModelNotFoundError(f"the LoRA adapter {adapter} was trained on {base}, which is not usable here: {exc}") from exc
+        raise ModelNotFoundError(
+            f"the LoRA adapter {adapter} was trained on {base}, which is not usable here: {exc}"
+        ) from exc
 
 
 def load_causal_lm(folder: Path, adapter: Path | None, *, dtype: Any) -> Any:

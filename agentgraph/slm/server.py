@@ -52,10 +52,15 @@ class ServeSettings(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_model_len: int = Field(default=4096, gt=0)
     memory_fraction: float | None = Field(
-        default=None, gt=0, le=1, description="--gpu-memory-utilization (on CPU: of the node's RAM); default 0.15 CPU, 0.85 GPU"
+        default=None,
+        gt=0,
+        le=1,
+        description="--gpu-memory-utilization (on CPU: of the node's RAM); default 0.15 CPU, 0.85 GPU",
     )
     lora_modules: Mapping[str, str] = Field(default_factory=dict, description="adapter name -> folder; enables LoRA")
-    max_lora_rank: int | None = Field(default=None, gt=0, description="default: the largest adapter's rank, rounded up as vLLM requires")
+    max_lora_rank: int | None = Field(
+        default=None, gt=0, description="default: the largest adapter's rank, rounded up as vLLM requires"
+    )
     extra_args: Sequence[str] = ()
     startup_timeout_s: float = Field(default=600.0, gt=0)
 
@@ -69,7 +74,9 @@ def find_vllm_python(explicit: str | None = None) -> str:
     chosen = explicit or os.environ.get("AGENTGRAPH_VLLM_PYTHON")
     if chosen:
         if not _imports_vllm(chosen):
-            raise ServerStartError(f"{chosen} cannot import vllm; install it there or run `agentgraph slm install-vllm`")
+            raise ServerStartError(
+                f"{chosen} cannot import vllm; install it there or run `agentgraph slm install-vllm`"
+            )
         return chosen
     for candidate in (sys.executable, str(default_vllm_venv() / "bin/python")):
         if _imports_vllm(candidate):
@@ -131,9 +138,17 @@ def vllm_command(settings: ServeSettings, python: str, folder: Path, port: int) 
     if lora_modules:
         for name, path in lora_modules.items():
             if not is_adapter_folder(path):
-                raise ServerStartError(f"LoRA module {name}={path} is not an adapter folder (no adapter_config.json there)")
+                raise ServerStartError(
+                    f"LoRA module {name}={path} is not an adapter folder (no adapter_config.json there)"
+                )
         rank = settings.max_lora_rank or max(adapter_settings(path)["r"] for path in lora_modules.values())
-        command += ["--enable-lora", "--max-lora-rank", str(_vllm_lora_rank(rank)), "--max-loras", str(len(lora_modules))]
+        command += [
+            "--enable-lora",
+            "--max-lora-rank",
+            str(_vllm_lora_rank(rank)),
+            "--max-loras",
+            str(len(lora_modules)),
+        ]
         command += ["--lora-modules", *(f"{name}={path}" for name, path in lora_modules.items())]
     return command + list(settings.extra_args)
 

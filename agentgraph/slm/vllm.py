@@ -81,7 +81,9 @@ class VLLMSLM(SLM):
         self._http_options: dict[str, Any] = {"base_url": self.base_url, "timeout": timeout_s, "headers": headers}
         self._http = httpx.Client(**self._http_options)
         # An AsyncClient's connections belong to the event loop they were opened in: one client per loop.
-        self._async_http: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = weakref.WeakKeyDictionary()
+        self._async_http: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
+            weakref.WeakKeyDictionary()
+        )
         self._async_http_lock = threading.Lock()
         served = self._served_models()
         if model is None:
@@ -108,7 +110,9 @@ class VLLMSLM(SLM):
         return _field(self._post("/tokenize", self._tokenize_body(messages, add_generation_prompt)), "tokens", list)
 
     async def atokenize_chat(self, messages: Sequence[ChatMessage], *, add_generation_prompt: bool) -> list[int]:
-        return _field(await self._apost("/tokenize", self._tokenize_body(messages, add_generation_prompt)), "tokens", list)
+        return _field(
+            await self._apost("/tokenize", self._tokenize_body(messages, add_generation_prompt)), "tokens", list
+        )
 
     def _tokenize_body(self, messages: Sequence[ChatMessage], add_generation_prompt: bool) -> dict[str, Any]:
         return {"model": self.model_name, "messages": list(messages), "add_generation_prompt": add_generation_prompt}
@@ -130,7 +134,9 @@ class VLLMSLM(SLM):
         started = time.perf_counter()
         reads = _trie_reads(continuations)
         with ThreadPoolExecutor(len(reads)) as pool:
-            replies = list(pool.map(lambda read: self._post("/v1/completions", self._next_token_body(prefix, *read)), reads))
+            replies = list(
+                pool.map(lambda read: self._post("/v1/completions", self._next_token_body(prefix, *read)), reads)
+            )
         return self._scores(prefix, continuations, reads, replies, started)
 
     async def _ascore_continuations(
@@ -138,7 +144,9 @@ class VLLMSLM(SLM):
     ) -> tuple[dict[str, float], Usage]:
         started = time.perf_counter()
         reads = _trie_reads(continuations)
-        replies = await asyncio.gather(*(self._apost("/v1/completions", self._next_token_body(prefix, *read)) for read in reads))
+        replies = await asyncio.gather(
+            *(self._apost("/v1/completions", self._next_token_body(prefix, *read)) for read in reads)
+        )
         return self._scores(prefix, continuations, reads, replies, started)
 
     def _next_token_body(self, prefix: list[int], paths: list[tuple[int, ...]], tokens: list[int]) -> dict[str, Any]:
@@ -194,7 +202,9 @@ class VLLMSLM(SLM):
             logprobs = choice.get("logprobs")
             top = logprobs.get("top_logprobs") if isinstance(logprobs, dict) else None
             if not (isinstance(top, list) and len(top) == 1 and isinstance(top[0], dict)):
-                raise MalformedLogprobsError(endpoint, f"expected top_logprobs for the one token asked, got {logprobs!r:.200}")
+                raise MalformedLogprobsError(
+                    endpoint, f"expected top_logprobs for the one token asked, got {logprobs!r:.200}"
+                )
             missing, unasked = set(asked) - set(top[0]), set(top[0]) - set(asked)
             # logprobs=1: the sampled token may come beside the tokens asked for, nothing else.
             if missing or len(unasked) > 1:
@@ -257,10 +267,15 @@ class VLLMSLM(SLM):
         content = _field(_field(choice, "message", dict), "content", str)
         logprobs = choice.get("logprobs")
         items = logprobs.get("content") if isinstance(logprobs, dict) else None
-        if not isinstance(items, list) or not all(isinstance(item, dict) and isinstance(item.get("token"), str) for item in items):
-            raise MalformedLogprobsError(endpoint, f"expected logprobs with a token and its logprob per output token, got {logprobs!r:.200}")
+        if not isinstance(items, list) or not all(
+            isinstance(item, dict) and isinstance(item.get("token"), str) for item in items
+        ):
+            raise MalformedLogprobsError(
+                endpoint, f"expected logprobs with a token and its logprob per output token, got {logprobs!r:.200}"
+            )
         tokens = [
-            TokenLogprob(token=item["token"], logprob=_logprob(item.get("logprob"), endpoint, item["token"])) for item in items
+            TokenLogprob(token=item["token"], logprob=_logprob(item.get("logprob"), endpoint, item["token"]))
+            for item in items
         ]
         return GenerationResult(
             text=content,
@@ -367,5 +382,7 @@ def _field(obj: Any, name: str, kind: type) -> Any:
     """``obj[name]``, checked to be a ``kind``; anything else is a malformed reply."""
     value = obj.get(name) if isinstance(obj, dict) else None
     if not isinstance(value, kind):
-        raise MalformedResponseError(f"expected {kind.__name__} field {name!r} in the server's reply, got {value!r:.200}")
+        raise MalformedResponseError(
+            f"expected {kind.__name__} field {name!r} in the server's reply, got {value!r:.200}"
+        )
     return value

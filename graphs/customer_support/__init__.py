@@ -53,7 +53,6 @@ Example:
     ('lookup', 0, True)
 """
 
-
 from agentgraph.graphs.customer_support.bitext import (
     CUSTOMER_SUPPORT_INTENTS,
     SPLIT_SEED,

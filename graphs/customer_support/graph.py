@@ -205,7 +205,9 @@ async def make_checkpointer() -> AsyncIterator[BaseCheckpointSaver]:
     the server's lifetime."""
     url = os.environ.get(DATABASE_URL_ENV)
     if not url:
-        raise ConfigError(f"make_checkpointer keeps threads in the PostgreSQL database {DATABASE_URL_ENV} names: set it")
+        raise ConfigError(
+            f"make_checkpointer keeps threads in the PostgreSQL database {DATABASE_URL_ENV} names: set it"
+        )
     saver = await async_postgres_checkpointer(url, *STATE_SCHEMAS)
     try:
         yield saver

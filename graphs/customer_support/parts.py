@@ -132,7 +132,9 @@ class CustomerSupportParts:
         self.decision_log: DecisionLog = self.trace_store
         self.llm_call_recorder = LLMCallRecorder(self.trace_store, step_types=LLM_STEP_TYPES)
         self.shadow = ShadowEvaluator(shadow, callbacks=[self.llm_call_recorder]) if shadow.rate > 0 else None
-        self.idempotency_store = idempotency_store or open_idempotency_store(database_url or self.data_dir / "idempotency.db")
+        self.idempotency_store = idempotency_store or open_idempotency_store(
+            database_url or self.data_dir / "idempotency.db"
+        )
         self.classifier = IntentClassifier.load(router_path or support_router_path())
         self.acts = support_act_detector(self.classifier.encoder)
         self.reranker = reranker or Reranker(support_reranker_folder())

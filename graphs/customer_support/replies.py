@@ -85,7 +85,9 @@ def tool_reply(message: ToolMessage, intent: str) -> str:
             verb = ORDER_VERBS[TOOL_OF_INTENT[intent]]
             if not result:
                 return "I could not find any orders on your account."
-            listed = "; ".join(f"{o['id']} ({o['status']}, placed {o['placed_on']}, {o['total']:.2f} EUR)" for o in result)
+            listed = "; ".join(
+                f"{o['id']} ({o['status']}, placed {o['placed_on']}, {o['total']:.2f} EUR)" for o in result
+            )
             return f"Which order should I {verb}? Your recent orders: {listed}. Reply with its order number."
         case "get_invoice":
             return (f"Invoice #{result['id']} for order {result['order_id']} was issued on {result['issued_on']}: "
@@ -124,8 +126,10 @@ def error_reply(message: ToolMessage) -> str:
     if flags.get("error") == "not_requested":
         return "I have not changed anything, as your message did not ask me to. Tell me what you would like me to do."
     if flags.get("retry_blocked"):
-        return ("I could not confirm that this went through, so I have not repeated it; a colleague will check. "
-                "You do not need to ask again.")
+        return (
+            "I could not confirm that this went through, so I have not repeated it; a colleague will check. "
+            "You do not need to ask again."
+        )
     reason = message.text.removeprefix("Error: ").split("\n")[0]
     return f"Sorry, I could not do that: {reason}."
 

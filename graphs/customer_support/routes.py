@@ -33,12 +33,27 @@ Route = Literal["lookup", "action", "knowledge", "escalate"]
 
 ROUTES: dict[str, Route] = {
     **dict.fromkeys(["track_order", "track_refund", "check_invoice", "get_invoice", "delivery_period"], "lookup"),
-    **dict.fromkeys(["cancel_order", "change_order", "change_shipping_address", "get_refund", "delete_account"], "action"),
     **dict.fromkeys(
-        ["check_refund_policy", "check_payment_methods", "delivery_options", "check_cancellation_fee",
-         "place_order", "payment_issue", "create_account", "edit_account", "switch_account", "recover_password",
-         "registration_problems", "newsletter_subscription", "set_up_shipping_address", "review",
-         "contact_customer_service"],
+        ["cancel_order", "change_order", "change_shipping_address", "get_refund", "delete_account"], "action"
+    ),
+    **dict.fromkeys(
+        [
+            "check_refund_policy",
+            "check_payment_methods",
+            "delivery_options",
+            "check_cancellation_fee",
+            "place_order",
+            "payment_issue",
+            "create_account",
+            "edit_account",
+            "switch_account",
+            "recover_password",
+            "registration_problems",
+            "newsletter_subscription",
+            "set_up_shipping_address",
+            "review",
+            "contact_customer_service",
+        ],
         "knowledge",
     ),  # fmt: skip
     **dict.fromkeys(["complaint", "contact_human_agent"], "escalate"),

@@ -198,7 +198,10 @@ class Shop:
     # Writes: each changes the database at most once per idempotency key.
 
     def _already_done(self, db: sqlite3.Connection, key: str | None) -> bool:
-        return key is not None and db.execute("SELECT 1 FROM writes WHERE idempotency_key = ?", (key,)).fetchone() is not None
+        return (
+            key is not None
+            and db.execute("SELECT 1 FROM writes WHERE idempotency_key = ?", (key,)).fetchone() is not None
+        )
 
     def _record_write(self, db: sqlite3.Connection, tool: str, target: str, key: str | None) -> None:
         db.execute("INSERT INTO writes (tool, target, idempotency_key) VALUES (?, ?, ?)", (tool, target, key))
@@ -342,7 +345,11 @@ def _seed(db: sqlite3.Connection) -> None:
     fixed = {"10001": (DEMO_CUSTOMER, "shipped", 12), "48213": (DEMO_CUSTOMER, "processing", 2)}
     order_ids = list(fixed) + [str(n) for n in rng.sample(range(10002, 99999), 598) if str(n) not in fixed]
     for order_id in order_ids:
-        customer, status, age = fixed.get(order_id) or (rng.choice(customers), rng.choice(_STATUSES), rng.randint(1, 90))
+        customer, status, age = fixed.get(order_id) or (
+            rng.choice(customers),
+            rng.choice(_STATUSES),
+            rng.randint(1, 90),
+        )
         placed = TODAY - timedelta(days=age)
         items = ", ".join(rng.sample(_ITEMS, rng.randint(1, 3)))
         total = round(rng.uniform(9, 400), 2)

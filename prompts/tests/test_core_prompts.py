@@ -28,7 +28,11 @@ def test_choice_lists_every_label_once_with_its_description():
 
 def test_choice_is_appended_to_the_last_user_message_only():
     messages = choice_messages(
-        [{"role": "user", "content": "first"}, {"role": "assistant", "content": "ok"}, {"role": "user", "content": "last"}],
+        [
+            {"role": "user", "content": "first"},
+            {"role": "assistant", "content": "ok"},
+            {"role": "user", "content": "last"},
+        ],
         {"a": None, "b": None},
         system="sys",
     )
