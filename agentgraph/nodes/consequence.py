@@ -96,8 +96,8 @@ from agentgraph.nodes.consequence_classification import (
     tool_hints,
 )
 from agentgraph.nodes.guarded_tool_node import GuardedToolNode, create_guarded_tool_node
-from agentgraph.nodes.guarded_tools import ArgumentResolver, ConsequenceGuard, GuardedState
-from agentgraph.nodes.tool_calls import IDEMPOTENCY_KEY_ARG, tool_call_from
+from agentgraph.nodes.guarded_tools import ArgumentResolver, ConsequenceGuard
+from agentgraph.nodes.tool_calls import IDEMPOTENCY_KEY_ARG, GuardedState, tool_call_from
 
 __all__ = [
     "CAUTION_ORDER", "CONSEQUENCE_DESCRIPTIONS", "DECISIONS_KEY", "HINT_FIELDS", "IDEMPOTENCY_KEY_ARG", "REQUEST_CHARS",

@@ -56,7 +56,8 @@ from agentgraph.errors import NoToolCallsError
 from agentgraph.idempotency import IdempotencyStore
 from agentgraph.nodes.call_outcomes import DECISIONS_KEY, CallPlan
 from agentgraph.nodes.consequence_classification import ConsequencePolicy
-from agentgraph.nodes.guarded_tools import ArgumentResolver, ConsequenceGuard, state_value
+from agentgraph.nodes.guarded_tools import ArgumentResolver, ConsequenceGuard
+from agentgraph.nodes.tool_calls import state_value
 from agentgraph.records.decisions import DecisionLog
 
 if TYPE_CHECKING:

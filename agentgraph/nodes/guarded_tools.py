@@ -18,7 +18,7 @@ Example:
     >>> from langgraph.graph import START, StateGraph
     >>> from langgraph.prebuilt import ToolNode
     >>> from agentgraph.idempotency import SQLiteIdempotencyStore
-    >>> from agentgraph.nodes.consequence import ConsequencePolicy
+    >>> from agentgraph.nodes.consequence import ConsequencePolicy, GuardedState
     >>> @tool
     ... def add_note(text: str) -> str:
     ...     '''Add a note to the ticket.'''
@@ -43,16 +43,15 @@ import contextvars
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AnyMessage, ToolCall, ToolMessage
+from langchain_core.messages import ToolCall, ToolMessage
 from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import BaseTool, ToolException
 from langchain_core.tools import tool as as_tool
 from langgraph.errors import GraphBubbleUp
 from langgraph.func import task
-from langgraph.graph.message import add_messages
 from langgraph.prebuilt.tool_node import ToolCallRequest
 from langgraph.types import Command
 
@@ -77,9 +76,9 @@ from agentgraph.nodes.consequence_classification import (
     ConsequenceVerdict,
     classify_tool_call,
 )
-from agentgraph.nodes.tool_calls import parsed_arguments, with_idempotency_key
+from agentgraph.nodes.tool_calls import parsed_arguments, state_value, with_idempotency_key
 from agentgraph.prompting import load_prompt
-from agentgraph.records.decisions import DecisionLog, DecisionState, log_decision, thread_id_of
+from agentgraph.records.decisions import DecisionLog, log_decision, thread_id_of
 
 if TYPE_CHECKING:
     from agentgraph.slm import SLM
@@ -92,12 +91,6 @@ Execute = Callable[[ToolCallRequest], ToolMessage | Command]
 AsyncExecute = Callable[[ToolCallRequest], Awaitable[ToolMessage | Command]]
 _ToolStep = Callable[[str, dict[str, Any]], Future[dict[str, Any]]]
 """A LangGraph task over a tool name and its call's arguments (classification, resolution)."""
-
-
-class GuardedState(DecisionState):
-    """The smallest state a guarded tool node runs on: the messages and the decision records."""
-
-    messages: Annotated[list[AnyMessage], add_messages]
 
 
 # The calls a guarded tool node planned together, for its hooks to settle, and the async tasks settling them:
@@ -350,8 +343,3 @@ class ConsequenceGuard:
         if plan.key is not None:
             tool = with_idempotency_key(tool, plan.key)
         return request.override(tool_call={**plan.call, "args": plan.arguments_run}, tool=tool)
-
-
-def state_value(state: Any, key: str) -> Any:
-    """``state[key]`` of a mapping state, ``state.key`` of an object state; None where it has none."""
-    return state.get(key) if isinstance(state, Mapping) else getattr(state, key, None)

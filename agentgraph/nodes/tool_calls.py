@@ -42,14 +42,16 @@ from __future__ import annotations
 import math
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 
-from langchain_core.messages import AIMessage
+from langchain_core.messages import AIMessage, AnyMessage
 from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import BaseTool
+from langgraph.graph.message import add_messages
 from pydantic import BaseModel, ValidationError
 
 from agentgraph.errors import ConfigError, ToolArgumentsError
+from agentgraph.records.decisions import DecisionState
 
 
 def tool_call_from(
@@ -178,3 +180,14 @@ def _holds_non_finite(value: Any) -> bool:
     if isinstance(value, list | tuple):
         return any(_holds_non_finite(v) for v in value)
     return False
+
+
+class GuardedState(DecisionState):
+    """The smallest state a guarded tool node runs on: the messages and the decision records."""
+
+    messages: Annotated[list[AnyMessage], add_messages]
+
+
+def state_value(state: Any, key: str) -> Any:
+    """``state[key]`` of a mapping state, ``state.key`` of an object state; None where it has none."""
+    return state.get(key) if isinstance(state, Mapping) else getattr(state, key, None)
