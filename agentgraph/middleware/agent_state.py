@@ -21,16 +21,13 @@ Example:
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
-from langchain_core.runnables import Runnable
 from langgraph.config import get_config
 
-Node = Callable[..., dict[str, Any]]
-"""A control node: ``node(state, config)`` returns its update (a ``ControlNode``, or a node function)."""
+from agentgraph.nodes.kernel import ControlNode
 
 
 def new_turn_text(messages: Sequence[BaseMessage]) -> str | None:
@@ -49,14 +46,11 @@ def final_reply(messages: Sequence[BaseMessage]) -> AIMessage | None:
     return None
 
 
-def run_node(node: Node, state: Mapping[str, Any]) -> dict[str, Any]:
+def run_node(node: ControlNode, state: Mapping[str, Any]) -> dict[str, Any]:
     """``node``'s update for ``state``, run under the agent's config (its thread id goes into the record)."""
     return node(state, get_config())
 
 
-async def arun_node(node: Node, state: Mapping[str, Any]) -> dict[str, Any]:
-    """:func:`run_node` for an async agent: a ``ControlNode`` natively, a node function on a worker thread."""
-    config = get_config()
-    if isinstance(node, Runnable):
-        return await node.ainvoke(state, config)
-    return await asyncio.to_thread(node, state, config)
+async def arun_node(node: ControlNode, state: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`run_node` for an async agent: the node's own async entry point."""
+    return await node.ainvoke(state, get_config())

@@ -101,7 +101,7 @@ class NodeCall:
     """What a node's decision gets: the state, its input as read, the mode in force and the config."""
 
     state: Mapping[str, Any]
-    value: Any = field(metadata={"doc": "the input: cleaned text, or the value as it is in the state"})
+    value: Any  # the input: cleaned text, or the value as it is in the state (None: the node reads no key)
     mode: Mode | None
     config: RunnableConfig
 

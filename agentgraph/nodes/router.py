@@ -267,9 +267,8 @@ def create_router(
             and verdict.label is not None
             and verdict.strategy not in (teacher.name, "clarification")
         ):
-            label = verdict.label
             result.shadow = ShadowCheck(
-                label, lambda shadow_config: teacher.propose(verdict.text, shadow_config).label, teacher.model
+                verdict.label, lambda shadow_config: teacher.propose(verdict.text, shadow_config).label, teacher.model
             )
         return result
 
