@@ -61,8 +61,8 @@ from agentgraph.classifier import OUT_OF_SCOPE
 from agentgraph.datasets import read_records
 from agentgraph.graphs.customer_support import ORDER_REFERENCE, ROUTES, WRITE_POLICY, support_router
 from agentgraph.graphs.customer_support.bitext import load_customer_support, split_customer_support
-from agentgraph.nodes.router import Router, RoutingDecision, score_verdicts
 from agentgraph.perturb import PERTURBATIONS, id_only, realistic
+from agentgraph.routing import Router, RoutingDecision, score_verdicts
 
 DATA = Path(__file__).parent / "data"
 STRESS_SEED = 20261203

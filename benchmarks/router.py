@@ -32,11 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
-from agentgraph.classifier import IntentClassifier, SentenceEncoder
+from agentgraph.classifier import OUT_OF_SCOPE, IntentClassifier, SentenceEncoder
 from agentgraph.commands.eval import read_labelled
 from agentgraph.graphs.customer_support import CUSTOMER_SUPPORT_INTENTS, support_router_path, train_support_router
 from agentgraph.graphs.customer_support.bitext import SPLIT_SEED, load_customer_support, split_customer_support
-from agentgraph.nodes.router import OUT_OF_SCOPE, ClassifierStrategy, Router, SLMStrategy, evaluate_router
+from agentgraph.routing import ClassifierStrategy, Router, SLMStrategy, evaluate_router
 
 UNRELATED = Path(__file__).parent / "data" / "unrelated_requests.jsonl"
 NATURAL = Path(__file__).parent / "data" / "natural_requests.jsonl"

@@ -32,7 +32,7 @@ from typing import Any
 from agentgraph.classifier import IntentClassifier, SentenceEncoder
 from agentgraph.graphs import customer_support
 from agentgraph.graphs.customer_support.bitext import load_customer_support, split_customer_support
-from agentgraph.nodes.router import ClassifierStrategy, Router
+from agentgraph.routing import ClassifierStrategy, Router
 
 sys.path.insert(0, str(Path(__file__).parent))
 import real_traffic  # noqa: E402  (the stress set and its scores)

@@ -23,7 +23,7 @@ from agentgraph.distill.dataset import (
     content_sha256,
     write_dataset,
 )
-from agentgraph.distill.extract import ExtractPromptEncoder, gate_extractor, load_schema_enforcer
+from agentgraph.distill.extract import ExtractPromptEncoder, gate_extractor, load_extraction_artifact
 from agentgraph.distill.gate import (
     PromotionRefusedError,
     gate_router,
@@ -541,7 +541,7 @@ def test_extraction_trains_on_the_prompt_its_schema_enforcer_sends_and_is_gated(
 
     slm._generate_json = spy
     request = "Where is order 12345?"
-    load_schema_enforcer(out, slm, mode="student", max_tokens=16)({"text": request}, {})
+    create_schema_enforcer(**load_extraction_artifact(out, slm), mode="student", max_tokens=16)({"text": request}, {})
     learnt = ExtractPromptEncoder(slm.tokenizer, SupportExtraction, describe_schema=False, prompt_version=1)
     assert seen[0] == learnt.prompt_ids(request), "the artifact is asked exactly as it was trained"
     prompt = slm.tokenizer.decode(seen[0])

@@ -6,11 +6,11 @@ import it makes is checked: at the top, inside functions and under ``TYPE_CHECKI
 ``importlib.import_module("...")`` with a literal name too.
 
 - The records layer (``agentgraph.records``) sits below the nodes and distillation: it imports neither.
-- The nodes never import ``agentgraph.distill``.
-- Distillation trains and gates small models for the router and the schema enforcer, and measures
-  them through those nodes' own code (the training prompt is the serving prompt; the gate runs the
-  router as it serves): it may import the names :data:`DISTILL_USES_OF_NODES` lists, and nothing
-  else of the nodes.
+- The decision logic (:data:`DECISION_LOGIC`: the router's and the schema enforcer's, without a graph)
+  sits below them too: the nodes serve it, distillation trains, gates and measures students through it
+  (the training prompt is the serving prompt; the gate runs the router as it serves). It imports
+  neither.
+- The nodes never import ``agentgraph.distill``, and distillation never imports ``agentgraph.nodes``.
 - The library (everything under ``agentgraph/`` but the command line, ``agentgraph.cli`` and
   ``agentgraph.commands``) never imports the example graphs (``agentgraph.graphs``) nor the command line.
 """
@@ -27,13 +27,8 @@ import pytest
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
-DISTILL_USES_OF_NODES: dict[str, frozenset[str]] = {
-    "agentgraph.nodes.router": frozenset(
-        {"RouteProposal", "Router", "RouterEvaluation", "SLMStrategy", "evaluate_router"}
-    ),
-    "agentgraph.nodes.schema_enforcer": frozenset({"create_schema_enforcer", "schema_enforcer_message"}),
-}
-"""What of the nodes distillation may import: the router and schema enforcer it trains students for."""
+DECISION_LOGIC = ("agentgraph.routing", "agentgraph.extraction")
+"""What the router and the schema enforcer decide, without a graph: below both the nodes and distillation."""
 
 APPLICATION = ("agentgraph.cli", "agentgraph.commands")
 """The command line: the application layer on top, which may import the example graphs."""
@@ -124,12 +119,6 @@ def forbidding(*packages: str) -> Callable[[Import], bool]:
     return lambda found: any(within(target, *packages) for target in found.targets)
 
 
-def distill_use_of_nodes_not_listed(found: Import) -> bool:
-    if not any(within(target, "agentgraph.nodes") for target in found.targets):
-        return False
-    return found.name not in DISTILL_USES_OF_NODES.get(found.module, frozenset())
-
-
 @dataclass(frozen=True)
 class Contract:
     name: str
@@ -143,8 +132,13 @@ def library(module: str) -> bool:
 
 CONTRACTS = [
     Contract(
-        "the records layer imports neither the nodes nor distillation",
+        "the records layer imports neither the nodes nor distillation nor the decision logic",
         lambda module: within(module, "agentgraph.records"),
+        forbidding("agentgraph.nodes", "agentgraph.distill", *DECISION_LOGIC),
+    ),
+    Contract(
+        "the decision logic imports neither the nodes nor distillation",
+        lambda module: within(module, *DECISION_LOGIC),
         forbidding("agentgraph.nodes", "agentgraph.distill"),
     ),
     Contract(
@@ -153,9 +147,9 @@ CONTRACTS = [
         forbidding("agentgraph.distill"),
     ),
     Contract(
-        "distillation imports of the nodes only what DISTILL_USES_OF_NODES lists",
+        "distillation never imports the nodes",
         lambda module: within(module, "agentgraph.distill"),
-        distill_use_of_nodes_not_listed,
+        forbidding("agentgraph.nodes"),
     ),
     Contract("the library never imports the example graphs", library, forbidding("agentgraph.graphs")),
     Contract("the library never imports the command line", library, forbidding(*APPLICATION)),
@@ -171,6 +165,7 @@ def test_import_contract_holds(contract):
 def test_the_contracts_read_every_installed_package_and_every_kind_of_import():
     names = {module for module, _ in modules()}
     assert {"agentgraph.records.traces", "agentgraph.nodes.router", "agentgraph.distill.gate", "agentgraph.cli",
+            "agentgraph.routing.router", "agentgraph.extraction.extractor",
             "agentgraph.graphs.customer_support.graph", "agentgraph.prompts"} <= names  # fmt: skip
     assert not any(".tests" in name for name in names), "a package's own tests are not installed"
     source = (

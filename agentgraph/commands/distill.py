@@ -492,7 +492,7 @@ def _drift(args: argparse.Namespace) -> int:
         if reference is None:
             from agentgraph.classifier import IntentClassifier
             from agentgraph.graphs.customer_support import support_router_path
-            from agentgraph.nodes.router import ClassifierStrategy, Router
+            from agentgraph.routing import ClassifierStrategy, Router
 
             classifier = IntentClassifier.load(args.classifier or support_router_path(), encoder=encoder)
             router = Router([ClassifierStrategy(classifier)])

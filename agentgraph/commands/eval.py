@@ -56,7 +56,7 @@ def read_labelled(
 def _eval_router(args: argparse.Namespace) -> int:
     from agentgraph.classifier import OUT_OF_SCOPE, IntentClassifier
     from agentgraph.graphs.customer_support import support_router, support_router_path
-    from agentgraph.nodes.router import evaluate_router
+    from agentgraph.routing import evaluate_router
 
     rows = read_labelled(args.data, text_column=args.text_column, label_column=args.label_column)
     classifier = IntentClassifier.load(args.router or support_router_path())

@@ -3,8 +3,8 @@
 A model folder written by ``agentgraph distill train`` is plain safetensors, so
 ``agentgraph slm serve --model DIR`` serves it. :func:`backend_agreement` puts
 the same held-out requests to the artifact on two backends, each through the
-role's real code path (the router's :class:`~agentgraph.nodes.router.SLMStrategy`
-for ``route``, the schema enforcer node for ``extract``), and reports how often the
+role's real code path (the router's :class:`~agentgraph.routing.SLMStrategy`
+for ``route``, the schema enforcer's :class:`~agentgraph.extraction.Extractor` for ``extract``), and reports how often the
 answers are the same: for a router also the largest gap between the two
 probabilities of the chosen label (what the confidence gate reads), for an
 extractor the share of identical objects.
@@ -94,7 +94,7 @@ def _route_agreement(
     model_dir: str | os.PathLike[str], first: SLM, second: SLM, rows: Sequence[tuple[str, str]], names: tuple[str, str]
 ) -> BackendAgreement:
     from agentgraph.distill.gate import load_router_strategy
-    from agentgraph.nodes.router import Router
+    from agentgraph.routing import Router
 
     strategies = [load_router_strategy(model_dir, slm) for slm in (first, second)]
     cut = Router([strategies[0]])  # the request cut to the artifact's input budget, as its router cuts it
@@ -133,11 +133,12 @@ def _route_agreement(
 def _extract_agreement(
     model_dir: str | os.PathLike[str], first: SLM, second: SLM, rows: Sequence[tuple[str, Any]], names: tuple[str, str]
 ) -> BackendAgreement:
-    from agentgraph.distill.extract import entity_fields, extracted, import_schema, load_schema_enforcer, same_entities
+    from agentgraph.distill.extract import entity_fields, extracted, load_extraction_artifact, same_entities
+    from agentgraph.extraction import Extractor
 
-    schema = import_schema(read_manifest(model_dir)["schema"])
+    extractors = [Extractor(**load_extraction_artifact(model_dir, slm)) for slm in (first, second)]
+    schema = extractors[0].schema
     fields = entity_fields(schema)
-    nodes = [load_schema_enforcer(model_dir, slm, mode="student") for slm in (first, second)]
     same = 0
     disagreements: list[dict[str, Any]] = []
     latencies: dict[str, list[float]] = {name: [] for name in names}
@@ -145,8 +146,8 @@ def _extract_agreement(
     for text, target in rows:
         expected = schema.model_validate(target).model_dump()
         answers = []
-        for name, node in zip(names, nodes, strict=False):
-            result, ms = _timed(partial(extracted, node, text))
+        for name, extractor in zip(names, extractors, strict=True):
+            result, ms = _timed(partial(extracted, extractor, text))
             latencies[name].append(ms)
             correct[name].append(same_entities(result, expected, fields))
             answers.append(result)

@@ -72,7 +72,7 @@ if TYPE_CHECKING:
     from agentgraph.classifier import SentenceEncoder
     from agentgraph.distill.dataset import TextEncoder
     from agentgraph.distill.train import RouteDataset
-    from agentgraph.nodes.router import Router
+    from agentgraph.routing import Router
 
 logger = logging.getLogger(__name__)
 

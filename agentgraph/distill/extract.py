@@ -1,8 +1,8 @@
 """The extraction role: fine-tune and gate an SLM that fills a pydantic schema (``distill train --role extract``).
 
-The artifact is made for the schema enforcer node: each training prompt is
-the one :func:`~agentgraph.nodes.schema_enforcer.create_schema_enforcer` sends
-its SLM (the request fenced by :func:`~agentgraph.nodes.schema_enforcer.schema_enforcer_message`,
+The artifact is made for the schema enforcer: each training prompt is
+the one its :class:`~agentgraph.extraction.Extractor` sends the SLM (the request
+fenced by :func:`~agentgraph.extraction.schema_enforcer_message`,
 the messages of :meth:`SLM.structured <agentgraph.slm.SLM.structured>`, the
 model's chat template). With ``describe_schema=False`` (the default) the JSON
 schema is not written into the prompt: the model learns it, as a distilled
@@ -14,8 +14,10 @@ tokens instead of 56. The learning curve reports teacher-forced exact match on
 a dev subset: the share of examples whose every target token is the model's top
 choice, which is exactly the share greedy decoding reproduces.
 
-:func:`load_schema_enforcer` builds the node from an artifact's manifest, and
-:func:`gate_extractor` runs that node (student mode) over the held-out split,
+:func:`load_extraction_artifact` reads what an artifact fixes of the schema enforcer
+(the model, the schema, the prompt version, whether the prompt states the schema),
+for an :class:`~agentgraph.extraction.Extractor` or the node alike, and
+:func:`gate_extractor` runs the extractor (student mode) over the held-out split,
 reporting the schema-valid rate, exact match of the entity fields and of the
 intent, and latency, for the artifact and the base model;
 :func:`~agentgraph.distill.gate.promote` takes its report like the router's.
@@ -41,7 +43,7 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -61,6 +63,7 @@ from agentgraph.distill.train import (
     read_manifest,
     stratified_rows,
 )
+from agentgraph.extraction import Extractor, schema_enforcer_message
 from agentgraph.slm.base import SLM, structured_messages
 
 
@@ -106,7 +109,6 @@ class ExtractPromptEncoder:
         self.prompt_version = prompt_version
 
     def prompt_ids(self, text: str) -> list[int]:
-        from agentgraph.nodes.schema_enforcer import schema_enforcer_message
         from agentgraph.text import require_text
 
         message = schema_enforcer_message(require_text(text, what="request"), prompt_version=self.prompt_version)
@@ -212,26 +214,32 @@ def train_extractor_slm(
     return fine_tune(job, output, settings, resume=resume, on_step=on_step)
 
 
-def load_schema_enforcer(model_dir: str | os.PathLike[str], slm: SLM | None = None, **node_options: Any):
-    """The schema enforcer node for an extraction artifact, prompted as it was trained.
+class ExtractionArtifact(TypedDict):
+    """What an extraction artifact fixes of the schema enforcer: keyword arguments for either.
+
+    ``Extractor(**artifact)`` and ``create_schema_enforcer(**artifact, llm=...)`` prompt the
+    model as it was trained.
+    """
+
+    slm: SLM
+    schema: type[BaseModel]
+    prompt_version: int
+    describe_schema: bool
+
+
+def load_extraction_artifact(model_dir: str | os.PathLike[str], slm: SLM | None = None) -> ExtractionArtifact:
+    """The model, schema and prompt settings of an extraction artifact, from its manifest.
 
     ``slm``: the folder loaded elsewhere (through vLLM, say; default: embedded).
-    ``node_options`` go to :func:`~agentgraph.nodes.schema_enforcer.create_schema_enforcer`
-    (``llm``, ``decision_log``, ``mode``, keys...); the schema, the prompt version and
-    whether the prompt states the schema come from the manifest.
     """
-    from agentgraph.nodes.schema_enforcer import create_schema_enforcer
-
     manifest, slm = load_artifact(model_dir, "extract", slm)
     trained = manifest.get("schema_enforcer")
     if trained is None:
         raise DistillError(
             f"{model_dir} predates schema-enforcer prompts in the manifest; retrain it with `agentgraph distill train`"
         )
-    return create_schema_enforcer(
-        slm, import_schema(manifest["schema"]), prompt_version=trained["prompt_version"],
-        describe_schema=trained["describe_schema"], **node_options,
-    )  # fmt: skip
+    return ExtractionArtifact(slm=slm, schema=import_schema(manifest["schema"]),
+                              prompt_version=trained["prompt_version"], describe_schema=trained["describe_schema"])  # fmt: skip
 
 
 class ExtractionEvaluation(BaseModel):
@@ -245,9 +253,9 @@ class ExtractionEvaluation(BaseModel):
     latency_ms_p95: float
 
 
-def extracted(node: Any, text: str) -> dict[str, Any] | None:
-    """What a schema enforcer node (``output_key="extracted"``) makes of ``text``: the object, or None after a handoff."""
-    value = node({"text": text}, {})["extracted"]
+def extracted(extractor: Extractor[Any], text: str) -> dict[str, Any] | None:
+    """What ``extractor`` in student mode makes of ``text``: the object, or None after a handoff."""
+    value = extractor.extract(text, mode="student")[0].value
     return None if value is None else value.model_dump()
 
 
@@ -256,14 +264,15 @@ def same_entities(got: dict[str, Any] | None, expected: dict[str, Any], fields: 
     return got is not None and all(got[name] == expected[name] for name in fields)
 
 
-def evaluate_extractor(node: Any, schema: type[BaseModel], rows: Sequence[tuple[str, Any]]) -> ExtractionEvaluation:
-    """Run a student-mode schema enforcer ``node`` on each request and compare its object with the target."""
+def evaluate_extractor(extractor: Extractor[Any], rows: Sequence[tuple[str, Any]]) -> ExtractionEvaluation:
+    """Run ``extractor`` in student mode on each request and compare its object with the target."""
+    schema = extractor.schema
     fields = entity_fields(schema)
     valid, exact, entity, entity_rows, intent, latencies = 0, 0, 0, [], 0, []
     for text, target in rows:
         expected = schema.model_validate(target).model_dump()
         started = time.perf_counter()
-        got = extracted(node, text)
+        got = extracted(extractor, text)
         latencies.append((time.perf_counter() - started) * 1000)
         has_entity = any(expected[name] is not None for name in fields)
         entities_right = same_entities(got, expected, fields)
@@ -302,10 +311,9 @@ def gate_extractor(
 ) -> ExtractionGateReport:
     """Evaluate an extraction artifact on its held-out split (and the base model on the same rows).
 
-    Each side is the schema enforcer node in student mode (the SLM and its repair, never an LLM):
+    Each side is the schema enforcer's extractor in student mode (the SLM and its repair, never an LLM):
     the artifact prompted as it was trained, the base model as the node prompts an undistilled SLM.
     """
-    from agentgraph.nodes.schema_enforcer import create_schema_enforcer
     from agentgraph.slm import TransformersSLM
 
     manifest = read_manifest(model_dir)
@@ -317,14 +325,12 @@ def gate_extractor(
     test = splits["test"] if limit is None else stratified_rows(splits["test"], limit, label=extraction_stratum)
     if not test:
         raise DistillError(f"{folder} has no test rows; the gate needs some")
-    student = evaluate_extractor(load_schema_enforcer(model_dir, mode="student"), schema, test)
+    student = evaluate_extractor(Extractor(**load_extraction_artifact(model_dir)), test)
     base_eval = None
     if base is not False:
-        base_node = create_schema_enforcer(
-            TransformersSLM(manifest["base_model"] if base is True else base), schema, mode="student"
-        )
+        base_extractor = Extractor(TransformersSLM(manifest["base_model"] if base is True else base), schema)
         base_test = test if base_limit is None else stratified_rows(test, base_limit, label=extraction_stratum)
-        base_eval = evaluate_extractor(base_node, schema, base_test)
+        base_eval = evaluate_extractor(base_extractor, base_test)
     matches = data_manifest["sha256"] == manifest["dataset"]["sha256"]
     decision, reason = promotion_decision(
         agreement=student.entity_exact_match, threshold=threshold, dataset_matches=matches

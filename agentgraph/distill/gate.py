@@ -2,9 +2,9 @@
 
 :func:`gate_router` evaluates a model folder written by
 :func:`~agentgraph.distill.train.train_router_slm` with the real router: an
-:class:`~agentgraph.nodes.router.SLMStrategy` on
+:class:`~agentgraph.routing.SLMStrategy` on
 :class:`~agentgraph.slm.TransformersSLM`, its calibrator and confidence gate
-fitted on the dataset's dev split, then :func:`~agentgraph.nodes.router.evaluate_router`
+fitted on the dataset's dev split, then :func:`~agentgraph.routing.evaluate_router`
 on the held-out test split, one request at a time as in service. The base
 model is evaluated the same way, with the standard router prompt (intent names
 and the decision boundaries given as ``descriptions``), on the same rows. The
@@ -46,7 +46,7 @@ from agentgraph.distill.train import (
     stratified_rows,
     write_manifest,
 )
-from agentgraph.nodes.router import (
+from agentgraph.routing import (
     RouteProposal,
     Router,
     RouterEvaluation,

@@ -1,6 +1,6 @@
 """Fine-tune a small causal LM for the route role on a curated dataset (``agentgraph distill train``).
 
-The model learns exactly what :class:`~agentgraph.nodes.router.SLMStrategy`
+The model learns exactly what :class:`~agentgraph.routing.SLMStrategy`
 asks of it at inference: each training prompt is built by the same code path
 (``SLMStrategy.render``, ``choice_messages`` and the model's chat template, as
 ``SLM.choose`` does) and the target is the label as ``SLM.choose`` scores it
@@ -314,7 +314,7 @@ class RoutePromptEncoder:
     def __init__(
         self, tokenizer: Any, labels: Mapping[str, str], *, max_input_tokens: int, list_labels: bool = True
     ) -> None:
-        from agentgraph.nodes.router import Router, SLMStrategy
+        from agentgraph.routing import Router, SLMStrategy
 
         self.slm = _TokenizerSLM(tokenizer)
         self.strategy = SLMStrategy(self.slm, labels, max_input_tokens=max_input_tokens, list_labels=list_labels)

@@ -30,7 +30,7 @@ missing, escalates the request instead. With a
 strategies accepted is also put to the teacher in the background.
 
 With ``acts``, ``writes`` and ``clarification`` the router reads real traffic
-as well as clean requests (:mod:`agentgraph.nodes.request_policy`): it asks a
+as well as clean requests (:mod:`agentgraph.routing.request_policy`): it asks a
 short question instead of guessing (a bare order number, a fragment, labels
 too close to call), acknowledges what asks for nothing (statements, refusals,
 thanks), keeps writes to messages that ask for them
@@ -93,9 +93,10 @@ from agentgraph.llm import HumanHandoff
 from agentgraph.modes import Mode
 from agentgraph.nodes.escalation import create_escalation_node
 from agentgraph.nodes.kernel import ControlNode, NodeCall, NodeResult, ShadowCheck, mode_in_force
-from agentgraph.nodes.router_evaluation import RouterEvaluation, evaluate_router, score_verdicts
-from agentgraph.nodes.routing import ESCALATE, EscalationReason, Router, RoutingDecision
-from agentgraph.nodes.routing_strategies import (
+from agentgraph.records.decisions import DecisionLog, DecisionState
+from agentgraph.routing.evaluation import RouterEvaluation, evaluate_router, score_verdicts
+from agentgraph.routing.router import ESCALATE, EscalationReason, Router, RoutingDecision
+from agentgraph.routing.strategies import (
     ClassifierStrategy,
     ConfidenceGate,
     LLMStrategy,
@@ -105,7 +106,6 @@ from agentgraph.nodes.routing_strategies import (
     SLMStrategy,
     label_probability,
 )
-from agentgraph.records.decisions import DecisionLog, DecisionState
 from agentgraph.shadow import ShadowEvaluator
 from agentgraph.write_safety import WriteConsent, WritePolicy
 

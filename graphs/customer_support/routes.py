@@ -26,7 +26,7 @@ from agentgraph.acts import ActDetector
 from agentgraph.clarification import ClarificationPolicy, ReferencePattern
 from agentgraph.classifier import IntentClassifier
 from agentgraph.graphs.customer_support.training import support_act_detector, support_router_path
-from agentgraph.nodes.router import ClassifierStrategy, Router
+from agentgraph.routing import ClassifierStrategy, Router
 from agentgraph.write_safety import WritePolicy
 
 Route = Literal["lookup", "action", "knowledge", "escalate"]

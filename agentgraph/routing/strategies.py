@@ -5,7 +5,7 @@
 - :class:`SLMStrategy`: the SLM's constrained choice among labels, temperature-calibrated on a dev set.
 - :class:`LLMStrategy`: the teacher, the frontier LLM choosing a label through ``with_structured_output``.
 
-:class:`~agentgraph.nodes.routing.Router` tries them in order; :class:`ConfidenceGate` says which
+:class:`~agentgraph.routing.router.Router` tries them in order; :class:`ConfidenceGate` says which
 proposal it accepts.
 """
 

@@ -1,11 +1,11 @@
 """The router's decision logic without a graph: strategies in order, the gate, the request policy, the teacher.
 
 :class:`Router` turns one request into a :class:`RoutingDecision`; :func:`~agentgraph.nodes.router.create_router`
-makes a LangGraph node of it, and :func:`~agentgraph.nodes.router_evaluation.evaluate_router` scores it.
+makes a LangGraph node of it, and :func:`~agentgraph.routing.evaluation.evaluate_router` scores it.
 
 Example:
-    >>> from agentgraph.nodes.routing import Router
-    >>> from agentgraph.nodes.routing_strategies import RuleStrategy
+    >>> from agentgraph.routing.router import Router
+    >>> from agentgraph.routing.strategies import RuleStrategy
     >>> router = Router([RuleStrategy({r"\\bwhere\\b": "track_order"})], routes={"track_order": "lookup"})
     >>> verdict = router.decide("where is my parcel?")
     >>> verdict.route, verdict.label, verdict.strategy, router.decide("hello").reason
@@ -24,8 +24,8 @@ from pydantic import BaseModel, Field
 from agentgraph.acts import ActDetector, ActVerdict
 from agentgraph.clarification import Clarification, ClarificationPolicy
 from agentgraph.modes import Mode
-from agentgraph.nodes.request_policy import ESCALATION, PolicyOutcome, RequestPolicy
-from agentgraph.nodes.routing_strategies import ConfidenceGate, LLMStrategy, RouteProposal, RoutingStrategy
+from agentgraph.routing.request_policy import ESCALATION, PolicyOutcome, RequestPolicy
+from agentgraph.routing.strategies import ConfidenceGate, LLMStrategy, RouteProposal, RoutingStrategy
 from agentgraph.text import require_text, truncate_to_tokens
 from agentgraph.write_safety import WriteConsent, WritePolicy, WriteVerdict
 
@@ -92,7 +92,7 @@ class Router:
         teacher: the :class:`LLMStrategy` of ``auto`` and ``teacher``. Without one, or when it fails, the
             request escalates (reason ``no_teacher`` in teacher mode, ``teacher_failed``), as in student mode.
         acts, writes, clarification: what the router does with a label once read (a
-            :class:`~agentgraph.nodes.request_policy.RequestPolicy`): read the message's act, keep writes to
+            :class:`~agentgraph.routing.request_policy.RequestPolicy`): read the message's act, keep writes to
             messages that ask for them (:mod:`agentgraph.write_safety`), and ask instead of guessing
             (:mod:`agentgraph.clarification`). Without them a label is served as read.
     """

@@ -1,9 +1,9 @@
 """How a router does on labelled requests: accuracy, coverage, out-of-scope escalation, the risk-coverage curve.
 
 Example:
-    >>> from agentgraph.nodes.router_evaluation import evaluate_router
-    >>> from agentgraph.nodes.routing import Router
-    >>> from agentgraph.nodes.routing_strategies import RuleStrategy
+    >>> from agentgraph.routing.evaluation import evaluate_router
+    >>> from agentgraph.routing.router import Router
+    >>> from agentgraph.routing.strategies import RuleStrategy
     >>> router = Router([RuleStrategy({r"\\bwhere\\b": "track_order"})])
     >>> scores = evaluate_router(router, [("where is it?", "track_order"), ("cancel it", "cancel_order")])
     >>> scores.accuracy, scores.coverage, scores.escalations
@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 
 from agentgraph.calibration import selective_accuracy_at_coverage
 from agentgraph.classifier import OUT_OF_SCOPE
-from agentgraph.nodes.routing import Router, RoutingDecision
+from agentgraph.routing.router import Router, RoutingDecision
 
 
 class RouterEvaluation(BaseModel):

@@ -2,7 +2,7 @@
 
 Example:
     >>> from pydantic import BaseModel, ValidationError
-    >>> from agentgraph.nodes.extraction import describe_error, invalid_fields
+    >>> from agentgraph.extraction.attempts import describe_error, invalid_fields
     >>> class Order(BaseModel):
     ...     order_id: int
     >>> try:
@@ -81,6 +81,14 @@ class ModelInput(NamedTuple):
     def validation_context(self) -> dict[str, str]:
         """What candidates are validated against: all the model was shown (see :func:`source_text_of`)."""
         return {"source_text": f"{self.context}\n\n{self.text}" if self.context else self.text}
+
+    @property
+    def request_text(self) -> str | None:
+        """The request alone, as a traced LLM call records it (None when the message also holds context).
+
+        A traced call becomes a distillation example of the request, not of the fenced message.
+        """
+        return None if self.context else self.text
 
 
 def describe_error(error: Exception) -> str:
