@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "agentgraph.commands.eval",
     "agentgraph.commands.distill",
     "agentgraph.commands.report",
+    "agentgraph.commands.models",
 )
 
 

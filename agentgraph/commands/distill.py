@@ -20,6 +20,8 @@ checkpoints, and writes a model folder with its manifest.
 evaluates it with the real router on the held-out test split against the base
 model and, with ``--promote``, records the decision in its manifest, exiting
 with status 2 when agreement is below the threshold (:mod:`agentgraph.distill.gate`).
+An accepted extractor is also registered to serve ``extract`` in the model registry
+(``--registry``, default the example graph's; see ``agentgraph models``).
 
 ``agentgraph distill agree --model MODEL --slm-url URL [--limit 200] [--json]``
 puts held-out requests to the model in-process and to a vLLM server serving
@@ -171,7 +173,10 @@ def register(groups: argparse._SubParsersAction) -> None:
         "--target-accuracy", type=float, default=0.995, help="selective accuracy the gate aims for on dev"
     )
     gate.add_argument("--max-rejection", type=float, default=0.1, help="most of dev the gate may reject (default 0.1)")
-    gate.add_argument("--promote", action="store_true", help="record the decision in the manifest; exit 2 when refused")
+    gate.add_argument("--promote", action="store_true",
+                      help="record the decision in the manifest (exit 2 when refused); an accepted extractor "
+                      "is registered to serve extract")  # fmt: skip
+    gate.add_argument("--registry", type=Path, help="the model registry (default: the example graph's)")
     gate.add_argument("--json", action="store_true", help="print the report as JSON")
     gate.set_defaults(handler=_gate)
 
@@ -384,8 +389,11 @@ def _gate(args: argparse.Namespace) -> int:
                                     base=not args.no_base, base_limit=args.base_limit)  # fmt: skip
         print(extraction.model_dump_json(indent=2) if args.json else "\n".join(extraction_gate_lines(extraction)))
         if args.promote:
+            from agentgraph.commands.models import open_registry
+
             promote(args.model, extraction)
-            print(f"promoted    {args.model}")
+            open_registry(args.registry).promote("extract", args.model)
+            print(f"promoted    {args.model} (serves extract from now on)")
         return 0
     report = gate_router(
         args.model, args.data, threshold=args.threshold, limit=args.limit, dev_limit=args.dev_limit,
@@ -398,7 +406,8 @@ def _gate(args: argparse.Namespace) -> int:
         print("\n".join(gate_lines(report)))
     if args.promote:
         promote(args.model, report)  # raises PromotionRefusedError (exit 2) when refused
-        print(f"promoted    {args.model}")
+        # Not registered: the example's router serves a classifier; `agentgraph models promote` registers it.
+        print(f"promoted    {args.model} (recorded in its manifest; `agentgraph models promote ROLE` serves it)")
     return 0
 
 

@@ -75,6 +75,7 @@ from agentgraph.graphs.customer_support.parts import (
     DEFAULT_MODES,
     LLM_STEP_TYPES,
     CustomerSupportParts,
+    default_data_dir,
 )
 from agentgraph.graphs.customer_support.policies import (
     POLICY_SECTION_OF_INTENT,
@@ -148,6 +149,7 @@ __all__ = [
     "answer",
     "build_customer_support_graph",
     "compose",
+    "default_data_dir",
     "customer_support_csv",
     "customer_support_examples",
     "deliver",

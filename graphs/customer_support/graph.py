@@ -36,6 +36,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 
 from agentgraph.checkpointing import async_postgres_checkpointer, state_serializer
+from agentgraph.distill.registry import ModelRegistry
 from agentgraph.errors import ConfigError
 from agentgraph.graphs.customer_support.parts import CustomerSupportParts
 from agentgraph.graphs.customer_support.replies import answer, deliver
@@ -69,6 +70,7 @@ def build_customer_support_graph(
     modes: NodeModes | None = None,
     shadow: ShadowConfig | None = None,
     database_url: str | None = None,
+    registry: ModelRegistry | None = None,
 ) -> CompiledStateGraph:
     """The compiled customer-support graph.
 
@@ -91,11 +93,12 @@ def build_customer_support_graph(
         candidates: policy sections retrieved for the pruner to rerank.
         modes: the mode of ``router`` and ``extract`` (default: ``AGENTGRAPH_MODES``, else :data:`DEFAULT_MODES`).
         shadow: the share of small-model answers the LLM checks too (default: ``AGENTGRAPH_SHADOW_RATE``).
+        registry: where the promoted models are (default: ``models/`` in ``data_dir``).
     """
     parts = CustomerSupportParts(
         data_dir=data_dir, slm=slm, llm=llm, extraction_llm=extraction_llm, decision_log=decision_log,
         idempotency_store=idempotency_store, router_path=router_path, reranker=reranker, modes=modes, shadow=shadow,
-        database_url=database_url,
+        database_url=database_url, registry=registry,
     )  # fmt: skip
     if checkpointer is None and database_url is not None:
         checkpointer = parts.durable_checkpointer()

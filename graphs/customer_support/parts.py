@@ -28,6 +28,8 @@ from langgraph.prebuilt import ToolNode
 
 from agentgraph.checkpointing import postgres_checkpointer, sqlite_checkpointer
 from agentgraph.classifier import IntentClassifier
+from agentgraph.distill.extract import ExtractionArtifact, load_extraction_artifact
+from agentgraph.distill.registry import ModelRegistry
 from agentgraph.errors import ConfigError
 from agentgraph.graphs.customer_support.bitext import CUSTOMER_SUPPORT_INTENTS
 from agentgraph.graphs.customer_support.policies import PolicyRetriever, load_policy_sections, support_reranker_folder
@@ -58,6 +60,12 @@ from agentgraph.shadow import ShadowConfig, ShadowEvaluator
 from agentgraph.slm import SLM, load_slm
 from agentgraph.slm.models import cache_dir
 
+
+def default_data_dir() -> Path:
+    """Where the example keeps its store, logs, threads and model registry unless told: ``cache_dir()/customer-support``."""
+    return cache_dir() / "customer-support"
+
+
 DEFAULT_MODES: dict[str, Mode] = {"router": "student", "extract": "auto"}
 """The nodes with modes, and each one's mode unless configured: the router escalates what its classifier
 cannot route (the LLM answers those requests, it does not route them); the schema enforcer asks the LLM
@@ -87,7 +95,11 @@ class CustomerSupportParts:
     ``shop.db`` (the store), ``idempotency.db``, ``decisions.db`` (a
     :class:`~agentgraph.records.traces.SQLiteTraceStore`: the nodes' decisions and the
     LLM's calls, the training data of tomorrow; pass ``llm_call_recorder`` in a run's
-    callbacks to record the calls) and ``checkpoints.db`` (threads and pending approvals).
+    callbacks to record the calls), ``checkpoints.db`` (threads and pending approvals) and
+    ``models/`` (a :class:`~agentgraph.distill.registry.ModelRegistry`, unless ``registry`` is given):
+    at start the graph loads the artifact promoted there for ``extract`` (a distilled extractor
+    of :class:`SupportTicket`) and for ``router`` (an :class:`~agentgraph.classifier.IntentClassifier`
+    folder; ``router_path`` wins over it), and logs that the default serves a role with none.
     With ``database_url`` (``postgresql://...``), the idempotency keys, the trace store and
     decision log and the checkpoints (:meth:`durable_checkpointer`) live in that PostgreSQL
     database instead, so several workers, on several machines, can share them; turns then hold
@@ -116,13 +128,14 @@ class CustomerSupportParts:
         modes: NodeModes | None = None,
         shadow: ShadowConfig | None = None,
         database_url: str | None = None,
+        registry: ModelRegistry | None = None,
     ) -> None:
         if database_url is not None and not is_postgres_url(database_url):
             raise ConfigError(f"database_url must be a postgresql:// URL, not {database_url!r}")
         self.database_url = database_url
         self.modes = (modes if modes is not None else NodeModes.from_env()).check_nodes(DEFAULT_MODES)
         shadow = shadow if shadow is not None else ShadowConfig.from_env()
-        self.data_dir = Path(data_dir) if data_dir is not None else cache_dir() / "customer-support"
+        self.data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.slm = slm if slm is not None else load_slm()
         self.llm = llm
@@ -135,9 +148,34 @@ class CustomerSupportParts:
         self.idempotency_store = idempotency_store or open_idempotency_store(
             database_url or self.data_dir / "idempotency.db"
         )
-        self.classifier = IntentClassifier.load(router_path or support_router_path())
+        self.registry = registry or ModelRegistry(self.data_dir / "models", decision_log=self.decision_log)
+        self.extraction_artifact = self._promoted_extractor()
+        self.classifier = IntentClassifier.load(router_path or self._promoted_router() or support_router_path())
         self.acts = support_act_detector(self.classifier.encoder)
         self.reranker = reranker or Reranker(support_reranker_folder())
+
+    def _promoted_router(self) -> str | None:
+        entry = self.registry.resolve("router")
+        if entry is None:
+            return None
+        if entry.trained_for is not None:
+            raise ConfigError(
+                f"the promoted router {entry.path} is a distilled {entry.trained_for!r} model; this graph's router "
+                f"serves an IntentClassifier folder: promote one, or `agentgraph models rollback router`"
+            )
+        return entry.path
+
+    def _promoted_extractor(self) -> ExtractionArtifact | None:
+        entry = self.registry.resolve("extract")
+        if entry is None:
+            return None
+        artifact = load_extraction_artifact(entry.path)
+        if artifact["schema"] is not SupportTicket:
+            raise ConfigError(
+                f"the promoted extractor {entry.path} fills {artifact['schema'].__name__}; this graph's extract node "
+                "fills SupportTicket: train one on it (--schema), or `agentgraph models rollback extract`"
+            )
+        return artifact
 
     @cached_property
     def retriever(self) -> PolicyRetriever:
@@ -183,8 +221,9 @@ class CustomerSupportParts:
             mode=self.mode_of("router"), shadow=self.shadow,
             teacher=LLMStrategy(self.llm, CUSTOMER_SUPPORT_INTENTS) if self.llm is not None else None,
         )  # fmt: skip
+        extractor = self.extraction_artifact or {"slm": self.slm, "schema": SupportTicket}
         extract = create_schema_enforcer(
-            self.slm, SupportTicket, llm=self.extraction_llm, decision_log=log, input_key="request",
+            **extractor, llm=self.extraction_llm, decision_log=log, input_key="request",
             output_key="ticket", mode=self.mode_of("extract"), shadow=self.shadow,
         )  # fmt: skip
         read_tools = ToolNode([tools[name] for name in READ_TOOLS])
