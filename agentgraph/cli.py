@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "agentgraph.commands.distill",
     "agentgraph.commands.report",
     "agentgraph.commands.models",
+    "agentgraph.commands.traces",
 )
 
 

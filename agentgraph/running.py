@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.outputs import LLMResult
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph.state import CompiledStateGraph
@@ -67,17 +68,33 @@ from agentgraph.errors import (
     UnknownThreadError,
 )
 from agentgraph.records.decisions import Decision
+from agentgraph.records.traces import usage_of
 from agentgraph.text import require_utf8
 
 SMALL_MODEL_STRATEGIES = frozenset({"classifier", "slm", "slm_repair", "cross_encoder"})
 """Decision strategies that mean a local small model (SLM, classifier or cross-encoder) decided."""
 
 
+class LLMTokens(BaseModel):
+    """The tokens one model's calls took in a turn."""
+
+    prompt: int = 0
+    completion: int = 0
+
+
 class LLMCallCounter(BaseCallbackHandler):
-    """Counts chat-model and LLM starts: every frontier-LLM call a graph run makes, wherever in the graph."""
+    """Counts chat-model and LLM starts (every frontier-LLM call a graph run makes, wherever in the graph)
+    and adds up the tokens each model reports."""
 
     def __init__(self) -> None:
         self.calls = 0
+        self.tokens: dict[str, LLMTokens] = {}
+
+    def on_llm_end(self, response: LLMResult, **kwargs: Any) -> None:
+        model, prompt, completion = usage_of(response)
+        used = self.tokens.setdefault(model or "unknown", LLMTokens())
+        used.prompt += prompt or 0
+        used.completion += completion or 0
 
     def on_chat_model_start(self, serialized: Any, messages: Any, **kwargs: Any) -> None:
         self.calls += 1
@@ -95,6 +112,7 @@ class TurnResult(BaseModel):
     confidence: float | None = None
     nodes: list[str] = Field(description="nodes that ran this turn, in order")
     llm_calls: int = Field(description="frontier-LLM calls this turn")
+    llm_tokens: dict[str, LLMTokens] = Field(default_factory=dict, description="the tokens they took, per model")
     slm_calls: int = Field(description="decisions a local small model made this turn (SLM, classifier, cross-encoder)")
     response: str | None = Field(description="the reply; None while an approval is pending")
     interrupt: dict[str, Any] | None = Field(description="the pending approval request, if the turn paused for one")
@@ -206,6 +224,7 @@ def _stream_turn(
         confidence=state.get("route_confidence"),
         nodes=nodes,
         llm_calls=counter.calls,
+        llm_tokens=counter.tokens,
         slm_calls=sum(decision.strategy in SMALL_MODEL_STRATEGIES for decision in decisions),
         response=None if pending else state.get(response_key),
         interrupt=pending,

@@ -20,7 +20,7 @@ ALL_MODULES = sorted(
 # The command line is documented by --help and tested by running it; the package __init__s only re-export.
 WITHOUT_EXAMPLES = {
     "agentgraph.cli", "agentgraph.commands", "agentgraph.commands.distill", "agentgraph.commands.eval",
-    "agentgraph.commands.models", "agentgraph.commands.report", "agentgraph.commands.run", "agentgraph.commands.slm", "agentgraph.nodes",
+    "agentgraph.commands.models", "agentgraph.commands.report", "agentgraph.commands.run", "agentgraph.commands.traces", "agentgraph.commands.slm", "agentgraph.nodes",
     "agentgraph.slm",
 }  # fmt: skip
 MODULES = [name for name in ALL_MODULES if name not in WITHOUT_EXAMPLES]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 from pathlib import Path
 from typing import Any
 
@@ -16,3 +17,11 @@ def open_traces(location: str, hint: str) -> Any:
     if not is_postgres_url(location) and not Path(location).is_file():
         raise AgentGraphError(f"no trace store at {location}; {hint}")
     return open_trace_store(location)
+
+
+def login_name() -> str:
+    """The terminal user's login name, who answers approvals and reviews; "terminal" where none is known."""
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no LOGNAME/USER and no passwd entry, as in some containers
+        return "terminal"

@@ -6,13 +6,17 @@ to, ``decisions.db`` for ``agentgraph run``, or its ``postgresql://`` database) 
 route volumes, LLM calls, the share of requests that used the LLM, shadow
 agreement and the latest drift check (:mod:`agentgraph.distill.report` defines
 each), then writes the same series as a PNG to ``--out``. ``--json`` prints the
-report as JSON instead of the table. A store with nothing to report is an error
+report as JSON instead of the table. With a price table (``--prices FILE`` or
+``AGENTGRAPH_PRICES``; :class:`agentgraph.records.costs.PriceTable`) it adds what
+the LLM and the SLM cost, per node and per route, and the saving against an
+all-LLM baseline (:mod:`agentgraph.records.costs`). A store with nothing to report is an error
 (exit status 2) and writes no PNG.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -31,18 +35,30 @@ def register(groups: argparse._SubParsersAction) -> None:
     report.add_argument("--out", type=Path, required=True, help="the PNG to write")
     report.add_argument("--bucket", choices=BUCKETS, default="day", help="time bucket (UTC; default day)")
     report.add_argument("--json", action="store_true", help="print the report as JSON instead of the table")
+    report.add_argument("--prices", type=Path,
+                        help="a price table (JSON; env AGENTGRAPH_PRICES): adds cost per node and per route and the "
+                        "saving against sending every step to the LLM")  # fmt: skip
     report.set_defaults(handler=_report)
 
 
 def _report(args: argparse.Namespace) -> int:
-    from agentgraph.distill.report import build_report, plot_report, report_table
+    import os
 
+    from agentgraph.distill.report import build_report, plot_report, report_table
+    from agentgraph.records.costs import PRICES_ENV, PriceTable, cost_report, cost_table
+
+    prices = PriceTable.load(args.prices) if args.prices or os.environ.get(PRICES_ENV) else None
     store = open_traces(args.traces, "give the graph's decisions.db (agentgraph run writes one) or its database URL")
     try:
         report = build_report(store, bucket=args.bucket)
+        cost = cost_report(store, prices) if prices is not None else None
     finally:
         store.close()
-    print(report.model_dump_json(indent=2) if args.json else report_table(report))
+    if args.json:
+        figures = report.model_dump(mode="json") | ({"cost": cost.model_dump(mode="json")} if cost else {})
+        print(json.dumps(figures, indent=2))
+    else:
+        print(report_table(report) + (f"\n\n{cost_table(cost)}" if cost else ""))
     path = plot_report(report, args.out)
     print(f"wrote       {path}", file=sys.stderr if args.json else sys.stdout)  # stdout stays pure JSON with --json
     return 0

@@ -2,8 +2,10 @@
 
 ``agentgraph run customer-support "MESSAGE"`` sends one request through the
 example customer-support graph and prints the reply with the route, its
-confidence, the nodes visited, the LLM calls and the latency; ``--json`` prints
-the same as one JSON object. ``--interactive`` is a chat loop on one thread.
+confidence, the nodes visited, the LLM calls and their tokens, and the latency;
+``--json`` prints the same as one JSON object. With a price table in
+``AGENTGRAPH_PRICES`` (:class:`agentgraph.records.costs.PriceTable`) each turn
+also gives what its LLM calls cost (``llm_cost_usd``). ``--interactive`` is a chat loop on one thread.
 
 A pending approval (a refund, an account deletion) is shown and answered in
 the terminal: approve, edit (new arguments as JSON) or reject. With
@@ -36,7 +38,6 @@ Langfuse trace per turn.
 from __future__ import annotations
 
 import argparse
-import getpass
 import io
 import json
 import os
@@ -45,6 +46,7 @@ import uuid
 from pathlib import Path
 from typing import Any, cast
 
+from agentgraph.commands import login_name
 from agentgraph.errors import AgentGraphError, ApprovalResponseError, InvalidTextError
 from agentgraph.postgres import DATABASE_URL_ENV
 from agentgraph.text import require_utf8
@@ -166,6 +168,7 @@ class _Session:
         from agentgraph.graphs.customer_support.shop import DEMO_CUSTOMER
         from agentgraph.llm import default_llm
         from agentgraph.modes import NodeModes
+        from agentgraph.records.costs import PRICES_ENV, PriceTable
         from agentgraph.shadow import ShadowConfig
         from agentgraph.slm import SLMSettings, load_slm
         from agentgraph.tracing import DecisionTracingHandler, tracing_configured
@@ -178,6 +181,7 @@ class _Session:
         # Settings first: a bad mode or rate is reported before any model loads.
         modes = NodeModes.from_env().overridden_by(NodeModes.parse(args.mode)).check_nodes(DEFAULT_MODES)
         shadow = ShadowConfig.checked(rate=args.shadow_rate) if args.shadow_rate is not None else None
+        self.prices = PriceTable.load() if os.environ.get(PRICES_ENV) else None
         slm = load_slm(SLMSettings.from_env(url=args.slm_url, model=args.slm_model))
         llm = default_llm()
         self.parts = CustomerSupportParts(
@@ -190,7 +194,7 @@ class _Session:
         self.tracer = DecisionTracingHandler() if args.trace or tracing_configured() else None
         # Approvals are asked on stdin (a terminal, or answers piped in); --json output never prompts.
         self.ask = not args.json
-        self.reviewer = args.reviewer or _login_name()
+        self.reviewer = args.reviewer or login_name()
 
     def turn(self, message: str | None, *, resume: dict[str, Any] | None = None) -> None:
         from agentgraph.running import DEFAULT_TURN_WAIT_S, run_turn
@@ -240,13 +244,19 @@ class _Session:
             self.turn(message)
 
     def _print(self, result: Any) -> None:
+        cost = None
+        if self.prices is not None:
+            cost = sum(self.prices.price_of(model).of(t.prompt, t.completion) for model, t in result.llm_tokens.items())
         if self.args.json:
-            print(result.model_dump_json())
+            print(json.dumps(result.model_dump(mode="json") | ({"llm_cost_usd": cost} if cost is not None else {}),
+                             separators=(",", ":"), ensure_ascii=False))  # fmt: skip
             return
         confidence = "n/a" if result.confidence is None else f"{result.confidence:.3f}"
         print(f"route       {result.route} (intent {result.intent}, confidence {confidence})")
         print(f"nodes       {' > '.join(result.nodes)}")
-        print(f"calls       {result.llm_calls} LLM, {result.slm_calls} small-model decisions")
+        tokens = sum(t.prompt + t.completion for t in result.llm_tokens.values())
+        print(f"calls       {result.llm_calls} LLM ({tokens} tokens{'' if cost is None else f', ${cost:.6f}'}), "
+              f"{result.slm_calls} small-model decisions")  # fmt: skip
         print(f"latency     {result.latency_ms:.0f} ms")
         print(f"thread      {result.thread_id}")
         if result.interrupt is not None:
@@ -267,14 +277,6 @@ class _Session:
             from langfuse import get_client
 
             get_client().flush()
-
-
-def _login_name() -> str:
-    """The terminal user's login name, the approver of what they answer; "terminal" where none is known."""
-    try:
-        return getpass.getuser()
-    except (OSError, KeyError):  # no LOGNAME/USER and no passwd entry, as in some containers
-        return "terminal"
 
 
 def _ask_for_decisions(interrupt: dict[str, Any], *, reviewer: str) -> dict[str, Any] | None:

@@ -319,7 +319,8 @@ def build_dataset(
     examples = [example for source in sources for example in source.examples]
     if not examples:
         raise DatasetError(
-            "no examples: give a trace store with accepted calls of the role's step types, a labelled file, "
+            "no examples: give a trace store with accepted calls of the role's step types (`agentgraph traces label` "
+            "and `traces review` give calls their outcomes), a labelled file, "
             "or the customer-support data"
         )
     ids = Counter(example.id for example in examples)

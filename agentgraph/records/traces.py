@@ -340,20 +340,15 @@ class LLMCallRecorder(BaseCallbackHandler):
         if pending is None:
             return
         call, started = pending
-        generation = response.generations[0][0] if response.generations and response.generations[0] else None
-        message = generation.message if isinstance(generation, ChatGeneration) else None
-        usage: Mapping[str, Any] = (message.usage_metadata if isinstance(message, AIMessage) else None) or {}
-        token_usage = (response.llm_output or {}).get("token_usage") or {}
-        model = (message.response_metadata.get("model_name") if message is not None else None) or (
-            response.llm_output or {}
-        ).get("model_name")
+        generation, message = _first_generation(response)
+        model, prompt_tokens, completion_tokens = usage_of(response)
         update: dict[str, Any] = {
             "output": None if generation is None else str(message.text) if message is not None else generation.text,
             "tool_calls": [
                 {"name": call["name"], "args": call["args"]} for call in getattr(message, "tool_calls", None) or []
             ],
-            "prompt_tokens": usage.get("input_tokens", token_usage.get("prompt_tokens")),
-            "completion_tokens": usage.get("output_tokens", token_usage.get("completion_tokens")),
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
             "latency_ms": (time.perf_counter() - started) * 1000,
         }
         if model:
@@ -414,6 +409,28 @@ class LLMCallRecorder(BaseCallbackHandler):
     def _finish(self, run_id: UUID) -> tuple[LLMCall, float] | None:
         with self._lock:
             return self._pending.pop(run_id, None)
+
+
+def _first_generation(response: LLMResult) -> tuple[Any, AIMessage | None]:
+    generation = response.generations[0][0] if response.generations and response.generations[0] else None
+    message = generation.message if isinstance(generation, ChatGeneration) else None
+    return generation, message if isinstance(message, AIMessage) else None
+
+
+def usage_of(response: LLMResult) -> tuple[str | None, int | None, int | None]:
+    """The model an LLM call reports, and its prompt and completion tokens (None where it reports none)."""
+    _, message = _first_generation(response)
+    usage: Mapping[str, Any] = (message.usage_metadata if message is not None else None) or {}
+    llm_output = response.llm_output or {}
+    token_usage = llm_output.get("token_usage") or {}
+    model = (message.response_metadata.get("model_name") if message is not None else None) or llm_output.get(
+        "model_name"
+    )
+    return (
+        model,
+        usage.get("input_tokens", token_usage.get("prompt_tokens")),
+        usage.get("output_tokens", token_usage.get("completion_tokens")),
+    )
 
 
 def _json_safe(value: Any) -> bool:

@@ -1,0 +1,182 @@
+"""Outcomes without a person: label the LLM's traced calls from what came of the turn that made them.
+
+Distillation learns from accepted teacher answers (``agentgraph distill dataset
+--traces``), and a call has no outcome until something gives it one. Where the
+graph's own records hold a signal, :func:`label_outcomes` gives it by rule, per
+turn of a thread (a turn starts at the router's ``route`` decision and holds
+the decisions and calls until the next one):
+
+- ``complaint``: the next turn corrects or complains (its request matches
+  :attr:`OutcomeRules.complaint_pattern`): the turn's calls are rejected, even
+  ones another rule accepted;
+- ``approval``: a person approved a write the turn asked for (accepted), or
+  edited or rejected it (rejected);
+- ``answered_clarification``: the customer answered the turn's clarifying
+  question (the next turn's route decision reads as its answer): accepted;
+- ``validated``: the turn's output validator passed it and nothing was handed to
+  a person: accepted.
+
+Each label is a :class:`~agentgraph.records.decisions.Decision` of node
+``outcome_rules`` (kind ``outcome``) naming the call and the rule; a call a
+person judged (a decision of node ``trace_review``), or one marked from code,
+keeps that judgement. What no rule settles stays
+pending, for ``agentgraph traces review``.
+
+Example:
+    >>> from agentgraph.records.decisions import Decision
+    >>> from agentgraph.records.outcomes import label_outcomes
+    >>> from agentgraph.records.traces import LLMCall, SQLiteTraceStore
+    >>> store = SQLiteTraceStore(":memory:")
+    >>> _ = store.record(Decision(node="router", kind="route", input="hi, where is 10001?", thread_id="t1"))
+    >>> _ = store.record_call(LLMCall(node="extract", messages=[{"role": "user", "content": "where is 10001?"}],
+    ...                               output="{}", thread_id="t1"))
+    >>> _ = store.record(Decision(node="validate", kind="validate", input="...", outcome="ok", thread_id="t1"))
+    >>> _ = store.record(Decision(node="router", kind="route", input="that is wrong, I said 10002", thread_id="t1"))
+    >>> report = label_outcomes(store)
+    >>> report.rejected, report.accepted, [call.accepted for call in store.calls()]
+    (1, 0, [False])
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from agentgraph.records.decisions import Decision
+from agentgraph.records.traces import LLMCall, SQLTraceStore
+
+RULES_NODE = "outcome_rules"
+REVIEW_NODE = "trace_review"
+"""The decision logs' names for a label given by rule and one given by a person (``agentgraph traces review``)."""
+
+Rule = Literal["complaint", "approval", "answered_clarification", "validated"]
+
+DEFAULT_COMPLAINT_PATTERN = (
+    r"\b(wrong|incorrect|not (?:what|right|correct|it)|that'?s not|you (?:got|misunderstood)|i (?:said|meant|asked)|"
+    r"(?:doesn'?t|didn'?t|does not|did not) (?:help|work|answer)|useless|complain\w*|mistake)\b"
+)
+
+
+class OutcomeRules(BaseModel):
+    """Which signals label a turn's calls; each rule can be turned off, the complaint cue replaced."""
+
+    complaint: bool = True
+    approval: bool = True
+    answered_clarification: bool = True
+    validated: bool = True
+    complaint_pattern: str = Field(default=DEFAULT_COMPLAINT_PATTERN,
+                                   description="a regular expression (case-insensitive) a correcting or complaining "
+                                   "next request matches")  # fmt: skip
+    turn_kind: str = Field(default="route", description="the decision kind a turn starts with")
+
+
+class OutcomeReport(BaseModel):
+    threads: int = 0
+    turns: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    pending: int = Field(default=0, description="calls no rule settled, left for review")
+    by_rule: dict[str, int] = Field(default_factory=dict)
+
+
+@dataclass
+class Turn:
+    """One turn of a thread: the decision it starts with, the decisions and the LLM calls until the next."""
+
+    start: Decision
+    decisions: list[Decision] = field(default_factory=list)
+    calls: list[LLMCall] = field(default_factory=list)
+
+
+def turns_of(decisions: Sequence[Decision], calls: Sequence[LLMCall], *, turn_kind: str = "route") -> list[Turn]:
+    """A thread's decisions and calls (each in time order) cut into turns; what comes before the first is dropped."""
+    turns: list[Turn] = []
+    for decision in decisions:
+        if decision.kind == turn_kind:
+            turns.append(Turn(decision))
+        elif turns:
+            turns[-1].decisions.append(decision)
+    # A decision is stamped when it is made; its turn began when the node started (a teacher's call comes first).
+    starts = [turn.start.timestamp - timedelta(milliseconds=turn.start.latency_ms) for turn in turns]
+    for call in calls:
+        at = sum(start <= call.timestamp for start in starts) - 1
+        if at >= 0:
+            turns[at].calls.append(call)
+    return turns
+
+
+def verdict_of(turn: Turn, following: Turn | None, rules: OutcomeRules) -> tuple[bool, Rule] | None:
+    """What the rules make of a turn: (accepted, the rule that said so), or None when none applies."""
+    if rules.complaint and following is not None and _text(following.start.input) is not None:
+        if re.search(rules.complaint_pattern, _text(following.start.input) or "", re.IGNORECASE):
+            return False, "complaint"
+    approvals = [d.metadata.get("approval") for d in turn.decisions if d.metadata.get("approval")]
+    if rules.approval and approvals:
+        return all(answer == "approve" for answer in approvals), "approval"
+    if rules.answered_clarification and following is not None and "answers" in following.start.metadata:
+        return True, "answered_clarification"
+    validations = [d for d in turn.decisions if d.kind == "validate"]
+    handed_off = any(d.outcome == "handoff" or d.strategy == "human" for d in turn.decisions)
+    if rules.validated and validations and not handed_off and all(d.outcome != "flagged" for d in validations):
+        return True, "validated"
+    return None
+
+
+def label_outcomes(store: SQLTraceStore, rules: OutcomeRules | None = None) -> OutcomeReport:
+    """Label the pending LLM calls in ``store`` by ``rules`` (default: all of them); returns what was labelled.
+
+    A call labelled by an earlier run may be relabelled rejected by a complaint that came since;
+    calls a person judged (``agentgraph traces review``) are never touched.
+    """
+    rules = rules or OutcomeRules()
+    ruled = {d.input["call_id"]: d for d in store.decisions(node=RULES_NODE, kind="outcome")}
+    reviewed = {d.input["call_id"] for d in store.decisions(node=REVIEW_NODE, kind="outcome")}
+    open_calls = {
+        call.id: call
+        for call in store.calls()
+        if call.id not in reviewed and (call.accepted is None or call.id in ruled)
+    }
+    threads = sorted({call.thread_id for call in open_calls.values() if call.thread_id is not None})
+    by_thread: dict[str, list[Decision]] = {thread: [] for thread in threads}
+    for decision in store.decisions():
+        if decision.thread_id in by_thread:
+            by_thread[decision.thread_id].append(decision)
+    report = OutcomeReport(threads=len(threads))
+    for thread in threads:
+        decisions = sorted(by_thread[thread], key=lambda d: d.timestamp)
+        calls = sorted((c for c in open_calls.values() if c.thread_id == thread), key=lambda c: c.timestamp)
+        turns = turns_of(decisions, calls, turn_kind=rules.turn_kind)
+        report.turns += len(turns)
+        for number, turn in enumerate(turns):
+            verdict = verdict_of(turn, turns[number + 1] if number + 1 < len(turns) else None, rules)
+            for call in turn.calls:
+                if verdict is None:
+                    report.pending += call.accepted is None
+                    continue
+                earlier = ruled.get(call.id)
+                if earlier is not None and earlier.output == verdict[0]:
+                    continue
+                accepted, rule = verdict
+                store.mark(call.id, accepted=accepted)
+                store.record(_outcome_decision(call, accepted, rule, turn))
+                report.accepted += accepted
+                report.rejected += not accepted
+                report.by_rule[rule] = report.by_rule.get(rule, 0) + 1
+    return report
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _outcome_decision(call: LLMCall, accepted: bool, rule: Rule, turn: Turn) -> Decision:
+    return Decision(
+        node=RULES_NODE, kind="outcome", input={"call_id": call.id, "node": call.node, "step_type": call.step_type},
+        output=accepted, strategy=rule, outcome="accepted" if accepted else "rejected", thread_id=call.thread_id,
+        metadata={"turn_started": turn.start.timestamp.isoformat(), "turn_input": _text(turn.start.input)},
+    )  # fmt: skip
