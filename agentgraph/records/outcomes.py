@@ -112,9 +112,9 @@ def turns_of(decisions: Sequence[Decision], calls: Sequence[LLMCall], *, turn_ki
 
 def verdict_of(turn: Turn, following: Turn | None, rules: OutcomeRules) -> tuple[bool, Rule] | None:
     """What the rules make of a turn: (accepted, the rule that said so), or None when none applies."""
-    if rules.complaint and following is not None and _text(following.start.input) is not None:
-        if re.search(rules.complaint_pattern, _text(following.start.input) or "", re.IGNORECASE):
-            return False, "complaint"
+    next_request = _text(following.start.input) if following is not None else None
+    if rules.complaint and next_request is not None and re.search(rules.complaint_pattern, next_request, re.IGNORECASE):
+        return False, "complaint"
     approvals = [d.metadata.get("approval") for d in turn.decisions if d.metadata.get("approval")]
     if rules.approval and approvals:
         return all(answer == "approve" for answer in approvals), "approval"
