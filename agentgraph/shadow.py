@@ -61,6 +61,15 @@ logger = logging.getLogger(__name__)
 SHADOW_RATE_ENV = "AGENTGRAPH_SHADOW_RATE"
 SHADOW_KEY = "agentgraph_shadow"
 """Run-config metadata key that marks a teacher call made for shadow evaluation."""
+CANARY_KEY = "canary"
+"""Decision metadata key of a request a canary candidate served, with its comparison to the current model
+(:mod:`agentgraph.nodes.canary`): like a shadow check, a served answer set against another model's."""
+
+
+def hashed_draw(*key: Any) -> float:
+    """A number in [0, 1) that depends only on ``key`` (JSON of it, hashed): a reproducible sample draw."""
+    text = json.dumps(list(key), sort_keys=True, default=str)
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big") / 2**64
 
 
 class ShadowConfig(BaseModel):
@@ -111,9 +120,7 @@ class ShadowEvaluator:
 
     def sampled(self, node: str, input: Any) -> bool:
         """Whether the request ``input`` to ``node`` is in the sample: a hash of seed, node and input below the rate."""
-        key = json.dumps([self.config.seed, node, input], sort_keys=True, default=str)
-        draw = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") / 2**64
-        return draw < self.config.rate
+        return hashed_draw(self.config.seed, node, input) < self.config.rate
 
     def evaluate(
         self,

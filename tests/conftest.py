@@ -6,7 +6,7 @@ import os
 from typing import TYPE_CHECKING
 
 import pytest
-from _tiny_reranker import tiny_reranker_folder  # noqa: F401  (a session fixture the reranker tests share)
+from _trained_reranker import trained_reranker_folder  # noqa: F401  (a session fixture the reranker tests share)
 
 if TYPE_CHECKING:
     from agentgraph.graphs.customer_support.bitext import SupportRequest

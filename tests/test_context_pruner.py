@@ -62,8 +62,8 @@ def test_jaccard_of_word_sets_ignores_case_and_punctuation():
 
 
 @pytest.fixture(scope="module")
-def reranker(tiny_reranker_folder):
-    return Reranker(tiny_reranker_folder, device="cpu")
+def reranker(trained_reranker_folder):
+    return Reranker(trained_reranker_folder, device="cpu")
 
 
 def pruner_graph(node):

@@ -184,3 +184,13 @@ def test_the_contracts_read_every_installed_package_and_every_kind_of_import():
     ]
     assert forbidding("agentgraph.graphs.customer_support")(found[2]), "from a package import its submodule: counted"
     assert str(found[2]).startswith("agentgraph.nodes.router (")
+
+
+def test_every_package_folder_is_one_pyproject_installs():
+    # setuptools installs the packages it is given by name: a package folder missing from the list is left out
+    # of the wheel (an editable install still finds it, so nothing else in the suite would notice).
+    listed = set(
+        tomllib.loads((REPOSITORY / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]["packages"]
+    )
+    found = {module for module, path in modules() if path.name == "__init__.py"}
+    assert found <= listed, f"pyproject.toml's packages lack {sorted(found - listed)}"

@@ -116,7 +116,7 @@ def embedded(request: pytest.FixtureRequest) -> SLM:
 
 
 def tiny_reranker(request: pytest.FixtureRequest) -> Reranker:
-    return Reranker(request.getfixturevalue("tiny_reranker_folder"), device="cpu")
+    return Reranker(request.getfixturevalue("trained_reranker_folder"), device="cpu")
 
 
 CHUNKS = ["To request a refund, open Orders and choose Request refund.", "Our newsletter comes out every Monday."]

@@ -72,12 +72,21 @@ class RegistryEntry(BaseModel):
     reason: str = Field(default="", description="why it was registered: the gate's reason, or the one given")
 
 
+class CanaryEntry(BaseModel):
+    """A candidate serving a share of a role's traffic beside the current artifact, until it is judged."""
+
+    entry: RegistryEntry
+    share: float = Field(gt=0.0, le=1.0, description="the part of the traffic it serves")
+    started_at: str
+
+
 class RoleHistory(BaseModel):
-    """Every entry a role had, oldest first, and which one serves (None: the default)."""
+    """Every entry a role had, oldest first, which one serves (None: the default), and its canary if any."""
 
     entries: list[RegistryEntry] = Field(default_factory=list)
     current: int | None = None
     previous: list[int | None] = Field(default_factory=list, description="what served before each switch")
+    canary: CanaryEntry | None = None
 
 
 class RegistryContents(BaseModel):
@@ -136,6 +145,69 @@ class ModelRegistry:
         Refused with :class:`UnpromotedArtifactError` unless the artifact's latest gate
         decision (``manifest["promotion"]``) accepted it, or ``force`` (say why in ``reason``).
         """
+        entry = self._entry(role, artifact, force=force, reason=reason)
+        with self._lock:
+            contents = self.read()
+            self._switch(contents.roles.setdefault(role, RoleHistory()), entry)
+            self._write(contents)
+        self._log("promote", role, entry, forced=entry.forced)
+        return entry
+
+    def start_canary(
+        self,
+        role: str,
+        artifact: str | os.PathLike[str],
+        *,
+        share: float,
+        force: bool = False,
+        reason: str | None = None,
+    ) -> CanaryEntry:
+        """Let ``artifact`` serve ``share`` of ``role``'s traffic beside the current one, until
+        :meth:`end_canary` (:func:`~agentgraph.distill.canary.judge_canary` calls it by rule).
+
+        The same gate check as :meth:`promote`; a canary already running for the role is replaced.
+        """
+        canary = CanaryEntry(entry=self._entry(role, artifact, force=force, reason=reason), share=share,
+                             started_at=_now())  # fmt: skip
+        with self._lock:
+            contents = self.read()
+            history = contents.roles.setdefault(role, RoleHistory())
+            replaced = history.canary
+            history.canary = canary
+            self._write(contents)
+        self._log("canary", role, canary.entry, share=share, forced=canary.entry.forced,
+                  replaced=None if replaced is None else replaced.entry.path)  # fmt: skip
+        return canary
+
+    def canary(self, role: str) -> CanaryEntry | None:
+        """The canary running for ``role``, if any."""
+        history = self.read().roles.get(role)
+        return None if history is None else history.canary
+
+    def end_canary(self, role: str, *, promote: bool, reason: str, figures: dict[str, Any] | None = None) -> None:
+        """End ``role``'s canary: its candidate serves the whole traffic (``promote``) or none of it (a rollback).
+
+        Either is a decision in the log, with ``reason`` and the ``figures`` it was judged on.
+        """
+        with self._lock:
+            contents = self.read()
+            history = contents.roles.get(role)
+            if history is None or history.canary is None:
+                raise DistillError(
+                    f"{self} has no canary running for {role!r}: start one with `agentgraph models canary`"
+                )
+            candidate = history.canary.entry.model_copy(update={"reason": reason, "promoted_at": _now()})
+            history.canary = None
+            if promote:
+                self._switch(history, candidate)
+            kept = None if history.current is None else history.entries[history.current]
+            self._write(contents)
+        if promote:
+            self._log("promote", role, candidate, canary=True, reason=reason, figures=figures)
+        else:
+            self._log("rollback", role, kept, canary=True, replaced=candidate.path, reason=reason, figures=figures)
+
+    def _entry(self, role: str, artifact: str | os.PathLike[str], *, force: bool, reason: str | None) -> RegistryEntry:
         folder = Path(artifact).resolve()
         manifest = read_manifest(folder)
         gate = manifest.get("promotion") or {}
@@ -146,7 +218,7 @@ class ModelRegistry:
                 f"{folder} is not promoted ({why}): gate it with `agentgraph distill gate --model {folder} --promote`, "
                 "or pass --force to serve it anyway"
             )
-        entry = RegistryEntry(
+        return RegistryEntry(
             role=role, path=str(folder), trained_for=manifest.get("role"), manifest_sha256=manifest_sha256(folder),
             lineage={
                 "dataset_sha256": (manifest.get("dataset") or {}).get("sha256"),
@@ -157,15 +229,12 @@ class ModelRegistry:
             promoted_at=_now(), forced=not accepted,
             reason=reason or gate.get("reason") or ("forced" if not accepted else "accepted by its gate"),
         )  # fmt: skip
-        with self._lock:
-            contents = self.read()
-            history = contents.roles.setdefault(role, RoleHistory())
-            history.previous.append(history.current)
-            history.entries.append(entry)
-            history.current = len(history.entries) - 1
-            self._write(contents)
-        self._log("promote", role, entry, forced=entry.forced)
-        return entry
+
+    @staticmethod
+    def _switch(history: RoleHistory, entry: RegistryEntry) -> None:
+        history.previous.append(history.current)
+        history.entries.append(entry)
+        history.current = len(history.entries) - 1
 
     def rollback(self, role: str) -> RegistryEntry | None:
         """Restore what served ``role`` before the last switch; returns it (None: the default)."""
@@ -191,26 +260,40 @@ class ModelRegistry:
         if entry is None:
             logger.info("%s: no promoted artifact in %s; the default serves it", role, self.folder)
             return None
-        if not (Path(entry.path) / MANIFEST).is_file():
-            raise DistillError(
-                f"the promoted {role} artifact {entry.path} is gone: restore it, or `agentgraph models rollback {role}`"
-            )
-        if manifest_sha256(entry.path) != entry.manifest_sha256:
-            raise ChangedArtifactError(
-                f"the promoted {role} artifact {entry.path} changed since it was promoted on {entry.promoted_at}: "
-                f"gate and promote it again, or `agentgraph models rollback {role}`"
-            )
+        self._check(entry, "promoted", f"`agentgraph models rollback {role}`")
         logger.info("%s: serving the artifact promoted on %s, %s", role, entry.promoted_at, entry.path)
         return entry
 
+    def resolve_canary(self, role: str) -> CanaryEntry | None:
+        """``role``'s canary, its artifact checked as :meth:`resolve` checks the promoted one."""
+        canary = self.canary(role)
+        if canary is not None:
+            self._check(canary.entry, "canary", f"`agentgraph models judge {role} --rollback`")
+            logger.info("%s: a canary serves %.0f%% of the traffic, %s", role, canary.share * 100, canary.entry.path)
+        return canary
+
+    @staticmethod
+    def _check(entry: RegistryEntry, what: str, undo: str) -> None:
+        # ``what`` names how it was registered ("promoted", "canary"): in the errors, what to undo.
+        if not (Path(entry.path) / MANIFEST).is_file():
+            raise DistillError(f"the {what} {entry.role} artifact {entry.path} is gone: restore it, or {undo}")
+        if manifest_sha256(entry.path) != entry.manifest_sha256:
+            since = "it was promoted" if what == "promoted" else "its canary started"
+            raise ChangedArtifactError(
+                f"the {what} {entry.role} artifact {entry.path} changed since {since} on {entry.promoted_at}: "
+                f"gate and register it again, or {undo}"
+            )
+
     def _log(
-        self, kind: Literal["promote", "rollback"], role: str, entry: RegistryEntry | None, **metadata: Any
+        self, kind: Literal["promote", "rollback", "canary"], role: str, entry: RegistryEntry | None, **metadata: Any
     ) -> None:
+        # The output is what serves the role (or, for a canary, a share of it) after the switch.
+        outcome = "default" if entry is None else "canary" if kind == "canary" else "promoted"
         log_decision(
             self.decision_log,
             Decision(
                 node="model_registry", kind=kind, input={"role": role},
                 output=None if entry is None else entry.path, strategy="forced" if metadata.get("forced") else "rule",
-                outcome="default" if entry is None else "promoted", metadata={"registry": str(self.folder), **metadata},
+                outcome=outcome, metadata={"registry": str(self.folder), **metadata},
             ),
         )  # fmt: skip

@@ -263,11 +263,13 @@ class ControlNode(RunnableCallable):
     async def arun(self, state: Mapping[str, Any], config: RunnableConfig) -> Any:
         started = time.perf_counter()
         call = self.prepare(state, config, started)
+        return self.finish(call, await self.decide_async(call), started)
+
+    async def decide_async(self, call: NodeCall) -> NodeResult:
+        """The decision on ``call``, natively async where the node has one, else on a worker thread."""
         if self.adecide is not None:
-            result = await self.adecide(call)
-        else:
-            result = await asyncio.to_thread(self.decide, call)
-        return self.finish(call, result, started)
+            return await self.adecide(call)
+        return await asyncio.to_thread(self.decide, call)
 
     def mode_of(self, config: RunnableConfig | None) -> Mode | None:
         """The mode this node runs in under ``config`` (None for a node without modes)."""

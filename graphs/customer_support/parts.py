@@ -29,7 +29,7 @@ from langgraph.prebuilt import ToolNode
 from agentgraph.checkpointing import postgres_checkpointer, sqlite_checkpointer
 from agentgraph.classifier import IntentClassifier
 from agentgraph.distill.extract import ExtractionArtifact, load_extraction_artifact
-from agentgraph.distill.registry import ModelRegistry
+from agentgraph.distill.registry import ModelRegistry, RegistryEntry
 from agentgraph.errors import ConfigError
 from agentgraph.graphs.customer_support.bitext import CUSTOMER_SUPPORT_INTENTS
 from agentgraph.graphs.customer_support.policies import PolicyRetriever, load_policy_sections, support_reranker_folder
@@ -41,8 +41,10 @@ from agentgraph.graphs.customer_support.ticket import SupportTicket
 from agentgraph.graphs.customer_support.training import support_act_detector, support_router_path
 from agentgraph.idempotency import IdempotencyStore, open_idempotency_store
 from agentgraph.modes import Mode, NodeModes
+from agentgraph.nodes.canary import create_canary
 from agentgraph.nodes.consequence import ConsequencePolicy, create_guarded_tool_node
 from agentgraph.nodes.context_pruner import Reranker, create_context_pruner
+from agentgraph.nodes.kernel import ControlNode
 from agentgraph.nodes.output_validator import (
     create_output_validator,
     length_check,
@@ -99,7 +101,9 @@ class CustomerSupportParts:
     ``models/`` (a :class:`~agentgraph.distill.registry.ModelRegistry`, unless ``registry`` is given):
     at start the graph loads the artifact promoted there for ``extract`` (a distilled extractor
     of :class:`SupportTicket`) and for ``router`` (an :class:`~agentgraph.classifier.IntentClassifier`
-    folder; ``router_path`` wins over it), and logs that the default serves a role with none.
+    folder; ``router_path`` wins over it), and logs that the default serves a role with none; a
+    canary registered there for either role (``agentgraph models canary``) serves its share of the
+    requests beside it (:func:`~agentgraph.nodes.canary.create_canary`).
     With ``database_url`` (``postgresql://...``), the idempotency keys, the trace store and
     decision log and the checkpoints (:meth:`durable_checkpointer`) live in that PostgreSQL
     database instead, so several workers, on several machines, can share them; turns then hold
@@ -149,33 +153,43 @@ class CustomerSupportParts:
             database_url or self.data_dir / "idempotency.db"
         )
         self.registry = registry or ModelRegistry(self.data_dir / "models", decision_log=self.decision_log)
-        self.extraction_artifact = self._promoted_extractor()
-        self.classifier = IntentClassifier.load(router_path or self._promoted_router() or support_router_path())
+        self.extraction_artifact = self._extractor_of(self.registry.resolve("extract"))
+        promoted_router = self._router_of(self.registry.resolve("router"))
+        self.classifier = IntentClassifier.load(router_path or promoted_router or support_router_path())
         self.acts = support_act_detector(self.classifier.encoder)
         self.reranker = reranker or Reranker(support_reranker_folder())
+        self.canaries = {role: canary for role in DEFAULT_MODES if (canary := self.registry.resolve_canary(role))}
+        extraction_canary, router_canary = self.canaries.get("extract"), self.canaries.get("router")
+        self.candidate_extraction = self._extractor_of(extraction_canary.entry if extraction_canary else None)
+        candidate_router = self._router_of(router_canary.entry if router_canary else None)
+        self.candidate_classifier = IntentClassifier.load(candidate_router) if candidate_router else None
 
-    def _promoted_router(self) -> str | None:
-        entry = self.registry.resolve("router")
+    @staticmethod
+    def _router_of(entry: RegistryEntry | None) -> str | None:
         if entry is None:
             return None
         if entry.trained_for is not None:
             raise ConfigError(
-                f"the promoted router {entry.path} is a distilled {entry.trained_for!r} model; this graph's router "
-                f"serves an IntentClassifier folder: promote one, or `agentgraph models rollback router`"
+                f"the router artifact {entry.path} is a distilled {entry.trained_for!r} model; this graph's router "
+                f"serves an IntentClassifier folder: register one, or `agentgraph models rollback router`"
             )
         return entry.path
 
-    def _promoted_extractor(self) -> ExtractionArtifact | None:
-        entry = self.registry.resolve("extract")
+    @staticmethod
+    def _extractor_of(entry: RegistryEntry | None) -> ExtractionArtifact | None:
         if entry is None:
             return None
         artifact = load_extraction_artifact(entry.path)
         if artifact["schema"] is not SupportTicket:
             raise ConfigError(
-                f"the promoted extractor {entry.path} fills {artifact['schema'].__name__}; this graph's extract node "
+                f"the extractor {entry.path} fills {artifact['schema'].__name__}; this graph's extract node "
                 "fills SupportTicket: train one on it (--schema), or `agentgraph models rollback extract`"
             )
         return artifact
+
+    def _canary(self, role: str, current: ControlNode, candidate: ControlNode) -> ControlNode:
+        canary = self.canaries[role]
+        return create_canary(current, candidate, share=canary.share, label=canary.entry.path)
 
     @cached_property
     def retriever(self) -> PolicyRetriever:
@@ -216,16 +230,26 @@ class CustomerSupportParts:
         (:func:`~agentgraph.graphs.customer_support.graph.compose` wires them with the graph's own steps)."""
         log = self.decision_log
         tools = {tool.name: tool for tool in self.shop.tools()}
-        router = create_router(
-            **support_routing(self.classifier, self.acts), goto=False, decision_log=log,
-            mode=self.mode_of("router"), shadow=self.shadow,
-            teacher=LLMStrategy(self.llm, CUSTOMER_SUPPORT_INTENTS) if self.llm is not None else None,
-        )  # fmt: skip
-        extractor = self.extraction_artifact or {"slm": self.slm, "schema": SupportTicket}
-        extract = create_schema_enforcer(
-            **extractor, llm=self.extraction_llm, decision_log=log, input_key="request",
-            output_key="ticket", mode=self.mode_of("extract"), shadow=self.shadow,
-        )  # fmt: skip
+
+        def router_on(classifier: IntentClassifier) -> ControlNode:
+            return create_router(
+                **support_routing(classifier, self.acts), goto=False, decision_log=log,
+                mode=self.mode_of("router"), shadow=self.shadow,
+                teacher=LLMStrategy(self.llm, CUSTOMER_SUPPORT_INTENTS) if self.llm is not None else None,
+            )  # fmt: skip
+
+        def extract_on(artifact: ExtractionArtifact | None) -> ControlNode:
+            return create_schema_enforcer(
+                **(artifact or {"slm": self.slm, "schema": SupportTicket}), llm=self.extraction_llm,
+                decision_log=log, input_key="request", output_key="ticket", mode=self.mode_of("extract"),
+                shadow=self.shadow,
+            )  # fmt: skip
+
+        router, extract = router_on(self.classifier), extract_on(self.extraction_artifact)
+        if self.candidate_classifier is not None:
+            router = self._canary("router", router, router_on(self.candidate_classifier))
+        if self.candidate_extraction is not None:
+            extract = self._canary("extract", extract, extract_on(self.candidate_extraction))
         read_tools = ToolNode([tools[name] for name in READ_TOOLS])
         guarded_tools = create_guarded_tool_node(
             [tool for name, tool in tools.items() if name not in READ_TOOLS],
