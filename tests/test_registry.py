@@ -133,3 +133,32 @@ def test_the_example_graph_refuses_a_promoted_extractor_of_another_schema(tmp_pa
     ModelRegistry(tmp_path / "data" / "models").promote("extract", other)
     with pytest.raises(ConfigError, match="fills SupportExtraction; this graph's extract node fills SupportTicket"):
         CustomerSupportParts(data_dir=tmp_path / "data", slm=embedded_slm)
+
+
+@pytest.mark.slow
+def test_a_retrained_classifier_gated_against_the_serving_one_is_promoted_without_force(tmp_path, support_splits):
+    from agentgraph.classifier import IntentClassifier, SentenceEncoder
+    from agentgraph.distill.gate import PromotionRefusedError, gate_classifier
+
+    encoder = SentenceEncoder(precision="int8")
+    intents = ("cancel_order", "track_order", "get_refund", "payment_issue", "recover_password", "get_invoice")
+    train = [r for r in support_splits["train"] if r.intent in intents]
+    held_out = [(r.text, r.intent) for r in support_splits["dev"] if r.intent in intents]
+
+    def classifier(per_intent: int, name: str) -> Path:
+        rows = [r for intent in intents for r in [r for r in train if r.intent == intent][:per_intent]]
+        trained = IntentClassifier.train([r.text for r in rows], [r.intent for r in rows], encoder=encoder,
+                                         max_gate_rejection=0.9)  # fmt: skip
+        return trained.save(tmp_path / name)
+
+    serving, retrained = classifier(5, "router-v1"), classifier(100, "router-v2")
+    report = gate_classifier(retrained, held_out, current=serving)
+    assert report.passed and report.candidate.coverage >= report.current.coverage, report.reason
+    registry = ModelRegistry(tmp_path / "models")
+    entry = registry.promote("router", retrained)
+    assert not entry.forced and entry.lineage["gate"]["coverage"] == report.candidate.coverage
+    assert IntentClassifier.load(retrained).labels, "the gate's record leaves the classifier loadable"
+    with pytest.raises(PromotionRefusedError, match="is not promoted"):
+        gate_classifier(serving, held_out, current=retrained)
+    with pytest.raises(UnpromotedArtifactError, match="coverage"):
+        registry.promote("router", serving)

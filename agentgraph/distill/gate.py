@@ -1,4 +1,4 @@
-"""Gate and promote a distilled router SLM (``agentgraph distill gate``).
+"""Gate and promote a distilled router SLM (``agentgraph distill gate``), or a retrained classifier.
 
 :func:`gate_router` evaluates a model folder written by
 :func:`~agentgraph.distill.train.train_router_slm` with the real router: an
@@ -16,6 +16,11 @@ threshold (default 0.92) on the data it was trained with, records the decision
 (accepted or refused) in the artifact's manifest, and raises
 :class:`PromotionRefusedError` when it refuses.
 
+:func:`gate_classifier` gates a retrained :class:`~agentgraph.classifier.IntentClassifier`
+folder against the one serving now, on held-out labelled requests: accepted when it answers at
+least as many of them without escalating and is right on what it answers within
+``max_accuracy_drop`` of the current one, so the registry serves it without ``--force``.
+
 :func:`load_router_strategy` gives the strategy a graph routes with: the
 artifact's own label set (codes are mapped back to intents), prompt and input
 budget, so nothing of the training setup has to be repeated by hand.
@@ -31,13 +36,17 @@ Example:
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 import os
 from collections.abc import Mapping, Sequence
+from contextlib import suppress
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from agentgraph.classifier import IntentClassifier
 from agentgraph.distill.train import (
     DistillError,
     load_artifact,
@@ -47,6 +56,7 @@ from agentgraph.distill.train import (
     write_manifest,
 )
 from agentgraph.routing import (
+    ClassifierStrategy,
     RouteProposal,
     Router,
     RouterEvaluation,
@@ -262,3 +272,82 @@ def promote(model_dir: str | os.PathLike[str], report: Any) -> dict[str, Any]:
             "(`agentgraph distill train --epochs`), or lower --threshold if that agreement is enough for this node."
         )
     return record
+
+
+class ClassifierGateReport(GateVerdict):
+    """What :func:`gate_classifier` measured: the candidate's and the current classifier's routing of the rows."""
+
+    candidate: RouterEvaluation
+    current: RouterEvaluation | None
+
+    def promotion_figures(self) -> dict[str, Any]:
+        current = self.current
+        return {
+            "coverage": self.candidate.coverage, "selective_accuracy": self.candidate.selective_accuracy,
+            "current_coverage": None if current is None else current.coverage,
+            "current_selective_accuracy": None if current is None else current.selective_accuracy,
+        }  # fmt: skip
+
+
+def gate_classifier(
+    model_dir: str | os.PathLike[str],
+    rows: Sequence[tuple[str, str]],
+    *,
+    current: str | os.PathLike[str] | None = None,
+    min_accuracy: float = 0.95,
+    max_error_rise: float = 0.01,
+) -> ClassifierGateReport:
+    """Gate the classifier in ``model_dir`` on ``(text, label)`` rows it was not trained on, and record the decision.
+
+    Both classifiers route the rows alone (no rules, no teacher), one at a time. Accepted when the
+    candidate's selective accuracy (right among what it answers) reaches ``min_accuracy`` and, against a
+    ``current`` classifier, it answers at least as many rows (coverage) while its wrong answers, as a
+    share of all rows, exceed the current one's by at most ``max_error_rise``: comparing selective
+    accuracies alone would prefer a classifier that answers almost nothing. The decision goes into the
+    candidate's manifest (:func:`promote`); a refusal raises :class:`PromotionRefusedError`.
+    """
+    if not rows:
+        raise DistillError("gate_classifier needs held-out labelled rows to gate on")
+    classifier = IntentClassifier.load(model_dir)
+
+    def routed(loaded: IntentClassifier) -> RouterEvaluation:
+        return evaluate_router(Router([ClassifierStrategy(loaded)]), rows)
+
+    def wrong(evaluation: RouterEvaluation) -> float:
+        return (evaluation.coverage or 0.0) * (1.0 - (evaluation.selective_accuracy or 0.0))
+
+    candidate = routed(classifier)
+    baseline = routed(IntentClassifier.load(current, encoder=classifier.encoder)) if current is not None else None
+    accuracy, coverage = candidate.selective_accuracy or 0.0, candidate.coverage or 0.0
+    said = f"selective accuracy {accuracy:.4f}, coverage {coverage:.4f}, wrong answers {wrong(candidate):.4f}"
+    if accuracy < min_accuracy:
+        decision, reason = "refused", f"selective accuracy {accuracy:.4f} < threshold {min_accuracy:.4f}"
+    elif baseline is not None and coverage < (baseline.coverage or 0.0):
+        decision, reason = "refused", f"coverage {coverage:.4f} < the current classifier's {baseline.coverage:.4f}"
+    elif baseline is not None and wrong(candidate) > wrong(baseline) + max_error_rise:
+        decision = "refused"
+        reason = (
+            f"wrong answers {wrong(candidate):.4f} > the current classifier's {wrong(baseline):.4f} + {max_error_rise}"
+        )
+    else:
+        decision = "accepted"
+        reason = (
+            said
+            if baseline is None
+            else (
+                f"{said}; the current classifier's {baseline.selective_accuracy or 0.0:.4f}, "
+                f"{baseline.coverage or 0.0:.4f}, {wrong(baseline):.4f}"
+            )
+        )
+    threshold = min_accuracy
+    report = ClassifierGateReport(
+        model_dir=str(model_dir), data_dir="(rows given to gate_classifier)",
+        dataset_sha256=hashlib.sha256(json.dumps(list(rows)).encode()).hexdigest(), dataset_matches=True,
+        test_rows=len(rows), agreement=accuracy, threshold=threshold, decision=decision, reason=reason,
+        candidate=candidate, current=baseline,
+    )  # fmt: skip
+    with suppress(PromotionRefusedError):
+        promote(model_dir, report)
+    if not report.passed:
+        raise PromotionRefusedError(f"{model_dir} is not promoted: {reason}")
+    return report

@@ -160,7 +160,7 @@ def cost_report(store: SQLTraceStore, prices: PriceTable) -> CostReport:
     Shadow checks and outcome labels are bookkeeping, not serving: they are left out.
     """
     calls = list(store.calls())
-    decisions = [d for d in store.decisions() if d.kind not in ("shadow", "outcome", "promote", "rollback")]
+    decisions = [d for d in store.decisions() if d.kind not in ("shadow", "outcome", "promote", "rollback", "canary")]
     steps = {**teacher_step_tokens(calls), **prices.step_tokens}
     decided_steps = {d.kind for d in decisions}
     teacher = prices.teacher_price
