@@ -174,3 +174,10 @@ def test_the_example_graph_serves_a_router_canary_and_the_command_promotes_it(tm
     reloaded = CustomerSupportParts(data_dir=data, slm=embedded_slm)
     assert reloaded.registry.current("router").path == str(retrained.resolve()) and not reloaded.canaries
     assert "canary" not in reloaded.nodes()["router"]({"text": requests[0]}, {})["decisions"][0].metadata
+
+
+def test_the_judge_command_has_a_flag_for_every_field_of_the_canary_rule():
+    # The flags are named in agentgraph.commands.models so the CLI starts without importing distillation.
+    from agentgraph.commands.models import RULE_FLAGS
+
+    assert RULE_FLAGS == {name: type(info.default) for name, info in CanaryRule.model_fields.items()}

@@ -43,8 +43,7 @@ from pydantic import BaseModel, Field
 from agentgraph.distill.registry import ModelRegistry
 from agentgraph.distill.train import DistillError
 from agentgraph.records.decisions import Decision, DecisionLog
-from agentgraph.records.outcomes import OutcomeRules, turns_of
-from agentgraph.records.outcomes import verdict_of as turn_verdict
+from agentgraph.records.outcomes import OutcomeRules, judged_turns
 from agentgraph.shadow import CANARY_KEY
 
 Verdict = Literal["continue", "promote", "rollback"]
@@ -105,8 +104,8 @@ def canary_figures(decisions: Iterable[Decision], *, node: str, candidate: str,
     theirs = [d for d in made if d.id not in served]
     checks: dict[bool, list[bool]] = {True: [], False: []}
     for shadow in everything:
-        agree = (shadow.output or {}).get("agree") if isinstance(shadow.output, dict) else None
-        if shadow.node == node and shadow.kind == "shadow" and agree is not None:
+        # A shadow record's output is {"student", "teacher", "agree"}; agree is None when the teacher failed.
+        if shadow.node == node and shadow.kind == "shadow" and (agree := shadow.output.get("agree")) is not None:
             checks[shadow.metadata.get("shadow_of") in served].append(bool(agree))
     rejected: dict[bool, list[bool]] = {True: [], False: []}
     by_thread: dict[str, list[Decision]] = defaultdict(list)
@@ -114,10 +113,8 @@ def canary_figures(decisions: Iterable[Decision], *, node: str, candidate: str,
         if decision.thread_id is not None:
             by_thread[decision.thread_id].append(decision)
     for thread in by_thread.values():
-        turns = turns_of(thread, [], turn_kind=rules.turn_kind)
-        for number, turn in enumerate(turns):
+        for turn, verdict in judged_turns(thread, [], rules):
             in_turn = [d for d in (turn.start, *turn.decisions) if d.node == node]
-            verdict = turn_verdict(turn, turns[number + 1] if number + 1 < len(turns) else None, rules)
             if in_turn and verdict is not None:
                 rejected[any(d.id in served for d in in_turn)].append(not verdict[0])
     return CanaryFigures(

@@ -17,9 +17,10 @@ threshold (default 0.92) on the data it was trained with, records the decision
 :class:`PromotionRefusedError` when it refuses.
 
 :func:`gate_classifier` gates a retrained :class:`~agentgraph.classifier.IntentClassifier`
-folder against the one serving now, on held-out labelled requests: accepted when it answers at
-least as many of them without escalating and is right on what it answers within
-``max_accuracy_drop`` of the current one, so the registry serves it without ``--force``.
+folder against the one serving now, on held-out labelled requests: accepted when it is right on
+at least ``min_accuracy`` of what it answers, answers at least as many of them without escalating,
+and its wrong answers grow by at most ``max_error_rise`` of the rows, so the registry serves it
+without ``--force``.
 
 :func:`load_router_strategy` gives the strategy a graph routes with: the
 artifact's own label set (codes are mapped back to intents), prompt and input
@@ -319,7 +320,6 @@ def gate_classifier(
     candidate = routed(classifier)
     baseline = routed(IntentClassifier.load(current, encoder=classifier.encoder)) if current is not None else None
     accuracy, coverage = candidate.selective_accuracy or 0.0, candidate.coverage or 0.0
-    said = f"selective accuracy {accuracy:.4f}, coverage {coverage:.4f}, wrong answers {wrong(candidate):.4f}"
     if accuracy < min_accuracy:
         decision, reason = "refused", f"selective accuracy {accuracy:.4f} < threshold {min_accuracy:.4f}"
     elif baseline is not None and coverage < (baseline.coverage or 0.0):
@@ -331,19 +331,16 @@ def gate_classifier(
         )
     else:
         decision = "accepted"
-        reason = (
-            said
-            if baseline is None
-            else (
-                f"{said}; the current classifier's {baseline.selective_accuracy or 0.0:.4f}, "
+        reason = f"selective accuracy {accuracy:.4f}, coverage {coverage:.4f}, wrong answers {wrong(candidate):.4f}"
+        if baseline is not None:
+            reason += (
+                f"; the current classifier's {baseline.selective_accuracy or 0.0:.4f}, "
                 f"{baseline.coverage or 0.0:.4f}, {wrong(baseline):.4f}"
             )
-        )
-    threshold = min_accuracy
     report = ClassifierGateReport(
         model_dir=str(model_dir), data_dir="(rows given to gate_classifier)",
         dataset_sha256=hashlib.sha256(json.dumps(list(rows)).encode()).hexdigest(), dataset_matches=True,
-        test_rows=len(rows), agreement=accuracy, threshold=threshold, decision=decision, reason=reason,
+        test_rows=len(rows), agreement=accuracy, threshold=min_accuracy, decision=decision, reason=reason,
         candidate=candidate, current=baseline,
     )  # fmt: skip
     with suppress(PromotionRefusedError):

@@ -127,6 +127,15 @@ def verdict_of(turn: Turn, following: Turn | None, rules: OutcomeRules) -> tuple
     return None
 
 
+def judged_turns(
+    decisions: Sequence[Decision], calls: Sequence[LLMCall], rules: OutcomeRules
+) -> list[tuple[Turn, tuple[bool, Rule] | None]]:
+    """One thread's turns (its decisions and calls in time order, :func:`turns_of`), each with its verdict."""
+    turns = turns_of(decisions, calls, turn_kind=rules.turn_kind)
+    following = [*turns[1:], None]
+    return [(turn, verdict_of(turn, after, rules)) for turn, after in zip(turns, following, strict=True)]
+
+
 def label_outcomes(store: SQLTraceStore, rules: OutcomeRules | None = None) -> OutcomeReport:
     """Label the pending LLM calls in ``store`` by ``rules`` (default: all of them); returns what was labelled.
 
@@ -150,10 +159,9 @@ def label_outcomes(store: SQLTraceStore, rules: OutcomeRules | None = None) -> O
     for thread in threads:
         decisions = sorted(by_thread[thread], key=lambda d: d.timestamp)
         calls = sorted((c for c in open_calls.values() if c.thread_id == thread), key=lambda c: c.timestamp)
-        turns = turns_of(decisions, calls, turn_kind=rules.turn_kind)
+        turns = judged_turns(decisions, calls, rules)
         report.turns += len(turns)
-        for number, turn in enumerate(turns):
-            verdict = verdict_of(turn, turns[number + 1] if number + 1 < len(turns) else None, rules)
+        for turn, verdict in turns:
             for call in turn.calls:
                 if verdict is None:
                     report.pending += call.accepted is None

@@ -162,7 +162,9 @@ class CustomerSupportParts:
         extraction_canary, router_canary = self.canaries.get("extract"), self.canaries.get("router")
         self.candidate_extraction = self._extractor_of(extraction_canary.entry if extraction_canary else None)
         candidate_router = self._router_of(router_canary.entry if router_canary else None)
-        self.candidate_classifier = IntentClassifier.load(candidate_router) if candidate_router else None
+        self.candidate_classifier = (
+            IntentClassifier.load(candidate_router, encoder=self.classifier.encoder) if candidate_router else None
+        )  # one encoder for both: the act detector already shares the serving classifier's
 
     @staticmethod
     def _router_of(entry: RegistryEntry | None) -> str | None:
