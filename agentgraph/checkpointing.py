@@ -67,6 +67,7 @@ from agentgraph.nodes.context_pruner import KeptChunk
 from agentgraph.nodes.loop import ActResult, Observation
 from agentgraph.nodes.output_validator import Span, ValidationReport, ValidationStep, Violation
 from agentgraph.records.decisions import Decision
+from agentgraph.routing.steps import RecognisedStep
 from agentgraph.write_safety import WriteConsent
 
 if TYPE_CHECKING:
@@ -74,7 +75,7 @@ if TYPE_CHECKING:
 
 NODE_STATE_TYPES: tuple[type, ...] = (
     Decision, HumanHandoff, KeptChunk, ActResult, Observation, ValidationReport, ValidationStep, Violation, Span,
-    Clarification, WriteConsent,
+    Clarification, WriteConsent, RecognisedStep,
 )  # fmt: skip
 """Every type an agentgraph node writes into graph state."""
 

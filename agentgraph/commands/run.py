@@ -166,11 +166,11 @@ class _Session:
     def __init__(self, args: argparse.Namespace) -> None:
         from agentgraph.graphs.customer_support import DEFAULT_MODES, CustomerSupportParts, compose
         from agentgraph.graphs.customer_support.shop import DEMO_CUSTOMER
-        from agentgraph.llm import default_llm
         from agentgraph.modes import NodeModes
         from agentgraph.records.costs import PRICES_ENV, PriceTable
         from agentgraph.shadow import ShadowConfig
         from agentgraph.slm import SLMSettings, load_slm
+        from agentgraph.tiers import LLMTiers
         from agentgraph.tracing import DecisionTracingHandler, tracing_configured
 
         if args.trace and not tracing_configured():
@@ -183,9 +183,8 @@ class _Session:
         shadow = ShadowConfig.checked(rate=args.shadow_rate) if args.shadow_rate is not None else None
         self.prices = PriceTable.load() if os.environ.get(PRICES_ENV) else None
         slm = load_slm(SLMSettings.from_env(url=args.slm_url, model=args.slm_model))
-        llm = default_llm()
         self.parts = CustomerSupportParts(
-            data_dir=args.data_dir, slm=slm, llm=llm, extraction_llm=llm, modes=modes, shadow=shadow,
+            data_dir=args.data_dir, slm=slm, tiers=LLMTiers.from_env(), modes=modes, shadow=shadow,
             database_url=args.database_url,
         )  # fmt: skip
         self.llm_call_recorder = self.parts.llm_call_recorder  # every LLM call into the trace store, for distillation

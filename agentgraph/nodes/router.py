@@ -96,6 +96,7 @@ from agentgraph.nodes.kernel import ControlNode, NodeCall, NodeResult, ShadowChe
 from agentgraph.records.decisions import DecisionLog, DecisionState
 from agentgraph.routing.evaluation import RouterEvaluation, evaluate_router, score_verdicts
 from agentgraph.routing.router import ESCALATE, EscalationReason, Router, RoutingDecision
+from agentgraph.routing.steps import RecognisedStep, StepPolicy
 from agentgraph.routing.strategies import (
     ClassifierStrategy,
     ConfidenceGate,
@@ -154,6 +155,7 @@ class RouterState(DecisionState, total=False):
     escalation_reason: EscalationReason | None
     clarification: Clarification | None
     write_consent: WriteConsent | None
+    steps: list[RecognisedStep] | None
     escalation: AIMessage | HumanHandoff
 
 
@@ -180,6 +182,7 @@ def create_router(
     acts: ActDetector | None = None,
     writes: WritePolicy | None = None,
     clarification: ClarificationPolicy | None = None,
+    steps: StepPolicy | None = None,
 ) -> RouterNode:
     """A LangGraph node that routes ``state[input_key]`` (a string or messages) to one route.
 
@@ -206,9 +209,11 @@ def create_router(
         clarification: the questions the router asks instead of guessing (:mod:`agentgraph.clarification`);
             their route is ``clarification.route``. The question asked is kept under ``clarification``
             (with a checkpointer, across turns), and the thread's next message is read as its answer.
+        steps: recognise a message that asks for several things (:mod:`agentgraph.routing.steps`): it goes to
+            ``steps.route`` with each request read under ``steps``.
 
     Writes ``route``, ``intent`` (the label; None when escalated or clarified), ``request``, ``route_confidence``,
-    ``escalation_reason``, ``clarification``, ``write_consent`` and one record under ``decisions``
+    ``escalation_reason``, ``clarification``, ``write_consent``, ``steps`` (None for one request) and one record under ``decisions``
     (its ``metadata["mode"]`` says the mode, its ``outcome`` whether the request was routed, clarified or escalated).
     Empty input raises :class:`~agentgraph.errors.EmptyInputError` after logging a ``rejected`` record.
     """
@@ -222,6 +227,7 @@ def create_router(
         list(strategies) if isinstance(strategies, Sequence) else [strategies],
         routes=routes, default_route=default_route, gate=gate, escalation_route=escalation_route,
         mode=mode_in_force(name, config=None, mode=mode, default="student"), teacher=teacher, acts=acts, writes=writes, clarification=clarification,
+        steps=steps,
     )  # fmt: skip
 
     def route_request(call: NodeCall) -> NodeResult:
@@ -237,6 +243,7 @@ def create_router(
                 "escalation_reason": verdict.reason,
                 "clarification": verdict.clarification,
                 "write_consent": verdict.consent,
+                "steps": verdict.steps,
             },
             input=verdict.text,
             output={"route": verdict.route, "intent": verdict.label},
@@ -254,6 +261,7 @@ def create_router(
                 **({"clarification": verdict.clarification.model_dump()} if verdict.clarification else {}),
                 **({"write": verdict.write.model_dump()} if verdict.write else {}),
                 **({"consent": verdict.consent.how} if verdict.consent else {}),
+                **({"steps": [step.model_dump() for step in verdict.steps]} if verdict.steps else {}),
                 **(
                     {"answers": pending.question}
                     if pending is not None and verdict.outcome in ("clarified_answer", "declined")

@@ -13,7 +13,9 @@ trace store:
   teacher calls of that step type show (or the table's ``step_tokens``), plus
   the calls no small model replaces (escalations, plans) at their cost;
 - both per node and per route (a turn starts at a ``route`` decision; its
-  cost is that of its decisions and calls).
+  cost is that of its decisions and calls);
+- the LLM's calls and cost per tier (``efficient``, ``frontier``, ``reasoning``: see
+  :mod:`agentgraph.tiers`), each with its share of the calls and of the LLM's cost.
 
 Example:
     >>> from agentgraph.records.costs import ModelPrice, PriceTable, cost_report
@@ -29,6 +31,8 @@ Example:
     >>> report = cost_report(store, prices)
     >>> round(report.llm_cost, 6), round(report.baseline_cost, 6), report.small_model_decisions
     (0.00105, 0.00945, 9)
+    >>> report.by_tier["untiered"].llm_calls  # a call made outside the tiers
+    1
 """
 
 from __future__ import annotations
@@ -127,6 +131,23 @@ class CostLine(BaseModel):
         return self.llm_cost + self.slm_cost
 
 
+TIER_ORDER = ("efficient", "frontier", "reasoning")
+"""The tiers cheapest first, as :data:`agentgraph.tiers.TIERS` (the records sit below that module: no import)."""
+UNTIERED = "untiered"
+"""The :attr:`CostReport.by_tier` key of the calls made outside the tiers (no tier recorded)."""
+
+
+class TierShare(BaseModel):
+    """The LLM calls of one tier, their cost, and their share of all the calls and of the LLM's cost."""
+
+    llm_calls: int = 0
+    llm_prompt_tokens: int = 0
+    llm_completion_tokens: int = 0
+    llm_cost: float = 0.0
+    call_share: float = Field(default=0.0, description="of all LLM calls, 0 to 1")
+    cost_share: float = Field(default=0.0, description="of the LLM's cost, 0 to 1")
+
+
 class CostReport(BaseModel):
     llm_cost: float
     slm_cost: float
@@ -140,6 +161,9 @@ class CostReport(BaseModel):
     )
     by_node: dict[str, CostLine]
     by_route: dict[str, CostLine]
+    by_tier: dict[str, TierShare] = Field(
+        default_factory=dict, description=f"LLM calls per tier ({UNTIERED!r}: made outside the tiers)"
+    )
 
 
 def teacher_step_tokens(calls: Iterable[LLMCall]) -> dict[str, StepTokens]:
@@ -166,6 +190,7 @@ def cost_report(store: SQLTraceStore, prices: PriceTable) -> CostReport:
     teacher = prices.teacher_price
     by_node: dict[str, CostLine] = defaultdict(CostLine)
     by_route: dict[str, CostLine] = defaultdict(CostLine)
+    by_tier: dict[str, TierShare] = defaultdict(TierShare)
     route_of_thread: dict[str | None, str] = {}
     unpriced: dict[str, int] = defaultdict(int)
     events: list[Decision | LLMCall] = [*decisions, *calls]
@@ -177,6 +202,11 @@ def cost_report(store: SQLTraceStore, prices: PriceTable) -> CostReport:
             prompt, completion = event.prompt_tokens or 0, event.completion_tokens or 0
             cost = prices.price_of(event.model).of(prompt, completion)
             replaced = event.step_type in decided_steps  # the call was (part of) a decision the baseline prices
+            tier = by_tier[event.tier or UNTIERED]
+            tier.llm_calls += 1
+            tier.llm_prompt_tokens += prompt
+            tier.llm_completion_tokens += completion
+            tier.llm_cost += cost
             for line in lines:
                 line.llm_calls += 1
                 line.llm_prompt_tokens += prompt
@@ -197,11 +227,14 @@ def cost_report(store: SQLTraceStore, prices: PriceTable) -> CostReport:
     for line in by_node.values():
         for name in ("llm_cost", "slm_cost", "baseline_cost", "small_model_decisions", "llm_calls"):
             setattr(total, name, getattr(total, name) + getattr(line, name))
+    for tier in by_tier.values():
+        tier.call_share = tier.llm_calls / total.llm_calls
+        tier.cost_share = tier.llm_cost / total.llm_cost if total.llm_cost else 0.0
     return CostReport(
         llm_cost=total.llm_cost, slm_cost=total.slm_cost, baseline_cost=total.baseline_cost,
         saving=total.baseline_cost - total.cost, small_model_decisions=total.small_model_decisions,
         llm_calls=total.llm_calls, teacher_step_tokens=steps, unpriced_steps=dict(unpriced),
-        by_node=dict(by_node), by_route=dict(by_route),
+        by_node=dict(by_node), by_route=dict(by_route), by_tier=dict(by_tier),
     )  # fmt: skip
 
 
@@ -220,6 +253,11 @@ def cost_table(report: CostReport) -> str:
         for name, line in sorted(lines.items()):
             rows.append(f"  {name:<20}{line.decisions:>10}{line.small_model_decisions:>8}{line.llm_calls:>10}"
                         f"{line.cost:>12.6f}{line.baseline_cost:>12.6f}")  # fmt: skip
+    if set(report.by_tier) - {UNTIERED}:  # a store without tiered calls prints as it always did
+        rows.append(f"by LLM tier{'LLM calls':>21}{'share':>8}{'cost $':>12}{'share':>8}")
+        for name, tier in sorted(report.by_tier.items(), key=_tier_order):
+            rows.append(f"  {name:<20}{tier.llm_calls:>10}{tier.call_share:>8.1%}{tier.llm_cost:>12.6f}"
+                        f"{tier.cost_share:>8.1%}")  # fmt: skip
     cost = report.llm_cost + report.slm_cost
     share = f" ({report.saving / report.baseline_cost:.1%} of the baseline)" if report.baseline_cost else ""
     rows.append(f"total cost  ${cost:.6f} (LLM ${report.llm_cost:.6f}, SLM ${report.slm_cost:.6f}); "
@@ -228,3 +266,8 @@ def cost_table(report: CostReport) -> str:
         rows.append(f"unpriced    {json.dumps(report.unpriced_steps)}: no teacher call of these step types to price "
                     "them by (add step_tokens to the price table)")  # fmt: skip
     return "\n".join(rows)
+
+
+def _tier_order(item: tuple[str, TierShare]) -> tuple[int, str]:
+    # Cheapest first, as a cascade climbs; any other name (untiered, a tier of one's own) after them.
+    return (TIER_ORDER.index(item[0]) if item[0] in TIER_ORDER else len(TIER_ORDER), item[0])

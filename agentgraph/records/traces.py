@@ -16,6 +16,10 @@ first match wins, from the call's metadata key ``agentgraph_step_type``, a tag
 ``step:<type>`` (``llm.with_config(tags=["step:route"])``), the recorder's
 ``step_types`` (node name to step type) or its ``default_step_type``.
 
+The tier (``efficient``, ``frontier``, ``reasoning``: see :mod:`agentgraph.tiers`) says which
+model class answered; it is taken from the metadata key ``agentgraph_tier``, which a tier's
+model carries on every run it makes, and is None for a call made outside the tiers.
+
 A call's outcome comes later, from whoever can judge it (the customer, a
 reviewer, a check): :meth:`SQLTraceStore.mark` sets ``accepted`` to True or
 False by call id; until then it is None and the call is no training data. A
@@ -75,6 +79,8 @@ STEP_TYPE_KEY = "agentgraph_step_type"
 """Run-config metadata key that names a call's step type."""
 STEP_TAG_PREFIX = "step:"
 """A run tag ``step:<type>`` names a call's step type when the metadata does not."""
+TIER_KEY = "agentgraph_tier"
+"""Run metadata key that names the LLM tier (efficient, frontier, reasoning) a call was made on."""
 REQUEST_TEXT_KEY = "agentgraph_request_text"
 """Run-config metadata key: the request a node's prompt wraps (the schema enforcer fences it), or None when the
 prompt also holds context; a distillation example's input is this request rather than the message around it."""
@@ -104,6 +110,9 @@ class LLMCall(BaseModel):
     output: str | None = Field(default=None, description="the answer's text")
     tool_calls: list[dict[str, Any]] = Field(default_factory=list, description="the answer's tool calls: name and args")
     error: str | None = Field(default=None, description="why the call failed, if it did")
+    tier: str | None = Field(
+        default=None, description="the LLM tier that answered: efficient, frontier, reasoning (None: no tier)"
+    )
     latency_ms: float = 0.0
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
@@ -397,6 +406,7 @@ class LLMCallRecorder(BaseCallbackHandler):
             id=run_id.hex,
             node=node,
             step_type=self.step_type_of(node, tags, metadata),
+            tier=metadata.get(TIER_KEY),
             messages=messages,
             model=metadata.get("ls_model_name") or params.get("model") or params.get("model_name"),
             thread_id=metadata.get("thread_id"),

@@ -13,6 +13,7 @@ Example:
 
 from agentgraph.routing.evaluation import RouterEvaluation, evaluate_router, score_verdicts
 from agentgraph.routing.router import ESCALATE, EscalationReason, Router, RoutingDecision
+from agentgraph.routing.steps import RecognisedStep, StepPolicy
 from agentgraph.routing.strategies import (
     ClassifierStrategy,
     ConfidenceGate,
@@ -30,6 +31,7 @@ __all__ = [
     "ConfidenceGate",
     "EscalationReason",
     "LLMStrategy",
+    "RecognisedStep",
     "RouteProposal",
     "Router",
     "RouterEvaluation",
@@ -37,6 +39,7 @@ __all__ = [
     "RoutingStrategy",
     "RuleStrategy",
     "SLMStrategy",
+    "StepPolicy",
     "evaluate_router",
     "label_probability",
     "score_verdicts",

@@ -76,6 +76,10 @@ class RequestPolicy:
     def act_of(self, text: str) -> ActVerdict | None:
         return self.acts.detect(text) if self.acts is not None else None
 
+    def references(self, text: str) -> list[str]:
+        """The identifiers ``text`` names (none without a clarification policy, which says what one looks like)."""
+        return self.clarification.references(text) if self.clarification is not None else []
+
     def answer(
         self, pending: Clarification, text: str, *, best_label: str | None, act: ActVerdict | None
     ) -> PolicyOutcome | None:
@@ -152,7 +156,7 @@ class RequestPolicy:
         top: Mapping[str, float],
     ) -> PolicyOutcome:
         clarification = self.clarification
-        references = clarification.references(text) if clarification is not None else []
+        references = self.references(text)
         verdict = judge_write(writes, text, confidence=confidence, act=act, references=references)
         if verdict.judgement == "write":
             return PolicyOutcome(label=label, text=text, write=verdict,

@@ -21,13 +21,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from agentgraph.acts import ActDetector, ActVerdict
+from agentgraph.acts import NON_REQUESTS, ActDetector, ActVerdict
 from agentgraph.clarification import Clarification, ClarificationPolicy
 from agentgraph.modes import Mode
 from agentgraph.routing.request_policy import ESCALATION, PolicyOutcome, RequestPolicy
+from agentgraph.routing.steps import RecognisedStep, StepPolicy, distinct_requests
 from agentgraph.routing.strategies import ConfidenceGate, LLMStrategy, RouteProposal, RoutingStrategy
 from agentgraph.text import require_text, truncate_to_tokens
-from agentgraph.write_safety import WriteConsent, WritePolicy, WriteVerdict
+from agentgraph.write_safety import WriteConsent, WritePolicy, WriteVerdict, judge_write
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,9 @@ class RoutingDecision(BaseModel):
         default=None, description="the customer's consent to the write this route makes"
     )
     write: WriteVerdict | None = Field(default=None, description="the write-safety rule's verdict, for a write label")
+    steps: list[RecognisedStep] | None = Field(
+        default=None, description="the requests of a multi-step message (route: the step policy's), else None"
+    )
 
     @property
     def clarified(self) -> bool:
@@ -95,6 +99,8 @@ class Router:
             :class:`~agentgraph.routing.request_policy.RequestPolicy`): read the message's act, keep writes to
             messages that ask for them (:mod:`agentgraph.write_safety`), and ask instead of guessing
             (:mod:`agentgraph.clarification`). Without them a label is served as read.
+        steps: recognise messages that ask for several things and send them to ``steps.route``
+            (:mod:`agentgraph.routing.steps`); None: every message is one request.
     """
 
     def __init__(
@@ -110,6 +116,7 @@ class Router:
         acts: ActDetector | None = None,
         writes: WritePolicy | None = None,
         clarification: ClarificationPolicy | None = None,
+        steps: StepPolicy | None = None,
     ) -> None:
         if not strategies:
             raise ValueError("a router needs at least one strategy")
@@ -125,6 +132,7 @@ class Router:
         self.escalation_route = escalation_route
         self.mode = mode
         self.teacher = teacher
+        self.steps = steps
         if teacher is None and mode != "student":
             escalates = "every request" if mode == "teacher" else "what its strategies leave below the gate"
             logger.warning("a router in %s mode has no teacher: %s escalates", mode, escalates)
@@ -135,7 +143,8 @@ class Router:
     def destinations(self, labels: Iterable[str]) -> tuple[str, ...]:
         """Every route ``labels`` can reach, the escalation route and the clarification route (for ``add_node(destinations=...)``)."""
         clarify = [self.policy.clarify_route] if self.policy is not None and self.policy.clarify_route else []
-        routes = [*(self.route_of_label(label) for label in labels), self.escalation_route, *clarify]
+        plan = [self.steps.route] if self.steps is not None else []
+        routes = [*(self.route_of_label(label) for label in labels), self.escalation_route, *clarify, *plan]
         return tuple(dict.fromkeys(routes))
 
     def fit_to_budgets(self, text: str, *, mode: Mode | None = None) -> tuple[str, bool]:
@@ -165,6 +174,15 @@ class Router:
         mode = mode or self.mode
         cleaned = require_text(text, what="request")
         routed, truncated = self.fit_to_budgets(cleaned, mode=mode)
+        # A message answering last turn's question is read as that answer, never as new requests.
+        if pending is None and mode != "teacher" and self.steps and (steps := self.recognise_steps(routed)):
+            weakest = min(steps, key=lambda step: step.confidence or 0.0)
+            return RoutingDecision(
+                text=routed, route=self.steps.route, label=None,
+                confidence=weakest.confidence, strategy=weakest.strategy, escalated=False, truncated=truncated,
+                input_chars=len(cleaned), attempts=[], latency_ms=(time.perf_counter() - started) * 1000,
+                outcome="multi_step", steps=steps,
+            )  # fmt: skip
         attempts: list[RouteProposal] = []
         accepted: RouteProposal | None = None
         reason: EscalationReason | None = "no_proposal"
@@ -208,6 +226,48 @@ class Router:
             reason="unconfirmed_write" if outcome.write is not None else reason or "below_gate",
             teacher_error=teacher_error, latency_ms=(time.perf_counter() - started) * 1000, **fields,
         )  # fmt: skip
+
+    def recognise_steps(self, text: str) -> list[RecognisedStep] | None:
+        """The requests of a message that asks for several things, or None when it is one request
+        (see :mod:`agentgraph.routing.steps`)."""
+        if self.steps is None or not 2 <= len(clauses := self.steps.clauses(text)) <= self.steps.max_steps:
+            return None
+        steps: list[RecognisedStep] = []
+        for clause in clauses:
+            proposal, _ = self._student_verdict(clause, [])
+            if proposal is None:
+                return None
+            act = self.policy.act_of(clause) if self.policy is not None else None
+            if act is not None and act.act in NON_REQUESTS and act.confidence >= self._act_gate:
+                return None
+            references = self.policy.references(clause) if self.policy is not None else []
+            step = RecognisedStep(
+                text=clause, label=proposal.label, route=self.route_of_label(proposal.label),
+                confidence=proposal.confidence, strategy=proposal.strategy, references=references,
+            )  # fmt: skip
+            steps.append(self._with_consent(step, text, act))
+        return steps if distinct_requests(steps) >= 2 else None
+
+    @property
+    def _act_gate(self) -> float:
+        writes = self.policy.writes if self.policy is not None else None
+        return writes.act_gate if writes is not None else 0.0
+
+    def _with_consent(self, step: RecognisedStep, message: str, act: ActVerdict | None) -> RecognisedStep:
+        """``step`` with the write rule's verdict and the customer's consent, for a write label."""
+        writes = self.policy.writes if self.policy is not None else None
+        if writes is None or not writes.writes(step.label) or self.policy is None:
+            return step
+        verdict = judge_write(writes, step.text, confidence=step.confidence, act=act, references=step.references)
+        if verdict.judgement == "fragment":  # "cancel 48213" is short; the whole message shows whether it asks
+            message_act = self.policy.act_of(message)
+            verdict = judge_write(
+                writes, message, confidence=step.confidence, act=message_act, references=step.references
+            )
+        consent = (
+            WriteConsent(label=step.label, how="requested", request=step.text) if verdict.judgement == "write" else None
+        )
+        return step.model_copy(update={"write": verdict, "consent": consent})
 
     def _settle(
         self,

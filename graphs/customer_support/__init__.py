@@ -1,7 +1,7 @@
 """The example customer-support graph: all six control-layer nodes and the LLM, composed.
 
 The router (the trained classifier, with its calibrated gate and out-of-scope
-detector) sends each request down one of four paths:
+detector) sends each request down one of five paths:
 
 - ``lookup`` (track an order or a refund, invoices, delivery times): the schema
   enforcer extracts order, invoice and amount; a read tool looks them up in
@@ -18,10 +18,14 @@ detector) sends each request down one of four paths:
   cross-encoder) to the section that answers.
 - ``escalate`` (complaints, asking for a person, out of scope, low
   confidence): the LLM, or a human-handoff ticket when none is configured.
+- ``plan`` (a message that asks for several things: "cancel 48213 and tell me
+  when 10001 arrives"): the LLM writes the plan once, each step runs through
+  the nodes above, the SLM judges each result, and the LLM is called again
+  only to replan or on an escalation (:mod:`~agentgraph.graphs.customer_support.planning`).
 
 Every reply passes the output validator (schema, PII, length, no internal
 leakage) before it leaves; a reply that still fails is held for a person.
-By default the LLM is called only on the escalation path (and by the schema
+By default the LLM is called only to plan and on the escalation path (and by the schema
 enforcer when the SLM and its repair fail). Configuration switches the router
 and the schema enforcer (nodes ``router`` and ``extract``) to teacher, auto or
 student mode (:data:`DEFAULT_MODES`, :mod:`agentgraph.modes`) and turns on
@@ -38,6 +42,7 @@ and the Agent Server's factories), :mod:`~agentgraph.graphs.customer_support.par
 and reranker), :mod:`~agentgraph.graphs.customer_support.replies`,
 :mod:`~agentgraph.graphs.customer_support.shop` (the store and its tools),
 :mod:`~agentgraph.graphs.customer_support.ticket` (what the schema enforcer extracts),
+:mod:`~agentgraph.graphs.customer_support.planning` (the planning path),
 :mod:`~agentgraph.graphs.customer_support.training` (the router's and the act detector's
 training), :mod:`~agentgraph.graphs.customer_support.bitext` (the Bitext data and its
 intents) and :mod:`~agentgraph.graphs.customer_support.distillation` (the data and the

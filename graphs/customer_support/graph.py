@@ -1,12 +1,14 @@
-"""The example graph's wiring: four paths from the router to one validated reply.
+"""The example graph's wiring: five paths from the router to one validated reply.
 
 :func:`build_customer_support_graph` loads the parts (:mod:`~agentgraph.graphs.customer_support.parts`)
 and :func:`compose` wires their nodes with the graph's own steps: :func:`plan_tool_call`
 turns the intent and the extracted ticket into the tool call (never aimed at a guessed
 order), :func:`tool_node_for` sends it to the read or the guarded tools, and
 :func:`~agentgraph.graphs.customer_support.replies.answer` drafts the reply the output
-validator checks. :func:`make_graph` and :func:`make_checkpointer` serve it on LangGraph's
-Agent Server (``langgraph.json``).
+validator checks. A multi-step message takes the planning path
+(:mod:`~agentgraph.graphs.customer_support.planning`), whose steps run through the same nodes and
+then, by :func:`answer_or_observe`, to the SLM evaluator instead of the reply.
+:func:`make_graph` and :func:`make_checkpointer` serve it on LangGraph's Agent Server (``langgraph.json``).
 
 Example:
     >>> from agentgraph.graphs.customer_support.graph import plan_tool_call
@@ -39,20 +41,28 @@ from agentgraph.checkpointing import async_postgres_checkpointer, state_serializ
 from agentgraph.distill.registry import ModelRegistry
 from agentgraph.errors import ConfigError
 from agentgraph.graphs.customer_support.parts import CustomerSupportParts
+from agentgraph.graphs.customer_support.planning import planning, step_node_for
 from agentgraph.graphs.customer_support.replies import answer, deliver
-from agentgraph.graphs.customer_support.routes import CLARIFICATION_POLICY, ORDER_VERBS, READ_TOOLS, TOOL_OF_INTENT
+from agentgraph.graphs.customer_support.routes import (
+    CLARIFICATION_POLICY,
+    ORDER_VERBS,
+    READ_TOOLS,
+    STEP_POLICY,
+    TOOL_OF_INTENT,
+)
 from agentgraph.graphs.customer_support.shop import DEMO_CUSTOMER
 from agentgraph.graphs.customer_support.state import STATE_SCHEMAS, CustomerSupportState
 from agentgraph.graphs.customer_support.ticket import SupportTicket
 from agentgraph.idempotency import IdempotencyStore
-from agentgraph.llm import default_llm
 from agentgraph.modes import NodeModes
 from agentgraph.nodes.context_pruner import Reranker
+from agentgraph.nodes.loop import route_after_evaluate, route_after_plan
 from agentgraph.nodes.router import route_of
 from agentgraph.postgres import DATABASE_URL_ENV
 from agentgraph.records.decisions import DecisionLog
 from agentgraph.shadow import ShadowConfig
 from agentgraph.slm import SLM
+from agentgraph.tiers import LLMTiers
 
 
 def build_customer_support_graph(
@@ -71,6 +81,7 @@ def build_customer_support_graph(
     shadow: ShadowConfig | None = None,
     database_url: str | None = None,
     registry: ModelRegistry | None = None,
+    tiers: LLMTiers | None = None,
 ) -> CompiledStateGraph:
     """The compiled customer-support graph.
 
@@ -94,11 +105,13 @@ def build_customer_support_graph(
         modes: the mode of ``router`` and ``extract`` (default: ``AGENTGRAPH_MODES``, else :data:`DEFAULT_MODES`).
         shadow: the share of small-model answers the LLM checks too (default: ``AGENTGRAPH_SHADOW_RATE``).
         registry: where the promoted models are (default: ``models/`` in ``data_dir``).
+        tiers: LLM tiers chosen per step type, instead of ``llm`` and ``extraction_llm`` (see
+            :class:`~agentgraph.graphs.customer_support.parts.CustomerSupportParts`).
     """
     parts = CustomerSupportParts(
         data_dir=data_dir, slm=slm, llm=llm, extraction_llm=extraction_llm, decision_log=decision_log,
         idempotency_store=idempotency_store, router_path=router_path, reranker=reranker, modes=modes, shadow=shadow,
-        database_url=database_url, registry=registry,
+        database_url=database_url, registry=registry, tiers=tiers,
     )  # fmt: skip
     if checkpointer is None and database_url is not None:
         checkpointer = parts.durable_checkpointer()
@@ -124,19 +137,30 @@ def compose(
     builder.add_node("answer", answer)
     builder.add_node("validate", nodes["validate"])
     builder.add_node("deliver", deliver)
+    for name in ("begin_plan", "plan", "run_step", "observe_step", "evaluate", "summarize"):
+        builder.add_node(name, nodes[name])
     builder.add_edge(START, "router")
     builder.add_conditional_edges(
         "router", route_of,
         {"lookup": "extract", "action": "extract", "knowledge": "retrieve", "escalate": "escalate",
-         CLARIFICATION_POLICY.route: "answer"},
+         CLARIFICATION_POLICY.route: "answer", STEP_POLICY.route: "begin_plan"},
     )  # fmt: skip
     builder.add_edge("extract", "plan_tool_call")
-    builder.add_conditional_edges("plan_tool_call", tool_node_for, ["read_tools", "guarded_tools", "answer"])
-    builder.add_edge("read_tools", "answer")
-    builder.add_edge("guarded_tools", "answer")
+    builder.add_conditional_edges(
+        "plan_tool_call", tool_node_for, ["read_tools", "guarded_tools", "answer", "observe_step"]
+    )
+    for served in ("read_tools", "guarded_tools", "prune", "escalate"):
+        builder.add_conditional_edges(served, answer_or_observe, ["answer", "observe_step"])
     builder.add_edge("retrieve", "prune")
-    builder.add_edge("prune", "answer")
-    builder.add_edge("escalate", "answer")
+    # The planning path: plan once, run each step through the nodes above, let the SLM judge each result.
+    builder.add_edge("begin_plan", "plan")
+    builder.add_conditional_edges("plan", route_after_plan, {"act": "run_step", "__end__": "summarize"})
+    builder.add_conditional_edges("run_step", step_node_for, ["plan_tool_call", "retrieve", "escalate", "observe_step"])
+    builder.add_edge("observe_step", "evaluate")
+    builder.add_conditional_edges(
+        "evaluate", route_after_evaluate, {"act": "run_step", "plan": "plan", "__end__": "summarize"}
+    )
+    builder.add_edge("summarize", "validate")
     builder.add_edge("answer", "validate")
     builder.add_edge("validate", "deliver")
     builder.add_edge("deliver", END)
@@ -173,17 +197,21 @@ def plan_tool_call(state: CustomerSupportState, config: RunnableConfig) -> dict[
     return {"messages": [AIMessage("", tool_calls=[call])]}
 
 
-def tool_node_for(state: CustomerSupportState) -> Literal["read_tools", "guarded_tools", "answer"]:
+def tool_node_for(state: CustomerSupportState) -> Literal["read_tools", "guarded_tools", "answer", "observe_step"]:
     last = state["messages"][-1] if state.get("messages") else None
     if state.get("handoff") is not None or not isinstance(last, AIMessage) or not last.tool_calls:
-        return "answer"
+        return answer_or_observe(state)
     return "read_tools" if last.tool_calls[0]["name"] in READ_TOOLS else "guarded_tools"
+
+
+def answer_or_observe(state: CustomerSupportState) -> Literal["answer", "observe_step"]:
+    """After a path's work: the reply for a single request, the evaluator's observation for a plan's step."""
+    return "observe_step" if planning(state) else "answer"
 
 
 @cache
 def _server_parts() -> CustomerSupportParts:
-    llm = default_llm()
-    return CustomerSupportParts(llm=llm, extraction_llm=llm, database_url=os.environ.get(DATABASE_URL_ENV) or None)
+    return CustomerSupportParts(tiers=LLMTiers.from_env(), database_url=os.environ.get(DATABASE_URL_ENV) or None)
 
 
 def make_graph(config: RunnableConfig | None = None) -> CompiledStateGraph:

@@ -2,7 +2,8 @@
 
 The router's intents (:data:`~agentgraph.graphs.customer_support.bitext.CUSTOMER_SUPPORT_INTENTS`)
 map to four paths (:data:`ROUTES`), and the lookup and action intents to the
-store's tools (:data:`TOOL_OF_INTENT`). The library's rule
+store's tools (:data:`TOOL_OF_INTENT`); a message that asks for several things
+goes to the planning path (:data:`STEP_POLICY`). The library's rule
 (:mod:`agentgraph.write_safety`) is configured for the shop: the action intents
 write (:data:`WRITE_POLICY`); a reference is an order number, and a bare one
 offers tracking, changing or cancelling the order (:data:`CLARIFICATION_POLICY`).
@@ -26,7 +27,7 @@ from agentgraph.acts import ActDetector
 from agentgraph.clarification import ClarificationPolicy, ReferencePattern
 from agentgraph.classifier import IntentClassifier
 from agentgraph.graphs.customer_support.training import support_act_detector, support_router_path
-from agentgraph.routing import ClassifierStrategy, Router
+from agentgraph.routing import ClassifierStrategy, Router, StepPolicy
 from agentgraph.write_safety import WritePolicy
 
 Route = Literal["lookup", "action", "knowledge", "escalate"]
@@ -141,11 +142,15 @@ ORDER_VERBS = {
 """The tools aimed at one order, and how the question that asks which order names their action."""
 
 
+STEP_POLICY = StepPolicy(route="plan")
+"""A message that asks for several things goes to the planning path (graphs/customer_support/planning.py)."""
+
+
 def support_routing(classifier: IntentClassifier, acts: ActDetector | None) -> dict[str, Any]:
     """The example router's arguments (strategy, routes and policies) for ``create_router`` or ``Router``."""
     return {
         "strategies": [ClassifierStrategy(classifier)], "routes": ROUTES, "acts": acts, "writes": WRITE_POLICY,
-        "clarification": CLARIFICATION_POLICY,
+        "clarification": CLARIFICATION_POLICY, "steps": STEP_POLICY,
     }  # fmt: skip
 
 

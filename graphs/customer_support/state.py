@@ -25,6 +25,7 @@ from pydantic import BaseModel
 from agentgraph.graphs.customer_support.ticket import SupportTicket
 from agentgraph.llm import HumanHandoff
 from agentgraph.nodes.context_pruner import KeptChunk
+from agentgraph.nodes.loop import Observation, Status, Verdict
 from agentgraph.nodes.output_validator import ValidationReport
 from agentgraph.nodes.router import RouterState
 
@@ -54,3 +55,16 @@ class CustomerSupportState(RouterState, total=False):
     reply: SupportReply | None
     validation: ValidationReport
     response: str
+    # The planning path's keys (graphs/customer_support/planning.py): the loop engine's, one plan per turn.
+    goal: str
+    plan: list[str]
+    step_index: int
+    observations: list[Observation]
+    verdict: Verdict | None
+    status: Status
+    answer: str | None
+    iterations: int
+    llm_calls: int
+    slm_calls: int
+    step_replies: list[str]
+    plan_step_error: str | None
