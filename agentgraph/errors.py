@@ -14,6 +14,8 @@ Example:
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class AgentGraphError(Exception):
     """Base class of every error agentgraph raises on purpose."""
@@ -139,11 +141,12 @@ class StructuredOutputError(SLMError):
     output so a caller can repair it.
     """
 
-    def __init__(self, schema: type, text: str, cause: Exception) -> None:
+    def __init__(self, schema: type, text: str, cause: Exception, *, usage: Any = None) -> None:
         super().__init__(f"output does not validate as {schema.__name__}: {cause}")
         self.schema = schema
         self.text = text
         self.cause = cause
+        self.usage = usage  # the slm.Usage of the call that wrote ``text``, when one did
 
 
 class EmptyInputError(AgentGraphError, ValueError):

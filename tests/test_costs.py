@@ -110,3 +110,28 @@ def test_a_turn_of_the_example_graph_reports_its_llm_tokens_and_the_store_prices
     report = cost_report(parts.trace_store, PRICES)
     assert report.llm_cost == pytest.approx((420 * 2.0 + 12 * 10.0) / 1e6)
     assert report.by_route["knowledge"].llm_calls == 1 and report.teacher_step_tokens["route"].prompt == 420
+
+
+def test_an_slm_decision_carries_its_tokens_and_a_price_per_token_costs_them(embedded_slm, tmp_path):
+    from agentgraph.graphs.customer_support.ticket import SupportTicket
+    from agentgraph.nodes.schema_enforcer import create_schema_enforcer
+
+    store = SQLiteTraceStore(tmp_path / "decisions.db")
+    enforcer = create_schema_enforcer(embedded_slm, SupportTicket, output_key="ticket", decision_log=store)
+
+    [decision] = enforcer({"text": "please cancel order 48213"}, {})["decisions"]
+
+    slm_calls = [attempt["usage"] for attempt in decision.metadata["attempts"] if attempt["usage"] is not None]
+    assert decision.strategy in ("slm", "slm_repair") and slm_calls
+    assert decision.prompt_tokens == sum(usage["prompt_tokens"] for usage in slm_calls) > 100
+    assert decision.completion_tokens == sum(usage["completion_tokens"] for usage in slm_calls) > 5
+    per_token = PRICES.model_copy(update={"slm": ModelPrice(input=0.1, output=0.4)})
+    report = cost_report(store, per_token)
+    assert (report.slm_prompt_tokens, report.slm_completion_tokens) == (
+        decision.prompt_tokens,
+        decision.completion_tokens,
+    )
+    assert report.slm_cost == pytest.approx((decision.prompt_tokens * 0.1 + decision.completion_tokens * 0.4) / 1e6)
+    assert cost_report(store, PRICES).slm_cost == pytest.approx(decision.latency_ms / 3.6e6 * 2.0), "by the hour"
+    assert f"SLM tokens  {decision.prompt_tokens:,} read" in cost_table(report)
+    store.close()

@@ -378,9 +378,9 @@ def batch_loss(model: Any, shared: Sequence[int], rows: Sequence[Encoded], *, pa
     body = model.get_decoder() if hasattr(model, "get_decoder") else model.model
     if shared:
         first = body(input_ids=torch.tensor([list(shared)]), use_cache=True)
-        cache = first.past_key_values
+        cache = first.cache
         cache.batch_repeat_interleave(len(rows))
-        hidden = body(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True).last_hidden_state
+        hidden = body(input_ids=ids, attention_mask=mask, cache=cache, use_cache=True).last_hidden_state
     else:
         hidden = body(input_ids=ids, attention_mask=mask[:, len(shared) :]).last_hidden_state
     index = torch.tensor(positions)
@@ -406,9 +406,9 @@ def label_logprobs(model: Any, prompt: Sequence[int], targets: Mapping[str, Sequ
         mask[r, len(prompt) : len(prompt) + len(targets[label])] = 1
     with torch.inference_mode():
         first = model(input_ids=torch.tensor([list(prompt)]), use_cache=True, logits_to_keep=1)
-        cache = first.past_key_values
+        cache = first.cache
         cache.batch_repeat_interleave(len(labels))
-        rest = model(input_ids=batch, attention_mask=mask, past_key_values=cache)
+        rest = model(input_ids=batch, attention_mask=mask, cache=cache)
     logits = torch.cat([first.logits[:, -1:, :].expand(len(labels), -1, -1), rest.logits[:, :-1, :]], dim=1)
     logprobs = torch.log_softmax(logits.float(), dim=-1).gather(2, batch.unsqueeze(-1)).squeeze(-1)
     return {label: float(logprobs[r, : len(targets[label])].sum()) for r, label in enumerate(labels)}

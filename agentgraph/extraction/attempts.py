@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field, ValidationError, ValidationInfo
 from agentgraph.errors import StructuredOutputError
 from agentgraph.llm import HumanHandoff
 from agentgraph.prompting import load_prompt
+from agentgraph.slm.base import Usage
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -55,6 +56,7 @@ class ExtractionAttempt(BaseModel):
     nulled_fields: list[str] = Field(default_factory=list, description="fields a repair set to null")
     confidence: float | None = Field(default=None, description="SLM token confidence of the decoded answer")
     latency_ms: float = 0.0
+    usage: Usage | None = Field(default=None, description="what the SLM call cost, for the SLM's rungs")
 
 
 class Extraction(BaseModel, Generic[ModelT]):

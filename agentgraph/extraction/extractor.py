@@ -191,13 +191,18 @@ class Extractor(Generic[ModelT]):
                                          describe_schema=self.describe_schema)  # fmt: skip
         except StructuredOutputError as exc:
             attempt = ExtractionAttempt(strategy=strategy, output=exc.text, error=describe_error(exc),
-                                        invalid_fields=invalid_fields(exc), latency_ms=_elapsed_ms(started))  # fmt: skip
+                                        invalid_fields=invalid_fields(exc), latency_ms=_elapsed_ms(started),
+                                        usage=exc.usage)  # fmt: skip
             return None, attempt
         except SLMError as exc:
             logger.warning("%s: the SLM failed (%s); skipping to the next fallback", self.name, exc)
             return None, ExtractionAttempt(strategy=strategy, error=str(exc), latency_ms=_elapsed_ms(started))
         attempt = ExtractionAttempt(
-            strategy=strategy, output=result.text, confidence=result.confidence, latency_ms=_elapsed_ms(started)
+            strategy=strategy,
+            output=result.text,
+            confidence=result.confidence,
+            latency_ms=_elapsed_ms(started),
+            usage=result.usage,
         )
         try:
             return self.schema.model_validate_json(result.text, context=validation_context), attempt

@@ -38,6 +38,7 @@ from agentgraph.nodes.approvals import EditDecision, HumanDecision, RejectDecisi
 from agentgraph.nodes.consequence_classification import Consequence, ConsequenceVerdict
 from agentgraph.nodes.tool_calls import argument_error
 from agentgraph.records.decisions import Decision
+from agentgraph.slm.base import tokens_of
 
 DECISIONS_KEY = "decisions"
 """The state key the guard's decision records go to (:class:`~agentgraph.records.decisions.DecisionState`'s)."""
@@ -198,6 +199,7 @@ def call_decision(node: str, plan: CallPlan, prompt_id: str) -> Decision:
         latency_ms=verdict.latency_ms if verdict else 0.0,
         thread_id=plan.thread_id,
         metadata=metadata,
+        **tokens_of([verdict.usage if verdict else None]),
     )
 
 

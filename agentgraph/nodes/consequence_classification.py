@@ -44,6 +44,7 @@ from agentgraph.idempotency import canonical_json
 from agentgraph.llm import escalate
 from agentgraph.nodes.tool_calls import arguments_schema
 from agentgraph.prompting import render_prompt
+from agentgraph.slm.base import Usage
 from agentgraph.text import clean_text, truncate_to_tokens
 
 if TYPE_CHECKING:
@@ -167,6 +168,7 @@ class ConsequenceVerdict(BaseModel):
     escalated: bool = False
     model: str | None = None
     latency_ms: float = 0.0
+    usage: Usage | None = Field(default=None, description="what the SLM's call cost, when the SLM was asked")
 
 
 def classify_tool_call(
@@ -218,6 +220,7 @@ def classify_tool_call(
     prompt = _describe_call(tool, arguments)
     probabilities = None
     model = None
+    usage: Usage | None = None
     if declared is Consequence.UNKNOWN:
         why_unsure = "the policy lists it as unknown"
     elif slm is None:
@@ -244,7 +247,9 @@ def classify_tool_call(
                     probabilities=probabilities,
                     model=model,
                     latency_ms=(time.perf_counter() - started) * 1000,
+                    usage=choice.usage,
                 )
+            usage = choice.usage
             why_unsure = f"the SLM was unsure (calibrated p={confidence:.2f} for {slm_class.value})"
     verdict = _llm_verdict(prompt, llm, why_unsure)
     return verdict.model_copy(
@@ -254,6 +259,7 @@ def classify_tool_call(
             "hints": hints,
             "model": verdict.model or model,
             "latency_ms": (time.perf_counter() - started) * 1000,
+            "usage": usage,
         }
     )
 

@@ -47,6 +47,7 @@ from pydantic import BaseModel, Field
 from agentgraph.errors import ModelNotFoundError
 from agentgraph.nodes.kernel import ControlNode, NodeCall, NodeResult
 from agentgraph.records.decisions import DecisionLog, DecisionState
+from agentgraph.slm.models import loading_quietly
 from agentgraph.text import clean_text
 
 DropReason = Literal["empty", "below_min_score", "duplicate", "beyond_top_k", "over_budget"]
@@ -82,9 +83,10 @@ class Reranker:
         self.model_name = str(model)
         self.batch_size = batch_size
         try:
-            self._model = CrossEncoder(
-                self.model_name, device=device, max_length=max_length, local_files_only=local_files_only
-            )
+            with loading_quietly():
+                self._model = CrossEncoder(
+                    self.model_name, device=device, max_length=max_length, local_files_only=local_files_only
+                )
         except OSError as exc:
             raise ModelNotFoundError(
                 f"cannot load the cross-encoder {self.model_name!r}: {exc}. Pass a local model folder "

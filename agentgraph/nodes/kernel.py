@@ -126,7 +126,9 @@ _FROM_CALL: Any = object()
 class NodeResult:
     """A node's decision: the state update and the fields of its record.
 
-    ``input`` defaults to the input the node read; ``goto`` routes with ``Command`` (None: a plain update).
+    ``input`` defaults to the input the node read; ``goto`` routes with ``Command`` (None: a plain update);
+    ``prompt_tokens`` and ``completion_tokens`` are the small model's, for the decision's cost
+    (:func:`~agentgraph.slm.base.tokens_of` sums them).
     """
 
     update: dict[str, Any]
@@ -140,6 +142,8 @@ class NodeResult:
     metadata: dict[str, Any] = field(default_factory=dict)
     goto: str | None = None
     shadow: ShadowCheck | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
 
 
 def mode_in_force(name: str, *, config: RunnableConfig | None, mode: Mode | None, default: Mode) -> Mode:
@@ -327,6 +331,8 @@ class ControlNode(RunnableCallable):
             outcome=result.outcome,
             model=result.model,
             latency_ms=(time.perf_counter() - started) * 1000,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
             thread_id=call.thread_id,
             metadata={**self.metadata, **({"mode": call.mode} if call.mode else {}), **result.metadata},
         )

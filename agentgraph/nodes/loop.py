@@ -74,6 +74,7 @@ from agentgraph.nodes.loop_verdicts import SLMVerdictJudge, VerdictJudge, as_ver
 from agentgraph.prompting import PromptTemplate, load_prompt
 from agentgraph.records.decisions import DecisionLog
 from agentgraph.slm import SLM
+from agentgraph.slm.base import TokenCounts, tokens_of
 from agentgraph.text import clean_text, truncate_to_tokens
 
 __all__ = [
@@ -274,6 +275,7 @@ def create_evaluator(
         probabilities: dict[str, float] | None = None
         confidence: float | None = None
         judged: dict[str, Any] = {}
+        tokens: TokenCounts = {}
         try:
             judgement = verdict_judge.judge({**state, "goal": call.value}, labels)
         except AgentGraphError as exc:  # the explicit fallback: a stronger model judges instead
@@ -284,7 +286,7 @@ def create_evaluator(
             low = confidence < min_confidence
             verdict = "escalate" if low else judgement.label
             strategy, outcome = verdict_judge.strategy, "low_confidence" if low else "ok"
-            judged = {"slm_verdict": judgement.label}
+            judged, tokens = {"slm_verdict": judgement.label}, tokens_of([judgement.usage])
             if low:
                 judged["escalation_reason"] = (
                     f"the {verdict_judge.name}'s {judgement.label!r} had p={confidence:.2f}, under min_confidence={min_confidence}"
@@ -305,6 +307,7 @@ def create_evaluator(
             outcome=outcome,
             model=model,
             metadata={"labels": labels, "probabilities": probabilities, **judged},
+            **tokens,
         )
 
     return ControlNode(

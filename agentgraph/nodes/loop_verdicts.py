@@ -58,6 +58,7 @@ from agentgraph.errors import AgentGraphError
 from agentgraph.nodes.loop_state import VERDICT_DESCRIPTIONS, LabelledObservation, Observation
 from agentgraph.prompting import PromptTemplate, load_prompt
 from agentgraph.slm import SLM
+from agentgraph.slm.base import Usage
 from agentgraph.slm.models import cache_dir
 
 VerdictClass = Literal["proceed", "replan", "escalate"]
@@ -80,6 +81,7 @@ class VerdictJudgement(BaseModel):
     label: str
     probabilities: dict[str, float] = Field(description="P(verdict | state) over the offered verdicts, summing to 1")
     model: str | None = None
+    usage: Usage | None = Field(default=None, description="what the SLM's call cost, for the SLM judge")
 
     @property
     def confidence(self) -> float:
@@ -121,7 +123,9 @@ class SLMVerdictJudge:
             next_step=plan[number] if number < len(plan) else None,
         )
         choice = self.slm.choose(prompt, {label: VERDICT_DESCRIPTIONS[label] for label in labels})
-        return VerdictJudgement(label=choice.label, probabilities=choice.probabilities, model=choice.usage.model)
+        return VerdictJudgement(
+            label=choice.label, probabilities=choice.probabilities, model=choice.usage.model, usage=choice.usage
+        )
 
 
 def verdict_class(verdict: str) -> VerdictClass:

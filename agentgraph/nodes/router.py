@@ -108,6 +108,7 @@ from agentgraph.routing.strategies import (
     label_probability,
 )
 from agentgraph.shadow import ShadowEvaluator
+from agentgraph.slm.base import tokens_of
 from agentgraph.write_safety import WriteConsent, WritePolicy
 
 __all__ = [
@@ -269,6 +270,7 @@ def create_router(
                 ),
             },
             goto=verdict.route if goto else None,
+            **tokens_of(attempt.usage for attempt in verdict.attempts),
         )
         if (
             teacher is not None

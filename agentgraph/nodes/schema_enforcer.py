@@ -61,6 +61,7 @@ from agentgraph.nodes.kernel import ControlNode, NodeCall, NodeResult, ShadowChe
 from agentgraph.records.decisions import DecisionLog
 from agentgraph.shadow import ShadowEvaluator
 from agentgraph.slm import SLM
+from agentgraph.slm.base import tokens_of
 from agentgraph.text import clean_text
 
 __all__ = [
@@ -151,6 +152,7 @@ def create_schema_enforcer(
                 "input_chars": len(call.value),
                 "attempts": [a.model_dump() for a in extraction.attempts],
             },
+            **tokens_of(attempt.usage for attempt in extraction.attempts),
         )
         if llm is not None and strategy in ("slm", "slm_repair"):
             result.shadow = ShadowCheck(

@@ -1,12 +1,13 @@
 """What the control layer cost, and what sending every step to the frontier model would have cost.
 
 A :class:`PriceTable` prices the LLM per model ($ per 1M input and output
-tokens) and the local SLM by the hour of its machine. :func:`cost_report` reads a
+tokens) and the local SLM by the hour of its machine, or by its tokens. :func:`cost_report` reads a
 trace store:
 
 - the LLM's actual cost: every traced call's tokens at its model's price;
 - the SLM's actual cost: the time of the decisions a small model made
-  (their latency) at the machine's hourly price;
+  (their latency) at the machine's hourly price, or, with ``slm`` in the table, the
+  tokens the SLM read and wrote for them (decisions by a classifier have none);
 - the all-LLM baseline: every decision of a step the teacher can take (a
   ``route``, an ``extract``, a ``classify_tool``, ...) priced as one teacher
   call of that step type, with the mean token counts the store's traced
@@ -77,13 +78,15 @@ class PriceTable(BaseModel):
     """Prices for :func:`cost_report`, from code or a JSON file (``--prices``, ``AGENTGRAPH_PRICES``).
 
     ``llm`` maps model names to their price; ``default`` prices a model not listed (and the
-    baseline's teacher). ``slm_per_hour`` is what the small model's machine costs an hour.
+    baseline's teacher). ``slm_per_hour`` is what the small model's machine costs an hour; ``slm``, when
+    set, prices the SLM by its tokens instead (a hosted small model, or a machine shared by many).
     ``step_tokens`` sets a step type's teacher call where the store has no traced one to measure.
     """
 
     llm: dict[str, ModelPrice] = Field(default_factory=dict)
     default: ModelPrice | None = None
     slm_per_hour: float = Field(default=0.0, ge=0)
+    slm: ModelPrice | None = Field(default=None, description="$ per 1M SLM tokens; None: by the hour")
     step_tokens: dict[str, StepTokens] = Field(default_factory=dict)
 
     @classmethod
@@ -123,6 +126,8 @@ class CostLine(BaseModel):
     llm_prompt_tokens: int = 0
     llm_completion_tokens: int = 0
     llm_cost: float = 0.0
+    slm_prompt_tokens: int = 0
+    slm_completion_tokens: int = 0
     slm_cost: float = 0.0
     baseline_cost: float = 0.0
 
@@ -151,6 +156,8 @@ class TierShare(BaseModel):
 class CostReport(BaseModel):
     llm_cost: float
     slm_cost: float
+    slm_prompt_tokens: int = Field(default=0, description="what the SLM read for its decisions")
+    slm_completion_tokens: int = Field(default=0, description="what the SLM wrote")
     baseline_cost: float = Field(description="every teachable step sent to the teacher, the rest as it was")
     saving: float = Field(description="baseline_cost minus what it cost")
     small_model_decisions: int
@@ -219,23 +226,33 @@ def cost_report(store: SQLTraceStore, prices: PriceTable) -> CostReport:
         for line in lines:
             line.decisions += 1
             line.small_model_decisions += small
-            line.slm_cost += event.latency_ms / 3.6e6 * prices.slm_per_hour if small else 0.0
+            line.slm_prompt_tokens += event.prompt_tokens or 0
+            line.slm_completion_tokens += event.completion_tokens or 0
+            line.slm_cost += _slm_cost(event, prices) if small else 0.0
             line.baseline_cost += teacher.of(step.prompt, step.completion) if step is not None else 0.0
         if small and step is None:
             unpriced[event.kind] += 1
     total = CostLine()
     for line in by_node.values():
-        for name in ("llm_cost", "slm_cost", "baseline_cost", "small_model_decisions", "llm_calls"):
+        for name in ("llm_cost", "slm_cost", "baseline_cost", "small_model_decisions", "llm_calls",
+                     "slm_prompt_tokens", "slm_completion_tokens"):  # fmt: skip
             setattr(total, name, getattr(total, name) + getattr(line, name))
     for tier in by_tier.values():
         tier.call_share = tier.llm_calls / total.llm_calls
         tier.cost_share = tier.llm_cost / total.llm_cost if total.llm_cost else 0.0
     return CostReport(
+        slm_prompt_tokens=total.slm_prompt_tokens, slm_completion_tokens=total.slm_completion_tokens,
         llm_cost=total.llm_cost, slm_cost=total.slm_cost, baseline_cost=total.baseline_cost,
         saving=total.baseline_cost - total.cost, small_model_decisions=total.small_model_decisions,
         llm_calls=total.llm_calls, teacher_step_tokens=steps, unpriced_steps=dict(unpriced),
         by_node=dict(by_node), by_route=dict(by_route), by_tier=dict(by_tier),
     )  # fmt: skip
+
+
+def _slm_cost(decision: Decision, prices: PriceTable) -> float:
+    if prices.slm is not None:
+        return prices.slm.of(decision.prompt_tokens or 0, decision.completion_tokens or 0)
+    return decision.latency_ms / 3.6e6 * prices.slm_per_hour
 
 
 def _started(event: Decision | LLMCall) -> datetime:
@@ -262,6 +279,7 @@ def cost_table(report: CostReport) -> str:
     share = f" ({report.saving / report.baseline_cost:.1%} of the baseline)" if report.baseline_cost else ""
     rows.append(f"total cost  ${cost:.6f} (LLM ${report.llm_cost:.6f}, SLM ${report.slm_cost:.6f}); "
                 f"all-LLM ${report.baseline_cost:.6f}; saved ${report.saving:.6f}{share}")  # fmt: skip
+    rows.append(f"SLM tokens  {report.slm_prompt_tokens:,} read, {report.slm_completion_tokens:,} written")
     if report.unpriced_steps:
         rows.append(f"unpriced    {json.dumps(report.unpriced_steps)}: no teacher call of these step types to price "
                     "them by (add step_tokens to the price table)")  # fmt: skip

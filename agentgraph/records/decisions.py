@@ -57,6 +57,10 @@ class Decision(BaseModel):
     outcome: str | None = Field(default=None, description="what came of it: ok, escalated, handoff, repaired, ...")
     model: str | None = None
     latency_ms: float = 0.0
+    prompt_tokens: int | None = Field(
+        default=None, description="the small model's tokens read for this decision (an LLM call's are on its LLMCall)"
+    )
+    completion_tokens: int | None = Field(default=None, description="the small model's tokens written")
     thread_id: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
 

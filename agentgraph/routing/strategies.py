@@ -30,7 +30,7 @@ from agentgraph.llm import llm_name
 from agentgraph.prompting import load_prompt
 from agentgraph.records.traces import STEP_TAG_PREFIX
 from agentgraph.slm import SLM
-from agentgraph.slm.base import ChoiceResult
+from agentgraph.slm.base import ChoiceResult, Usage
 
 
 class RouteProposal(BaseModel):
@@ -43,6 +43,7 @@ class RouteProposal(BaseModel):
     model: str | None = None
     threshold: float = Field(description="the gate this strategy fitted on its dev set")
     details: dict[str, Any] = Field(default_factory=dict)
+    usage: Usage | None = Field(default=None, description="what the SLM call cost, for an SLM strategy")
 
 
 class RoutingStrategy(Protocol):
@@ -190,6 +191,7 @@ class SLMStrategy:
             model=usage.model,
             threshold=self.threshold,
             details={"raw_confidence": float(math.exp(log_probs.max())), "prompt": self.prompt.id},
+            usage=usage,
         )
 
     def fit(

@@ -26,8 +26,8 @@ from __future__ import annotations
 import asyncio
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
-from typing import Generic, Literal, TypeVar
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Generic, Literal, TypedDict, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -185,12 +185,38 @@ def normalise_scores(label_logprobs: Mapping[str, float]) -> dict[str, float]:
     return {label: w / total for label, w in weights.items()}
 
 
-def validate_structured(schema: type[ModelT], text: str) -> ModelT:
-    """Validate constrained output against ``schema``; a failure is a typed error carrying the text."""
+def validate_structured(schema: type[ModelT], text: str, *, usage: Usage | None = None) -> ModelT:
+    """Validate constrained output against ``schema``; a failure is a typed error carrying the text (and
+    ``usage``, what the call that wrote it cost)."""
     try:
         return schema.model_validate_json(text)
     except ValidationError as exc:
-        raise StructuredOutputError(schema, text, exc) from exc
+        raise StructuredOutputError(schema, text, exc, usage=usage) from exc
+
+
+class TokenCounts(TypedDict, total=False):
+    """A decision's small-model tokens, as keyword arguments of a decision record (none when no SLM was asked)."""
+
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def tokens_of(usages: Iterable[Usage | None]) -> TokenCounts:
+    """The prompt and completion tokens of SLM calls, summed, as a decision records them (nothing for no call).
+
+    Example:
+        >>> tokens_of([Usage(model="m", latency_ms=1.0, prompt_tokens=120, completion_tokens=9), None])
+        {'prompt_tokens': 120, 'completion_tokens': 9}
+        >>> tokens_of([None])
+        {}
+    """
+    made = [usage for usage in usages if usage is not None]
+    if not made:
+        return {}
+    return {
+        "prompt_tokens": sum(usage.prompt_tokens for usage in made),
+        "completion_tokens": sum(usage.completion_tokens for usage in made),
+    }
 
 
 def choice_result(label_logprobs: Mapping[str, float], usage: Usage) -> ChoiceResult:
@@ -204,9 +230,12 @@ def structured_result(schema: type[ModelT], generation: GenerationResult, max_to
     """``generation`` validated as ``schema``; an output cut at ``max_tokens`` is a :class:`StructuredOutputError`."""
     if generation.finish_reason == "length":
         raise StructuredOutputError(
-            schema, generation.text, ValueError(f"the output was cut at max_tokens={max_tokens}; raise it")
+            schema,
+            generation.text,
+            ValueError(f"the output was cut at max_tokens={max_tokens}; raise it"),
+            usage=generation.usage,
         )
-    value = validate_structured(schema, generation.text)
+    value = validate_structured(schema, generation.text, usage=generation.usage)
     # Parametrized at run time with the caller's schema, so ``value`` validates and dumps as that model; mypy
     # takes a subscript by a variable for a type expression.
     return StructuredResult[schema](value=value, **generation.model_dump())  # type: ignore[valid-type]

@@ -101,12 +101,10 @@ class TransformersSLM(SLM):
         with self._lock, torch.inference_mode():
             # Only the prompt's last position predicts a label token: the LM head skips the rest.
             first = self.model(input_ids=torch.tensor([prefix], device=self.device), use_cache=True, logits_to_keep=1)
-            cache = first.past_key_values
+            cache = first.cache
             cache.batch_repeat_interleave(len(labels))
             # Right padding is harmless: a causal model never lets padding influence earlier positions.
-            rest = self.model(
-                input_ids=batch.to(self.device), attention_mask=mask.to(self.device), past_key_values=cache
-            )
+            rest = self.model(input_ids=batch.to(self.device), attention_mask=mask.to(self.device), cache=cache)
         # Position t predicts continuation token t: the prompt's last logits, then the batch's own.
         logits = torch.cat([first.logits[:, -1:, :].expand(len(labels), -1, -1), rest.logits[:, :-1, :]], dim=1)
         logprobs = (
@@ -171,7 +169,7 @@ class TransformersSLM(SLM):
                     break
                 output = self.model(
                     input_ids=torch.tensor([[token]], device=self.device),
-                    past_key_values=output.past_key_values,
+                    cache=output.cache,
                     use_cache=True,
                 )
         # One sequence of ids decodes to one string (the stub's list[str] is for a batch).

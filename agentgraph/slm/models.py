@@ -25,6 +25,8 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -98,11 +100,27 @@ def model_and_adapter(model: str | os.PathLike[str] | None = None) -> tuple[Path
         ) from exc
 
 
+@contextmanager
+def loading_quietly() -> Iterator[None]:
+    """Within this block transformers draws no progress bar: reading a local model folder takes a second, and a
+    bar per model on every start is noise in a user's terminal and a test log. The setting is restored after."""
+    from transformers.utils import logging as transformers_logging
+
+    shown = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            transformers_logging.enable_progress_bar()
+
+
 def load_causal_lm(folder: Path, adapter: Path | None, *, dtype: Any) -> Any:
     """The transformers causal LM in ``folder``, with the LoRA ``adapter`` merged into it when given."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+    with loading_quietly():
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
     if adapter is None:
         return model
     from peft import PeftModel
