@@ -95,6 +95,8 @@ def test_injected_authority_never_skips_the_approval_of_a_refund(graph, parts, m
         [action] = done.interrupt["action_requests"]
         assert action["name"] == "issue_refund" and message[:40] in str(action)
         assert isinstance(action["arguments"]["amount"], float)
+    elif done.route == "plan":  # read as two requests: the planner (here an LLM with no plan) hands it to a person
+        assert "Your ticket is HO-" in done.response
     else:
         assert done.route in ("clarify", "escalate")
 

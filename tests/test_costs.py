@@ -76,7 +76,9 @@ def test_the_report_command_adds_the_costs_from_a_price_table(store, tmp_path, c
     cost = json.loads(capsys.readouterr().out)["cost"]
     assert cost["saving"] == pytest.approx(cost_report(store, PRICES).saving)
     assert main(args) == 0
-    assert "by route" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "by route" in printed and f"wrote       {tmp_path / 'report-cost.png'}" in printed
+    assert (tmp_path / "report-cost.png").stat().st_size > 10_000, "the cost plot beside the report's"
     prices.write_text("{not json")
     assert main(args) == 2
     assert "cannot be read" in capsys.readouterr().err

@@ -9,7 +9,8 @@ each), then writes the same series as a PNG to ``--out``. ``--json`` prints the
 report as JSON instead of the table. With a price table (``--prices FILE`` or
 ``AGENTGRAPH_PRICES``; :class:`agentgraph.records.costs.PriceTable`) it adds what
 the LLM and the SLM cost, per node and per route, and the saving against an
-all-LLM baseline (:mod:`agentgraph.records.costs`). A store with nothing to report is an error
+all-LLM baseline (:mod:`agentgraph.records.costs`), as a table and a second PNG (``--cost-out``, default
+``REPORT-cost.png`` beside ``--out``). A store with nothing to report is an error
 (exit status 2) and writes no PNG.
 """
 
@@ -38,13 +39,15 @@ def register(groups: argparse._SubParsersAction) -> None:
     report.add_argument("--prices", type=Path,
                         help="a price table (JSON; env AGENTGRAPH_PRICES): adds cost per node and per route and the "
                         "saving against sending every step to the LLM")  # fmt: skip
+    report.add_argument("--cost-out", type=Path,
+                        help="the cost PNG, with --prices (default: beside --out, its name ending in -cost.png)")  # fmt: skip
     report.set_defaults(handler=_report)
 
 
 def _report(args: argparse.Namespace) -> int:
     import os
 
-    from agentgraph.distill.report import build_report, plot_report, report_table
+    from agentgraph.distill.report import build_report, plot_costs, plot_report, report_table
     from agentgraph.records.costs import PRICES_ENV, PriceTable, cost_report, cost_table
 
     prices = PriceTable.load(args.prices) if args.prices or os.environ.get(PRICES_ENV) else None
@@ -59,6 +62,9 @@ def _report(args: argparse.Namespace) -> int:
         print(json.dumps(figures, indent=2))
     else:
         print(report_table(report) + (f"\n\n{cost_table(cost)}" if cost else ""))
-    path = plot_report(report, args.out)
-    print(f"wrote       {path}", file=sys.stderr if args.json else sys.stdout)  # stdout stays pure JSON with --json
+    written = [plot_report(report, args.out)]
+    if cost is not None:
+        written.append(plot_costs(cost, args.cost_out or args.out.with_name(f"{args.out.stem}-cost.png")))
+    for path in written:
+        print(f"wrote       {path}", file=sys.stderr if args.json else sys.stdout)  # stdout stays pure JSON with --json
     return 0

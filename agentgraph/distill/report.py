@@ -30,7 +30,9 @@ same series as a PNG of four panels sharing the time axis.
 
 Example:
     >>> from datetime import UTC, datetime
-    >>> from agentgraph.records.decisions import Decision
+    >>> from agentgraph.records.costs import CostLine, CostReport
+from agentgraph.records.costs import CostLine, CostReport
+from agentgraph.records.decisions import Decision
     >>> from agentgraph.distill.report import build_report, report_table
     >>> from agentgraph.records.traces import SQLiteTraceStore
     >>> store = SQLiteTraceStore(":memory:")
@@ -55,6 +57,7 @@ from pydantic import BaseModel, Field, computed_field
 
 from agentgraph.distill.drift import RETRAIN, DriftReport
 from agentgraph.errors import AgentGraphError
+from agentgraph.records.costs import CostLine, CostReport
 from agentgraph.records.decisions import Decision
 from agentgraph.records.traces import LLMCall, SQLiteTraceStore
 from agentgraph.shadow import SHADOW_KEY, Bucket, bucket_start, shadow_agreement
@@ -258,6 +261,37 @@ def plot_report(report: TraceReport, path: str | Path) -> Path:
     drift.legend(handles=drift.get_lines() + psi.get_lines(), loc="upper left", fontsize="small")
     figure.autofmt_xdate()
 
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def plot_costs(cost: CostReport, path: str | Path) -> Path:
+    """Draw the cost report as a PNG: per route and per node, what the run cost (the LLM's part and the SLM's)
+    beside what sending every step to the LLM would have cost."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, panels = plt.subplots(2, 1, figsize=(10, 8), constrained_layout=True)
+    for panel, (title, lines) in zip(panels, (("route", cost.by_route), ("node", cost.by_node)), strict=True):
+        names = sorted(lines)
+        shown: list[CostLine] = [lines[name] for name in names]
+        places = range(len(names))
+        panel.bar([x - 0.2 for x in places], [line.llm_cost for line in shown], width=0.4, label="LLM")
+        panel.bar([x - 0.2 for x in places], [line.slm_cost for line in shown], width=0.4,
+                  bottom=[line.llm_cost for line in shown], label="SLM")  # fmt: skip
+        panel.bar([x + 0.2 for x in places], [line.baseline_cost for line in shown], width=0.4, label="all-LLM",
+                  color="tab:gray")  # fmt: skip
+        panel.set_xticks(list(places), names, rotation=30, ha="right")
+        panel.set(ylabel="$", title=f"cost per {title}: this run against every step sent to the LLM")
+        panel.legend(loc="upper right", fontsize="small")
+    share = f" ({cost.saving / cost.baseline_cost:.0%} of all-LLM)" if cost.baseline_cost else ""
+    figure.suptitle(f"cost ${cost.llm_cost + cost.slm_cost:.4f}, all-LLM ${cost.baseline_cost:.4f}: "
+                    f"saved ${cost.saving:.4f}{share}")  # fmt: skip
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)

@@ -58,7 +58,9 @@ class StepPolicy(BaseModel):
 
     def clauses(self, text: str) -> list[str]:
         """The clauses of ``text``, in order, without the pieces under ``min_words`` words."""
-        pieces = (piece.strip(" ,.;:!?") for piece in re.split(self.separators, text, flags=re.IGNORECASE))
+        # Whitespace collapsed first: a run of it would make the separators' optional spaces backtrack for ages.
+        collapsed = " ".join(text.split())
+        pieces = (piece.strip(" ,.;:!?") for piece in re.split(self.separators, collapsed, flags=re.IGNORECASE))
         return [piece for piece in pieces if len(piece.split()) >= self.min_words]
 
 
