@@ -262,7 +262,7 @@ def create_evaluator(
     Measured (``python benchmarks/loop.py``, 139 held-out labelled states): the
     packaged 135M SLM's picks follow the plan's position far more than the
     result's content (56%, no better than the position rule's 58%); the
-    verdict classifier reaches 91%.
+    verdict classifier reaches 90.6%.
     """
     verdict_judge = as_verdict_judge(judge)
     prompt_id = verdict_judge.template.id if isinstance(verdict_judge, SLMVerdictJudge) else None
