@@ -27,7 +27,7 @@ CONFIG_FILE = REPOSITORY / "langgraph.json"
 
 CUSTOMER_SUPPORT_NODES = {
     "router", "extract", "plan_tool_call", "read_tools", "guarded_tools", "retrieve", "prune", "escalate", "answer",
-    "validate", "deliver",
+    "validate", "deliver", "begin_plan", "plan", "run_step", "observe_step", "evaluate", "summarize",
 }  # fmt: skip
 
 

@@ -194,3 +194,18 @@ def test_with_llm_tiers_the_plan_goes_to_the_frontier_tier_and_an_escalation_to_
     assert sorted(call.tier for call in parts.trace_store.calls()) == ["efficient", "frontier"]
     with pytest.raises(ConfigError, match="not both"):
         CustomerSupportParts(data_dir=tmp_path / "other", slm=embedded_slm, llm=frontier, tiers=tiers)
+
+
+@pytest.mark.slow
+def test_with_llm_tiers_a_replan_goes_to_the_reasoning_tier(embedded_slm, tmp_path):
+    frontier = scripted_llm(AIMessage("1. cancel_order order_id=48213\n2. delivery_period order_id=10001"))
+    reasoning = scripted_llm(AIMessage("1. track_order order_id=48213\n2. delivery_period order_id=10001"))
+    tiers = LLMTiers(models={"frontier": frontier, "reasoning": reasoning})
+    parts = CustomerSupportParts(data_dir=tmp_path / "support", slm=embedded_slm, tiers=tiers)
+
+    turn = run_turn(compose(parts), "where is order 48213 and when does 10001 arrive", thread_id="tiers-3",
+                    callbacks=[parts.llm_call_recorder])  # fmt: skip
+
+    assert (len(frontier.calls), len(reasoning.calls)) == (1, 1) and parts.shop.count_writes() == 0
+    assert "Order 48213 (" in turn.response
+    assert [call.tier for call in parts.trace_store.calls()] == ["frontier", "reasoning"]

@@ -30,9 +30,7 @@ same series as a PNG of four panels sharing the time axis.
 
 Example:
     >>> from datetime import UTC, datetime
-    >>> from agentgraph.records.costs import CostLine, CostReport
-from agentgraph.records.costs import CostLine, CostReport
-from agentgraph.records.decisions import Decision
+    >>> from agentgraph.records.decisions import Decision
     >>> from agentgraph.distill.report import build_report, report_table
     >>> from agentgraph.records.traces import SQLiteTraceStore
     >>> store = SQLiteTraceStore(":memory:")

@@ -55,7 +55,7 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import START, StateGraph
 
 from agentgraph.errors import AgentGraphError
-from agentgraph.llm import HumanHandoff, escalate
+from agentgraph.llm import HumanHandoff, escalate, llm_name
 from agentgraph.nodes.kernel import ControlNode, NodeCall, NodeResult
 from agentgraph.nodes.loop_state import (
     DONE_REPLY,
@@ -109,8 +109,12 @@ def create_planner(
     decision_log: DecisionLog | None = None,
     prompt: PromptTemplate | None = None,
     prompt_inputs: Mapping[str, Any] | None = None,
+    replan_llm: BaseChatModel | None = None,
 ) -> ControlNode:
     """The plan node: the LLM writes (or rewrites) the plan, or declares the goal reached.
+
+    ``replan_llm`` (default: ``llm``) takes the replans and escalations: a plan that already went wrong is
+    where a stronger tier pays (:class:`~agentgraph.tiers.LLMTiers`' ``replan`` step).
 
     ``prompt`` (default: ``loop_plan``) is rendered with ``goal``, ``observations``, ``reason``
     (``start``, ``replan`` or ``escalation``), ``remaining`` (the steps not yet carried out) and the
@@ -124,7 +128,6 @@ def create_planner(
     :class:`~agentgraph.errors.EmptyInputError` after a ``rejected`` record is logged.
     """
     template = prompt or load_prompt("loop_plan")
-    model = getattr(llm, "model_name", None) or (type(llm).__name__ if llm else None)
 
     def plan(call: NodeCall) -> NodeResult:
         state, goal = call.state, call.value
@@ -132,6 +135,8 @@ def create_planner(
         reason = {"replan": "replan", "escalate": "escalation"}.get(state.get("verdict") or "", "start")
         observations = state.get("observations", [])
         remaining = state.get("plan", [])[state.get("step_index", 0) :]
+        planner = replan_llm if reason != "start" and replan_llm is not None else llm
+        model = llm_name(planner) if planner is not None else None
 
         def finish(update: dict[str, Any], output: Any, outcome: str, *, called: bool) -> NodeResult:
             counted = {"llm_calls": llm_calls + 1} if called else {}
@@ -156,8 +161,8 @@ def create_planner(
             remaining=remaining,
             state=state,
         )
-        reply = escalate(llm, rendered, reason=f"loop {reason}")
-        called = llm is not None
+        reply = escalate(planner, rendered, reason=f"loop {reason}")
+        called = planner is not None
         if isinstance(reply, HumanHandoff):  # its request is the planner prompt: goal and results so far
             return finish({"status": "handoff", "handoff": reply}, None, "handoff", called=called)
         text = clean_text(reply.text)

@@ -124,7 +124,7 @@ class CustomerSupportParts:
     small-model answers the teacher checks (default: ``AGENTGRAPH_SHADOW_RATE``, else none),
     its calls recorded in the trace store. A teacher mode without its LLM hands requests to a person.
     ``tiers`` (:class:`~agentgraph.tiers.LLMTiers`, instead of ``llm`` and ``extraction_llm``) chooses the
-    model per step type (:meth:`llm_for`): ``plan`` for the planner, ``escalate``, ``route`` for the router's
+    model per step type (:meth:`llm_for`): ``plan`` for the planner and ``replan`` for its replans, ``escalate``, ``route`` for the router's
     teacher, ``extract`` and ``classify_tool``, each with its cascade; every call records its tier.
     """
 
@@ -310,7 +310,7 @@ class CustomerSupportParts:
 
         plan = create_planner(
             self.llm_for("plan"), prompt=load_prompt("support_plan"), prompt_inputs={"capabilities": CAPABILITIES},
-            max_llm_calls=MAX_PLANNING_CALLS, decision_log=log,
+            max_llm_calls=MAX_PLANNING_CALLS, decision_log=log, replan_llm=self.llm_for("replan"),
         )  # fmt: skip
         return {
             "router": router, "extract": extract, "read_tools": read_tools, "guarded_tools": guarded_tools,
