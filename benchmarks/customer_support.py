@@ -1,6 +1,6 @@
 """End-to-end benchmark of the example customer-support graph on the test split of the Bitext data.
 
-Run: ``python benchmarks/customer_support.py [--per-intent 10] [--slm-url URL] [--json]``
+Run: ``python benchmarks/customer_support.py [--per-intent 10] [--slm-url URL] [--registry DIR] [--json]``
 
 Each request runs as a new thread through the whole graph (router, the path's
 nodes, output validator) with the embedded SLM, or a vLLM server with
@@ -11,11 +11,17 @@ refund or deletion counts as served once it waits for a person.
 
 Reported: route accuracy (the route the request's intent belongs to; an
 escalation of a routine request counts as wrong, as does routing a complaint
-anywhere but escalation), intent accuracy, the share of requests that made
+anywhere but escalation), intent accuracy, entity exact match on the lookup and
+action paths (the ticket the ``extract`` node filled against the request's Bitext
+entity, as :func:`~agentgraph.graphs.customer_support.distillation.ticket_target`
+reads it), the share of requests that made
 zero LLM calls, the share whose knowledge answer is the policy section written
 for the intent, end-to-end latency p50/p95 per route and overall, and requests
 per second (sequential, one process). ``--per-intent`` samples the test split
-evenly (fixed seed); 0 runs all of it.
+evenly (fixed seed); 0 runs all of it. ``--registry`` serves the models promoted
+in a model registry (``agentgraph distill bootstrap customer-support`` writes the
+example's own, ``cache_dir()/customer-support/models``); by default nothing is
+promoted and ``extract`` runs the base SLM.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from collections import Counter, defaultdict
 import numpy as np
 from langchain_core.language_models import FakeListChatModel
 
+from agentgraph.distill.registry import ModelRegistry
 from agentgraph.graphs.customer_support import (
     POLICY_SECTION_OF_INTENT,
     ROUTES,
@@ -38,6 +45,7 @@ from agentgraph.graphs.customer_support import (
     load_policy_sections,
 )
 from agentgraph.graphs.customer_support.bitext import load_customer_support, split_customer_support
+from agentgraph.graphs.customer_support.distillation import SupportExtraction, ticket_target
 from agentgraph.running import run_turn
 from agentgraph.slm import SLMSettings, load_slm
 
@@ -57,6 +65,21 @@ def sample(per_intent: int, seed: int = 7):
     ]
 
 
+def expected_ticket(row) -> dict | None:
+    """The ticket fields the request names (None: its Bitext entity is not in the message, so it is not scored)."""
+    entity = {row.entity_type: row.entity_value} if row.entity_type else {}
+    target = ticket_target(row.text, SupportExtraction(intent=row.intent, **entity).model_dump())
+    return None if target is None else {k: v for k, v in target.items() if k != "intent"}
+
+
+def filled_ticket(turn) -> dict | None:
+    """The fields the turn's schema enforcer filled (None: it handed off or did not run)."""
+    extraction = next((d for d in turn.decisions if d.node == "schema_enforcer"), None)
+    if extraction is None or extraction.outcome == "handoff":
+        return None
+    return {k: v for k, v in extraction.output.items() if v is not None}
+
+
 def percentiles(values: list[float]) -> dict[str, float]:
     return {"p50": float(np.percentile(values, 50)), "p95": float(np.percentile(values, 95))} if values else {}
 
@@ -65,6 +88,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-intent", type=int, default=10, help="test requests per intent (0: the whole split)")
     parser.add_argument("--slm-url", help="a vLLM server instead of the embedded SLM")
+    parser.add_argument("--registry", help="serve the models promoted in this model registry (default: none)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -72,7 +96,9 @@ def main() -> None:
     started = time.perf_counter()
     slm = load_slm(SLMSettings.from_env(url=args.slm_url))
     llm = FakeListChatModel(responses=["I'm sorry to hear that. A colleague will look into it today."])
-    parts = CustomerSupportParts(data_dir=tempfile.mkdtemp(prefix="cs-bench-"), slm=slm, llm=llm)
+    data_dir = tempfile.mkdtemp(prefix="cs-bench-")
+    registry = ModelRegistry(args.registry) if args.registry else None
+    parts = CustomerSupportParts(data_dir=data_dir, slm=slm, llm=llm, registry=registry)
     graph = compose(parts)
     load_s = time.perf_counter() - started
     rows = sample(args.per_intent)
@@ -81,6 +107,7 @@ def main() -> None:
     latencies: dict[str, list[float]] = defaultdict(list)
     route_right = intent_right = zero_llm = 0
     knowledge_right = knowledge_total = 0
+    entities_right = entities_total = 0
     taken = Counter()
     started = time.perf_counter()
     for number, row in enumerate(rows):
@@ -91,6 +118,10 @@ def main() -> None:
         zero_llm += turn.llm_calls == 0
         taken[(expected, turn.route)] += 1
         latencies[turn.route].append(turn.latency_ms)
+        ticket = expected_ticket(row)
+        if expected in ("lookup", "action") and turn.route == expected and ticket is not None:
+            entities_total += 1
+            entities_right += filled_ticket(turn) == ticket
         if expected == "knowledge":
             knowledge_total += 1
             knowledge_right += turn.response == section_text[POLICY_SECTION_OF_INTENT[row.intent]]
@@ -102,6 +133,9 @@ def main() -> None:
         "requests": len(rows),
         "route_accuracy": route_right / len(rows),
         "intent_accuracy": intent_right / len(rows),
+        "extractor": parts.extraction_artifact["slm"].model_name if parts.extraction_artifact else slm.model_name,
+        "entity_exact_match": entities_right / entities_total if entities_total else None,
+        "entity_rows": entities_total,
         "zero_llm_share": zero_llm / len(rows),
         "knowledge_section_accuracy": knowledge_right / knowledge_total if knowledge_total else None,
         "latency_ms": percentiles(every),
@@ -119,6 +153,9 @@ def main() -> None:
     print(
         f"route accuracy      {100 * report['route_accuracy']:.2f}%   intent accuracy {100 * report['intent_accuracy']:.2f}%"
     )
+    if entities_total:
+        print(f"entity exact match  {100 * report['entity_exact_match']:.2f}% of {entities_total} lookup and action "
+              f"requests routed right (extract: {report['extractor']})")  # fmt: skip
     print(f"zero LLM calls      {100 * report['zero_llm_share']:.2f}% of requests")
     if knowledge_total:
         print(f"knowledge answers   {100 * report['knowledge_section_accuracy']:.2f}% the intent's own policy section")

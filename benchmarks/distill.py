@@ -68,7 +68,9 @@ def main() -> int:
     parser.add_argument("--max-minutes", type=float, default=20.0, help="training time limit")
     parser.add_argument("--eval-every", type=int, default=25, help="steps between learning-curve points")
     parser.add_argument("--eval-examples", type=int, default=108, help="dev requests per learning-curve point")
-    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument(
+        "--bf16", action=argparse.BooleanOptionalAction, help="default: where the CPU computes bf16 natively"
+    )
     parser.add_argument("--describe-schema", action=argparse.BooleanOptionalAction, default=False,
                         help="extract: state the JSON schema in the prompt instead of letting the model learn it")  # fmt: skip
     parser.add_argument(
@@ -87,9 +89,10 @@ def main() -> int:
     model = args.work / args.role / (f"lora-r{args.lora_rank}" if args.lora_rank else "model")
     settings = DistillSettings(
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, label_style=args.labels,
-        max_minutes=args.max_minutes, eval_every=args.eval_every, eval_examples=args.eval_examples, bf16=args.bf16,
+        max_minutes=args.max_minutes, eval_every=args.eval_every, eval_examples=args.eval_examples,
         num_threads=args.threads, describe_schema=args.describe_schema,
         lora=LoraSettings(rank=args.lora_rank) if args.lora_rank else None,
+        **({} if args.bf16 is None else {"bf16": args.bf16}),
     )  # fmt: skip
     if args.role == "route":
         train, role_options = train_router_slm, {"descriptions": CUSTOMER_SUPPORT_INTENTS}

@@ -29,7 +29,13 @@ from agentgraph.graphs.customer_support.bitext import (
     load_customer_support,
     split_customer_support,
 )
-from agentgraph.graphs.customer_support.distillation import SupportExtraction, customer_support_examples
+from agentgraph.graphs.customer_support.distillation import (
+    SupportExtraction,
+    customer_support_examples,
+    support_ticket_examples,
+    ticket_target,
+)
+from agentgraph.graphs.customer_support.ticket import SupportTicket
 from agentgraph.idempotency import canonical_json
 from agentgraph.records.traces import LLMCall, SQLiteTraceStore
 
@@ -256,6 +262,26 @@ def test_customer_support_import_keeps_the_benchmark_test_split(tmp_path, encode
         for e in dataset.splits[split]
     )
     assert dataset.manifest["sources"]["customer-support"]["pinned_test"] == len(benchmark["test"])
+
+
+def test_ticket_targets_complete_a_cut_span_and_leave_out_what_the_message_does_not_hold():
+    # Bitext spans cut short, as the data has them: the target is the number the message writes.
+    cut = {"intent": "cancel_order", "order_id": "3707955617"}
+    assert ticket_target("cancel purchase 370795561790?", cut) == {"intent": "cancel_order", "order_id": "370795561790"}
+    assert ticket_target("refunding 350 dollars", {"intent": "get_refund", "refund_amount": "3"}) == {
+        "intent": "get_refund",
+        "refund_amount": 350.0,
+    }
+    # Fields the ticket does not have are left out; an id glued to a word is not one the ticket reads.
+    named = {"intent": "check_invoice", "invoice_id": "#12588", "person_name": "Ann Lee"}
+    assert ticket_target("Ann Lee here, invoice #12588", named) == {"intent": "check_invoice", "invoice_id": "#12588"}
+    assert ticket_target("cancelling order732201349959", {"intent": "cancel_order", "order_id": "732201349959"}) is None
+
+    source = support_ticket_examples()
+    dropped = source.counts["dropped_entity_not_in_message"]
+    assert 0 < dropped < 10 and len(source.examples) + dropped == source.counts["rows"]
+    for example in source.examples:  # every target is what the graph's node would accept for its message
+        SupportTicket.model_validate(example.target, context={"source_text": example.input})
 
 
 def test_requests_repeating_a_benchmark_test_request_are_dropped_not_the_test_request(tmp_path, encoder, bitext_rows):

@@ -573,6 +573,36 @@ def test_extraction_trains_on_the_prompt_its_schema_enforcer_sends_and_is_gated(
     assert read_manifest(out)["promotion"]["decision"] == "refused"
 
 
+@pytest.mark.slow  # curates the whole Bitext file and trains a (tiny) model
+def test_bootstrap_curates_trains_gates_and_promotes_what_the_example_graph_then_serves(
+    tiny_model, tmp_path, capsys, embedded_slm
+):
+    from agentgraph.distill.registry import ModelRegistry
+    from agentgraph.graphs.customer_support import CustomerSupportParts
+
+    registry = tmp_path / "data" / "models"
+    command = ["distill", "bootstrap", "customer-support", "--registry", str(registry), "--base", str(tiny_model),
+               "--epochs", "0.01", "--gate-rows", "4", "--json"]  # fmt: skip
+    # A random model misses the default threshold: refused (exit 2), and nothing is registered.
+    assert main(command) == 2
+    refused = json.loads(capsys.readouterr().out)
+    assert refused["promoted"] is False and refused["gate"]["decision"] == "refused"
+    assert read_manifest(refused["model"])["promotion"]["decision"] == "refused"
+    assert ModelRegistry(registry).current("extract") is None
+    assert refused["gate"]["test_rows"] == 4 and set(refused["minutes"]) == {"dataset", "train", "gate", "router"}
+
+    # Accepted (a threshold it meets): registered, and the example graph built next serves it.
+    assert main([*command, "--threshold", "0"]) == 0
+    accepted = json.loads(capsys.readouterr().out)
+    assert accepted["model"] != refused["model"], "each run writes its own folders"
+    assert ModelRegistry(registry).current("extract").path == accepted["model"]
+    manifest = read_manifest(accepted["model"])
+    assert manifest["schema"] == "agentgraph.graphs.customer_support.ticket:SupportTicket"
+    assert manifest["dataset"]["folder"] == accepted["dataset"]
+    parts = CustomerSupportParts(data_dir=tmp_path / "data", slm=embedded_slm)
+    assert str(parts.extraction_artifact["slm"].folder) == accepted["model"]
+
+
 @pytest.mark.slow
 def test_fine_tuning_smollm2_beats_the_base_model_on_held_out_requests(tmp_path):
     """Real SmolLM2-135M, 5 intents x 24 train requests, one epoch (15 steps): held-out accuracy far above the base model's."""

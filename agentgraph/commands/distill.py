@@ -28,6 +28,11 @@ puts held-out requests to the model in-process and to a vLLM server serving
 the same folder (``agentgraph slm serve --model MODEL``) and prints how often
 they answer the same (:mod:`agentgraph.distill.agreement`).
 
+``agentgraph distill bootstrap customer-support [--train-minutes 10] [--gate-rows 300]`` curates,
+trains, gates and promotes the example graph's extractor in one command, so that the next graph built
+serves it (:mod:`agentgraph.graphs.customer_support.bootstrap`); it exits with status 2 when the gate
+refuses the extractor, which is then not registered.
+
 ``agentgraph distill drift --traces STORE --data DIR [--window N] [--hours H] [--json]``
 compares the router's last N route decisions in a trace store with the dataset
 it was trained on (:mod:`agentgraph.distill.drift`: out-of-scope rate,
@@ -130,7 +135,7 @@ def register(groups: argparse._SubParsersAction) -> None:
     train.add_argument("--seed", type=int, help="training seed (default 0)")
     train.add_argument("--threads", dest="num_threads", type=int, help="torch threads (default: torch's)")
     train.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
-                       help="bf16 autocast for the forward pass (default on; weights and optimiser stay float32)")  # fmt: skip
+                       help="bf16 autocast for the forward pass (default: on where the CPU computes bf16 natively; weights and optimiser stay float32)")  # fmt: skip
     train.add_argument("--lora", action="store_true",
                        help="train a LoRA adapter (peft) instead of every weight, for larger bases; vLLM serves it with --lora-modules")  # fmt: skip
     train.add_argument("--lora-rank", type=int, help="the adapter's rank (default 16; implies --lora)")
@@ -197,6 +202,24 @@ def register(groups: argparse._SubParsersAction) -> None:
     )
     agree.add_argument("--json", action="store_true", help="print the report as JSON")
     agree.set_defaults(handler=_agree)
+
+    bootstrap = commands.add_parser(
+        "bootstrap", help="for an example graph: curate, train, gate and promote its distilled models in one go"
+    )
+    bootstrap.add_argument("graph", choices=("customer-support",), help="the example graph")
+    bootstrap.add_argument(
+        "--base", help="a local model folder to fine-tune (default: the packaged SmolLM2-135M-Instruct)"
+    )
+    bootstrap.add_argument("--train-minutes", type=float, help="training time limit (default 10)")
+    bootstrap.add_argument("--epochs", type=float, default=3.0, help="passes over the train split (default 3)")
+    bootstrap.add_argument("--gate-rows", type=int, help="held-out test rows the gate runs (default 300; 0: all)")
+    bootstrap.add_argument("--threshold", type=float, help="entity exact match needed to promote (default 0.92)")
+    bootstrap.add_argument("--registry", type=Path, help="the model registry (default: the example graph's)")
+    bootstrap.add_argument(
+        "--work-dir", type=Path, help="where datasets and models go (default: the registry's bootstrap/)"
+    )
+    bootstrap.add_argument("--json", action="store_true", help="print the report as JSON")
+    bootstrap.set_defaults(handler=_bootstrap)
 
     drift = commands.add_parser(
         "drift", help="compare recent routing with the training set; exit 3 when a retrain is due"
@@ -444,6 +467,38 @@ def _agree(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bootstrap(args: argparse.Namespace) -> int:
+    from agentgraph.commands.models import open_registry
+    from agentgraph.distill.gate import DEFAULT_THRESHOLD
+    from agentgraph.graphs.customer_support.bootstrap import (
+        DEFAULT_GATE_ROWS,
+        DEFAULT_TRAIN_MINUTES,
+        bootstrap_customer_support,
+    )
+
+    registry = open_registry(args.registry)
+    report = bootstrap_customer_support(
+        registry, work_dir=args.work_dir or registry.folder / "bootstrap", base=args.base,
+        train_minutes=args.train_minutes or DEFAULT_TRAIN_MINUTES, epochs=args.epochs,
+        gate_rows=DEFAULT_GATE_ROWS if args.gate_rows is None else args.gate_rows or None,
+        threshold=DEFAULT_THRESHOLD if args.threshold is None else args.threshold,
+        progress=(lambda line: None) if args.json else print,
+    )  # fmt: skip
+    status = 0 if report.promoted else 2  # as `distill gate --promote` exits on a refusal
+    if args.json:
+        print(report.model_dump_json(indent=2))
+        return status
+    print("\n".join(extraction_gate_lines(report.gate)))
+    total = sum(report.minutes.values())
+    print(f"took        {total:.1f} min (" + ", ".join(f"{k} {v:.1f}" for k, v in report.minutes.items()) + ")")
+    if report.promoted:
+        print(
+            f"promoted    {report.model} serves extract from the next graph built (`agentgraph run customer-support`)"
+        )
+    print(f"router      {report.router} (the classifier the example routes with)")
+    return status
+
+
 def gate_lines(report: Any) -> list[str]:
     """The gate report as the command prints it: one line per model, then the decision."""
 
@@ -474,10 +529,11 @@ def extraction_gate_lines(report: Any) -> list[str]:
         with_entity = (
             "-" if e.entity_exact_match_with_entity is None else f"{100 * e.entity_exact_match_with_entity:.2f}%"
         )
+        intent = "" if e.intent_accuracy is None else f", intent {100 * e.intent_accuracy:.2f}%"
         lines.append(
             f"{name:<11} schema-valid {100 * e.schema_valid:.2f}%, entity exact match {100 * e.entity_exact_match:.2f}% "
-            f"({with_entity} of rows with an entity), exact match {100 * e.exact_match:.2f}%, intent "
-            f"{100 * e.intent_accuracy:.2f}%, latency p50 {e.latency_ms_p50:.0f} ms p95 {e.latency_ms_p95:.0f} ms ({e.rows} rows)"
+            f"({with_entity} of rows with an entity), exact match {100 * e.exact_match:.2f}%{intent}, "
+            f"latency p50 {e.latency_ms_p50:.0f} ms p95 {e.latency_ms_p95:.0f} ms ({e.rows} rows)"
         )
     lines.append(f"decision    {report.decision}: {report.reason}")
     return lines

@@ -248,7 +248,7 @@ class ExtractionEvaluation(BaseModel):
     exact_match: float = Field(description="every field equal to the target")
     entity_exact_match: float = Field(description="every entity field (all but the intent) equal to the target")
     entity_exact_match_with_entity: float | None = Field(description="the same, over rows whose target has an entity")
-    intent_accuracy: float
+    intent_accuracy: float | None = Field(description="None: the schema has no intent field")
     latency_ms_p50: float
     latency_ms_p95: float
 
@@ -285,7 +285,7 @@ def evaluate_extractor(extractor: Extractor[Any], rows: Sequence[tuple[str, Any]
     n = len(rows)
     return ExtractionEvaluation(
         rows=n, schema_valid=valid / n, exact_match=exact / n, entity_exact_match=entity / n,
-        entity_exact_match_with_entity=float(np.mean(entity_rows)) if entity_rows else None, intent_accuracy=intent / n,
+        entity_exact_match_with_entity=float(np.mean(entity_rows)) if entity_rows else None, intent_accuracy=intent / n if "intent" in schema.model_fields else None,
         latency_ms_p50=float(np.percentile(latencies, 50)), latency_ms_p95=float(np.percentile(latencies, 95)),
     )  # fmt: skip
 

@@ -19,10 +19,11 @@ Example:
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agentgraph.classifier import file_sha256
 from agentgraph.distill.dataset import ROLE_STEP_TYPES, SPLITS, Example, Role, Source
@@ -33,6 +34,7 @@ from agentgraph.graphs.customer_support.bitext import (
     load_customer_support,
     split_customer_support,
 )
+from agentgraph.graphs.customer_support.ticket import SupportTicket
 
 CUSTOMER_SUPPORT_SOURCE = "customer-support"
 CUSTOMER_SUPPORT_ENTITY_FIELDS = (
@@ -93,3 +95,49 @@ def customer_support_examples(path: str | Path | None = None, *, role: Role) -> 
     counts = {"path": str(path), "sha256": file_sha256(path), "rows": len(rows)}
     counts |= {f"pinned_{split}": len(splits[split]) for split in SPLITS}
     return Source(name=CUSTOMER_SUPPORT_SOURCE, examples=examples, counts=counts)
+
+
+SUPPORT_TICKET_SOURCE = "customer-support-ticket"
+_NUMBER_RUN = re.compile(r"#?\d+")
+
+
+def ticket_target(text: str, extraction: dict[str, Any]) -> dict[str, Any] | None:
+    """What the example's ``extract`` node should fill for ``text``: a :class:`SupportTicket`, beside the intent.
+
+    ``extraction`` is a :class:`SupportExtraction` target; the ticket keeps its order, invoice and amount,
+    validated against the message as the node validates them. A Bitext span cut short (``3707955617``
+    of ``370795561790``, ``3`` of ``350 dollars``) is completed to the one number in the message it
+    begins. None: a value the message does not hold even then (``order732201349959``, which the
+    ticket does not read as an order number), so no example teaches the model to write it.
+    """
+    fields = {name: extraction.get(name) for name in SupportTicket.model_fields if extraction.get(name) is not None}
+    for name, value in fields.items():
+        prefix = str(value).lstrip("#")
+        runs = {run for run in _NUMBER_RUN.findall(text) if run.lstrip("#").startswith(prefix)}
+        if len(runs) == 1:
+            fields[name] = runs.pop()
+    try:
+        ticket = SupportTicket.model_validate(fields, context={"source_text": text})
+    except ValidationError:
+        return None
+    return {"intent": extraction["intent"], **ticket.model_dump(exclude_none=True)}
+
+
+def support_ticket_examples(path: str | Path | None = None) -> Source:
+    """The Bitext rows as ``extract`` examples for the example graph's own node, which fills a :class:`SupportTicket`.
+
+    Each target is :func:`ticket_target` of the row's :class:`SupportExtraction` (the intent stays in the
+    target as the class a dataset stratifies on; the ticket leaves it out when it is trained and gated);
+    a row whose entity the message does not hold is left out and counted.
+    """
+    source = customer_support_examples(path, role="extract")
+    examples, dropped = [], 0
+    for example in source.examples:
+        target = ticket_target(example.input, example.target)
+        if target is None:
+            dropped += 1
+            continue
+        examples.append(example.model_copy(update={"target": target, "source": SUPPORT_TICKET_SOURCE}))
+    return Source(
+        name=SUPPORT_TICKET_SOURCE, examples=examples, counts=source.counts | {"dropped_entity_not_in_message": dropped}
+    )
