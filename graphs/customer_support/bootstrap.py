@@ -1,9 +1,10 @@
 """``agentgraph distill bootstrap customer-support``: the example's extractor distilled, gated and promoted in one go.
 
 The example's ``extract`` node fills a :class:`~agentgraph.graphs.customer_support.ticket.SupportTicket`.
-Undistilled, the base SmolLM2 writes it under a schema prompt of about 650 tokens and gets the order
-number right about 85% of the time. :func:`bootstrap_customer_support` runs the steps a user would
-otherwise run one by one:
+Undistilled, the base SmolLM2 writes it under a schema prompt of about 650 tokens: on the lookup and
+action requests of ``benchmarks/customer_support.py --per-intent 4`` it filled 76% of tickets exactly, at
+about 5 s a request; the bootstrapped extractor filled all of them, at 0.44 s.
+:func:`bootstrap_customer_support` runs the steps a user would otherwise run one by one:
 
 1. curate an ``extract`` dataset from the Bitext rows (:func:`support_ticket_examples`, its split kept);
 2. fine-tune the SLM on it within a time budget (:func:`~agentgraph.distill.extract.train_extractor_slm`);
