@@ -45,7 +45,7 @@ from agentgraph.graphs.customer_support import (
     load_policy_sections,
 )
 from agentgraph.graphs.customer_support.bitext import load_customer_support, split_customer_support
-from agentgraph.graphs.customer_support.distillation import SupportExtraction, ticket_target
+from agentgraph.graphs.customer_support.distillation import extraction_target, ticket_target
 from agentgraph.running import run_turn
 from agentgraph.slm import SLMSettings, load_slm
 
@@ -67,8 +67,7 @@ def sample(per_intent: int, seed: int = 7):
 
 def expected_ticket(row) -> dict | None:
     """The ticket fields the request names (None: its Bitext entity is not in the message, so it is not scored)."""
-    entity = {row.entity_type: row.entity_value} if row.entity_type else {}
-    target = ticket_target(row.text, SupportExtraction(intent=row.intent, **entity).model_dump())
+    target = ticket_target(row.text, extraction_target(row, where="the Bitext test split"))
     return None if target is None else {k: v for k, v in target.items() if k != "intent"}
 
 

@@ -30,6 +30,7 @@ from agentgraph.distill.dataset import ROLE_STEP_TYPES, SPLITS, Example, Role, S
 from agentgraph.errors import DatasetError
 from agentgraph.graphs.customer_support.bitext import (
     CUSTOMER_SUPPORT_INTENTS,
+    SupportRequest,
     customer_support_csv,
     load_customer_support,
     split_customer_support,
@@ -63,6 +64,20 @@ class SupportExtraction(BaseModel):
     refund_amount: str | None = Field(default=None, description="the amount of money to refund, digits only")
 
 
+def extraction_target(row: SupportRequest, *, where: str | Path) -> dict[str, Any]:
+    """The :class:`SupportExtraction` a Bitext row labels (its intent, and its entity span as a field), as a dict.
+
+    ``where`` names the data in the error raised for an entity type that is no field of it.
+    """
+    if row.entity_type and row.entity_type not in CUSTOMER_SUPPORT_ENTITY_FIELDS:
+        raise DatasetError(
+            f"{where}: entity type {row.entity_type!r} is not a SupportExtraction field "
+            f"({', '.join(CUSTOMER_SUPPORT_ENTITY_FIELDS)}); is this the Bitext customer-support data?"
+        )
+    entity = {row.entity_type: row.entity_value} if row.entity_type else {}
+    return SupportExtraction(intent=row.intent, **entity).model_dump()
+
+
 def customer_support_examples(path: str | Path | None = None, *, role: Role) -> Source:
     """The Bitext customer-support rows as examples, each pinned to its :func:`split_customer_support` split.
 
@@ -79,13 +94,7 @@ def customer_support_examples(path: str | Path | None = None, *, role: Role) -> 
             if role == "route":
                 target: Any = row.intent
             else:
-                if row.entity_type and row.entity_type not in CUSTOMER_SUPPORT_ENTITY_FIELDS:
-                    raise DatasetError(
-                        f"{path}: entity type {row.entity_type!r} is not a SupportExtraction field "
-                        f"({', '.join(CUSTOMER_SUPPORT_ENTITY_FIELDS)}); is this the Bitext customer-support data?"
-                    )
-                entity = {row.entity_type: row.entity_value} if row.entity_type else {}
-                target = SupportExtraction(intent=row.intent, **entity).model_dump()
+                target = extraction_target(row, where=path)
             examples.append(
                 Example(
                     id=f"{CUSTOMER_SUPPORT_SOURCE}/{row_numbers[id(row)]}", source=CUSTOMER_SUPPORT_SOURCE,
