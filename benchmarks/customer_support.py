@@ -1,6 +1,6 @@
 """End-to-end benchmark of the example customer-support graph on the test split of the Bitext data.
 
-Run: ``python benchmarks/customer_support.py [--per-intent 10] [--slm-url URL] [--registry DIR] [--json]``
+Run: ``python benchmarks/customer_support.py [--per-intent 10] [--concurrency 1] [--slm-url URL] [--registry DIR] [--json]``
 
 Each request runs as a new thread through the whole graph (router, the path's
 nodes, output validator) with the embedded SLM, or a vLLM server with
@@ -17,7 +17,9 @@ entity, as :func:`~agentgraph.graphs.customer_support.distillation.ticket_target
 reads it), the share of requests that made
 zero LLM calls, the share whose knowledge answer is the policy section written
 for the intent, end-to-end latency p50/p95 per route and overall, and requests
-per second (sequential, one process). ``--per-intent`` samples the test split
+per second. ``--concurrency N`` serves N customers at once (threads of one
+process, the requests in a fixed shuffled order so every route is in flight
+together); the embedded SLM batches their concurrent calls. ``--per-intent`` samples the test split
 evenly (fixed seed); 0 runs all of it. ``--registry`` serves the models promoted
 in a model registry (``agentgraph distill bootstrap customer-support`` writes the
 example's own, ``cache_dir()/customer-support/models``); by default nothing is
@@ -32,6 +34,7 @@ import random
 import tempfile
 import time
 from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from langchain_core.language_models import FakeListChatModel
@@ -86,6 +89,7 @@ def percentiles(values: list[float]) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-intent", type=int, default=10, help="test requests per intent (0: the whole split)")
+    parser.add_argument("--concurrency", type=int, default=1, help="requests served at once (default 1)")
     parser.add_argument("--slm-url", help="a vLLM server instead of the embedded SLM")
     parser.add_argument("--registry", help="serve the models promoted in this model registry (default: none)")
     parser.add_argument("--json", action="store_true")
@@ -101,6 +105,7 @@ def main() -> None:
     graph = compose(parts)
     load_s = time.perf_counter() - started
     rows = sample(args.per_intent)
+    random.Random(11).shuffle(rows)  # a mixed workload: concurrent requests are not all of one intent
     run_turn(graph, "track order 10001", thread_id="warm-up")  # first-call costs (tokenizer caches) are not per request
 
     latencies: dict[str, list[float]] = defaultdict(list)
@@ -109,8 +114,11 @@ def main() -> None:
     entities_right = entities_total = 0
     taken = Counter()
     started = time.perf_counter()
-    for number, row in enumerate(rows):
-        turn = run_turn(graph, row.text, thread_id=f"bench-{number}")
+    with ThreadPoolExecutor(args.concurrency) as pool:
+        turns = list(pool.map(lambda numbered: run_turn(graph, numbered[1].text, thread_id=f"bench-{numbered[0]}"),
+                              enumerate(rows)))  # fmt: skip
+    elapsed = time.perf_counter() - started
+    for row, turn in zip(rows, turns, strict=True):
         expected = ROUTES[row.intent]
         route_right += turn.route == expected
         intent_right += turn.intent == row.intent
@@ -124,12 +132,12 @@ def main() -> None:
         if expected == "knowledge":
             knowledge_total += 1
             knowledge_right += turn.response == section_text[POLICY_SECTION_OF_INTENT[row.intent]]
-    elapsed = time.perf_counter() - started
 
     every = [ms for values in latencies.values() for ms in values]
     report = {
         "backend": "vllm" if args.slm_url else "embedded",
         "requests": len(rows),
+        "concurrency": args.concurrency,
         "route_accuracy": route_right / len(rows),
         "intent_accuracy": intent_right / len(rows),
         "extractor": parts.extraction_artifact["slm"].model_name if parts.extraction_artifact else slm.model_name,
@@ -148,7 +156,9 @@ def main() -> None:
     if args.json:
         print(json.dumps(report))
         return
-    print(f"backend {report['backend']}, {len(rows)} test requests, graph loaded in {load_s:.1f} s")
+    print(
+        f"backend {report['backend']}, {len(rows)} test requests, {args.concurrency} at once, graph loaded in {load_s:.1f} s"
+    )
     print(
         f"route accuracy      {100 * report['route_accuracy']:.2f}%   intent accuracy {100 * report['intent_accuracy']:.2f}%"
     )
