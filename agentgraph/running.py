@@ -83,24 +83,39 @@ class LLMTokens(BaseModel):
 
 
 class LLMCallCounter(BaseCallbackHandler):
-    """Counts chat-model and LLM starts (every frontier-LLM call a graph run makes, wherever in the graph)
-    and adds up the tokens each model reports."""
+    """Counts chat-model and LLM starts (every frontier-LLM call a graph run makes, wherever in the graph),
+    adds up the tokens each model reports and the time the calls took, start to end."""
 
     def __init__(self) -> None:
         self.calls = 0
         self.tokens: dict[str, LLMTokens] = {}
+        self.llm_ms = 0.0
+        self._started: dict[uuid.UUID, float] = {}
 
-    def on_llm_end(self, response: LLMResult, **kwargs: Any) -> None:
+    def on_llm_end(self, response: LLMResult, *, run_id: uuid.UUID, **kwargs: Any) -> None:
+        self._ended(run_id)
         model, prompt, completion = usage_of(response)
         used = self.tokens.setdefault(model or "unknown", LLMTokens())
         used.prompt += prompt or 0
         used.completion += completion or 0
 
-    def on_chat_model_start(self, serialized: Any, messages: Any, **kwargs: Any) -> None:
-        self.calls += 1
+    def on_llm_error(self, error: BaseException, *, run_id: uuid.UUID, **kwargs: Any) -> None:
+        self._ended(run_id)
 
-    def on_llm_start(self, serialized: Any, prompts: Any, **kwargs: Any) -> None:
+    def on_chat_model_start(self, serialized: Any, messages: Any, *, run_id: uuid.UUID, **kwargs: Any) -> None:
+        self._start(run_id)
+
+    def on_llm_start(self, serialized: Any, prompts: Any, *, run_id: uuid.UUID, **kwargs: Any) -> None:
+        self._start(run_id)
+
+    def _start(self, run_id: uuid.UUID) -> None:
         self.calls += 1
+        self._started[run_id] = time.perf_counter()
+
+    def _ended(self, run_id: uuid.UUID) -> None:
+        started = self._started.pop(run_id, None)
+        if started is not None:
+            self.llm_ms += (time.perf_counter() - started) * 1000
 
 
 class TurnResult(BaseModel):
@@ -117,6 +132,9 @@ class TurnResult(BaseModel):
     response: str | None = Field(description="the reply; None while an approval is pending")
     interrupt: dict[str, Any] | None = Field(description="the pending approval request, if the turn paused for one")
     latency_ms: float
+    llm_ms: float = Field(
+        default=0.0, description="of latency_ms, the time the frontier LLM's calls took (summed, start to end)"
+    )
     decisions: list[Decision] = Field(default_factory=list, exclude=True)
 
 
@@ -225,6 +243,7 @@ def _stream_turn(
         nodes=nodes,
         llm_calls=counter.calls,
         llm_tokens=counter.tokens,
+        llm_ms=counter.llm_ms,
         slm_calls=sum(decision.strategy in SMALL_MODEL_STRATEGIES for decision in decisions),
         response=None if pending else state.get(response_key),
         interrupt=pending,

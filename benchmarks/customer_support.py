@@ -1,29 +1,45 @@
-"""End-to-end benchmark of the example customer-support graph on the test split of the Bitext data.
+"""End-to-end benchmark of the example customer-support graph on the test split of the Bitext data, beside
+the same requests in teacher mode.
 
-Run: ``python benchmarks/customer_support.py [--per-intent 10] [--concurrency 1] [--slm-url URL] [--registry DIR] [--json]``
+Run: ``python benchmarks/customer_support.py [--per-intent 10] [--concurrency 1] [--slm-url URL] [--registry DIR]
+[--prices JSON] [--json]``
 
 Each request runs as a new thread through the whole graph (router, the path's
 nodes, output validator) with the embedded SLM, or a vLLM server with
-``--slm-url``. A scripted stand-in for the frontier LLM answers escalations,
-so LLM calls are counted as a configured deployment would make them (with no
-LLM at all they would be handoffs instead). Approvals are not answered: a
-refund or deletion counts as served once it waits for a person.
+``--slm-url``. The frontier LLM is a scripted stand-in that knows each
+request's right answer (:class:`scripted_teacher.KnowingTeacher`: the intent,
+and the ticket its Bitext entity makes) and reports the tokens a provider would
+count for the prompt it is sent and the answer it gives. Approvals are not
+answered: a refund or deletion counts as served once it waits for a person.
 
-Reported: route accuracy (the route the request's intent belongs to; an
+Two runs over the same requests, in the same process:
+
+- ``small_models``: the graph as configured (the router's classifier, the SLM's
+  extraction, the reranker), the LLM answering escalations and the extractions
+  the SLM and its repair fail, as a deployment with an LLM would;
+- ``teacher_mode``: every node with a mode (``router``, ``extract``) in
+  ``teacher`` mode, so the LLM routes every request and fills every ticket: the
+  all-LLM agent the small models replace. The retrieval and pruning, the tools
+  and the validator have no LLM step in this graph and run in both.
+
+Reported per run: route accuracy (the route the request's intent belongs to; an
 escalation of a routine request counts as wrong, as does routing a complaint
 anywhere but escalation), intent accuracy, entity exact match on the lookup and
 action paths (the ticket the ``extract`` node filled against the request's Bitext
 entity, as :func:`~agentgraph.graphs.customer_support.distillation.ticket_target`
-reads it), the share of requests that made
-zero LLM calls, the share whose knowledge answer is the policy section written
-for the intent, end-to-end latency p50/p95 per route and overall, and requests
-per second. ``--concurrency N`` serves N customers at once (threads of one
-process, the requests in a fixed shuffled order so every route is in flight
-together); the embedded SLM batches their concurrent calls. ``--per-intent`` samples the test split
-evenly (fixed seed); 0 runs all of it. ``--registry`` serves the models promoted
-in a model registry (``agentgraph distill bootstrap customer-support`` writes the
-example's own, ``cache_dir()/customer-support/models``); by default nothing is
-promoted and ``extract`` runs the base SLM.
+reads it), the share whose knowledge answer is the policy section written for the
+intent, LLM calls, LLM tokens and cost per request (``--prices``, default
+:data:`scripted_teacher.TEACHER_PRICES`; the SLM priced by its machine's time),
+the share of requests with no LLM call, latency p50/p95 per route and overall
+without the LLM's own time (``TurnResult.llm_ms``), and requests per second;
+then the ratios of teacher mode to the small models. ``--concurrency N`` serves N
+customers at once (threads of one process, the requests in a fixed shuffled
+order so every route is in flight together); the embedded SLM batches their
+concurrent calls. ``--per-intent`` samples the test split evenly (fixed seed); 0
+runs all of it. ``--registry`` serves the models promoted in a model registry
+(``agentgraph distill bootstrap customer-support`` writes the example's own,
+``cache_dir()/customer-support/models``); by default nothing is promoted and
+``extract`` runs the base SLM.
 """
 
 from __future__ import annotations
@@ -37,7 +53,7 @@ from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from langchain_core.language_models import FakeListChatModel
+from scripted_teacher import TEACHER_PRICES, KnowingTeacher
 
 from agentgraph.distill.registry import ModelRegistry
 from agentgraph.graphs.customer_support import (
@@ -49,8 +65,13 @@ from agentgraph.graphs.customer_support import (
 )
 from agentgraph.graphs.customer_support.bitext import load_customer_support, split_customer_support
 from agentgraph.graphs.customer_support.distillation import extraction_target, ticket_target
+from agentgraph.graphs.customer_support.ticket import SupportTicket
+from agentgraph.modes import NodeModes
+from agentgraph.records.costs import PriceTable, cost_report
+from agentgraph.routing.strategies import ROUTE_CHOICE
 from agentgraph.running import run_turn
 from agentgraph.slm import SLMSettings, load_slm
+from agentgraph.text import clean_text
 
 
 def sample(per_intent: int, seed: int = 7):
@@ -86,45 +107,31 @@ def percentiles(values: list[float]) -> dict[str, float]:
     return {"p50": float(np.percentile(values, 50)), "p95": float(np.percentile(values, 95))} if values else {}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--per-intent", type=int, default=10, help="test requests per intent (0: the whole split)")
-    parser.add_argument("--concurrency", type=int, default=1, help="requests served at once (default 1)")
-    parser.add_argument("--slm-url", help="a vLLM server instead of the embedded SLM")
-    parser.add_argument("--registry", help="serve the models promoted in this model registry (default: none)")
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
-
-    section_text = {s.title: s.text for s in load_policy_sections()}
+def serve(graph, parts: CustomerSupportParts, rows, concurrency: int) -> tuple[list, float]:
+    """Every row through ``graph``, ``concurrency`` at once, each on a new thread; the turns and the seconds it took."""
     started = time.perf_counter()
-    slm = load_slm(SLMSettings.from_env(url=args.slm_url))
-    llm = FakeListChatModel(responses=["I'm sorry to hear that. A colleague will look into it today."])
-    data_dir = tempfile.mkdtemp(prefix="cs-bench-")
-    registry = ModelRegistry(args.registry) if args.registry else None
-    parts = CustomerSupportParts(data_dir=data_dir, slm=slm, llm=llm, registry=registry)
-    graph = compose(parts)
-    load_s = time.perf_counter() - started
-    rows = sample(args.per_intent)
-    random.Random(11).shuffle(rows)  # a mixed workload: concurrent requests are not all of one intent
-    run_turn(graph, "track order 10001", thread_id="warm-up")  # first-call costs (tokenizer caches) are not per request
+    with ThreadPoolExecutor(concurrency) as pool:
+        turns = list(pool.map(lambda numbered: run_turn(graph, numbered[1].text, thread_id=f"bench-{numbered[0]}",
+                                                        callbacks=[parts.llm_call_recorder]),
+                              enumerate(rows)))  # fmt: skip
+    return turns, time.perf_counter() - started
 
+
+def figures(rows, turns, elapsed: float, parts: CustomerSupportParts, prices: PriceTable) -> dict:
+    """What one run did: accuracy, LLM calls, tokens and cost per request, latency per route (the LLM's time out)."""
+    section_text = {s.title: s.text for s in load_policy_sections()}
     latencies: dict[str, list[float]] = defaultdict(list)
     route_right = intent_right = zero_llm = 0
     knowledge_right = knowledge_total = 0
     entities_right = entities_total = 0
     taken = Counter()
-    started = time.perf_counter()
-    with ThreadPoolExecutor(args.concurrency) as pool:
-        turns = list(pool.map(lambda numbered: run_turn(graph, numbered[1].text, thread_id=f"bench-{numbered[0]}"),
-                              enumerate(rows)))  # fmt: skip
-    elapsed = time.perf_counter() - started
     for row, turn in zip(rows, turns, strict=True):
         expected = ROUTES[row.intent]
         route_right += turn.route == expected
         intent_right += turn.intent == row.intent
         zero_llm += turn.llm_calls == 0
         taken[(expected, turn.route)] += 1
-        latencies[turn.route].append(turn.latency_ms)
+        latencies[turn.route].append(turn.latency_ms - turn.llm_ms)
         ticket = expected_ticket(row)
         if expected in ("lookup", "action") and turn.route == expected and ticket is not None:
             entities_total += 1
@@ -132,47 +139,118 @@ def main() -> None:
         if expected == "knowledge":
             knowledge_total += 1
             knowledge_right += turn.response == section_text[POLICY_SECTION_OF_INTENT[row.intent]]
-
+    parts.close()
+    cost = cost_report(parts.trace_store, prices)
     every = [ms for values in latencies.values() for ms in values]
-    report = {
-        "backend": "vllm" if args.slm_url else "embedded",
-        "requests": len(rows),
-        "concurrency": args.concurrency,
-        "route_accuracy": route_right / len(rows),
-        "intent_accuracy": intent_right / len(rows),
-        "extractor": parts.extraction_artifact["slm"].model_name if parts.extraction_artifact else slm.model_name,
+    n = len(rows)
+    return {
+        "route_accuracy": route_right / n,
+        "intent_accuracy": intent_right / n,
         "entity_exact_match": entities_right / entities_total if entities_total else None,
         "entity_rows": entities_total,
-        "zero_llm_share": zero_llm / len(rows),
+        "zero_llm_share": zero_llm / n,
         "knowledge_section_accuracy": knowledge_right / knowledge_total if knowledge_total else None,
+        "llm_calls_per_request": sum(turn.llm_calls for turn in turns) / n,
+        "llm_tokens_per_request": {
+            "prompt": sum(t.prompt for turn in turns for t in turn.llm_tokens.values()) / n,
+            "completion": sum(t.completion for turn in turns for t in turn.llm_tokens.values()) / n,
+        },
+        "cost_per_request_usd": {"llm": cost.llm_cost / n, "slm": cost.slm_cost / n},
+        "llm_ms_per_request": sum(turn.llm_ms for turn in turns) / n,
         "latency_ms": percentiles(every),
         "latency_ms_by_route": {
             route: percentiles(values) | {"n": len(values)} for route, values in sorted(latencies.items())
         },
-        "requests_per_second": len(rows) / elapsed,
+        "requests_per_second": n / elapsed,
+        "routes_taken": {f"{expected}->{route}": count for (expected, route), count in sorted(taken.items())},
+    }
+
+
+def ratio(baseline: float, measured: float) -> float | None:
+    return baseline / measured if measured else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--per-intent", type=int, default=10, help="test requests per intent (0: the whole split)")
+    parser.add_argument("--concurrency", type=int, default=1, help="requests served at once (default 1)")
+    parser.add_argument("--slm-url", help="a vLLM server instead of the embedded SLM")
+    parser.add_argument("--registry", help="serve the models promoted in this model registry (default: none)")
+    parser.add_argument(
+        "--prices", help="a price table (JSON, see agentgraph report --prices; default: TEACHER_PRICES)"
+    )
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    prices = PriceTable.load(args.prices) if args.prices else TEACHER_PRICES
+    rows = sample(args.per_intent)
+    random.Random(11).shuffle(rows)  # a mixed workload: concurrent requests are not all of one intent
+    teacher = KnowingTeacher(answers={
+        clean_text(row.text): {ROUTE_CHOICE: {"intent": row.intent}, SupportTicket.__name__: expected_ticket(row) or {}}
+        for row in rows
+    })  # fmt: skip
+    started = time.perf_counter()
+    slm = load_slm(SLMSettings.from_env(url=args.slm_url))
+    registry = ModelRegistry(args.registry) if args.registry else None
+    runs = {}
+    for run, modes in (("small_models", None), ("teacher", NodeModes(default="teacher"))):
+        parts = CustomerSupportParts(data_dir=tempfile.mkdtemp(prefix=f"cs-bench-{run}-"), slm=slm, llm=teacher,
+                                     extraction_llm=teacher, registry=registry, modes=modes)  # fmt: skip
+        graph = compose(parts)
+        if run == "small_models":
+            load_s = time.perf_counter() - started
+            extractor = parts.extraction_artifact["slm"].model_name if parts.extraction_artifact else slm.model_name
+            run_turn(
+                graph, "track order 10001", thread_id="warm-up"
+            )  # first-call costs (tokenizer caches) are not per request
+        runs[run] = figures(rows, *serve(graph, parts, rows, args.concurrency), parts, prices)
+    small, taught = runs["small_models"], runs["teacher"]
+    report = {
+        "backend": "vllm" if args.slm_url else "embedded",
+        "requests": len(rows),
+        "concurrency": args.concurrency,
+        "extractor": extractor,
         "load_s": load_s,
-        "routes_taken": {f"{expected}->{route}": n for (expected, route), n in sorted(taken.items())},
+        **small,
+        "teacher_mode": taught,
+        "teacher_over_small_models": {
+            "llm_calls": ratio(taught["llm_calls_per_request"], small["llm_calls_per_request"]),
+            "llm_tokens": ratio(
+                sum(taught["llm_tokens_per_request"].values()), sum(small["llm_tokens_per_request"].values())
+            ),  # fmt: skip
+            "cost": ratio(sum(taught["cost_per_request_usd"].values()), sum(small["cost_per_request_usd"].values())),
+            "latency_p50_without_llm": ratio(taught["latency_ms"]["p50"], small["latency_ms"]["p50"]),
+        },
+        "prices": prices.model_dump(),
     }
     if args.json:
         print(json.dumps(report))
         return
-    print(
-        f"backend {report['backend']}, {len(rows)} test requests, {args.concurrency} at once, graph loaded in {load_s:.1f} s"
-    )
-    print(
-        f"route accuracy      {100 * report['route_accuracy']:.2f}%   intent accuracy {100 * report['intent_accuracy']:.2f}%"
-    )
-    if entities_total:
-        print(f"entity exact match  {100 * report['entity_exact_match']:.2f}% of {entities_total} lookup and action "
-              f"requests routed right (extract: {report['extractor']})")  # fmt: skip
-    print(f"zero LLM calls      {100 * report['zero_llm_share']:.2f}% of requests")
-    if knowledge_total:
-        print(f"knowledge answers   {100 * report['knowledge_section_accuracy']:.2f}% the intent's own policy section")
-    print(f"latency             p50 {report['latency_ms']['p50']:.0f} ms, p95 {report['latency_ms']['p95']:.0f} ms; "
-          f"{report['requests_per_second']:.2f} requests/s")  # fmt: skip
-    for route, figures in report["latency_ms_by_route"].items():
-        print(f"  {route:<10} n={figures['n']:<4} p50 {figures['p50']:.0f} ms, p95 {figures['p95']:.0f} ms")
-    print("expected -> taken: " + ", ".join(f"{k} {v}" for k, v in report["routes_taken"].items()))
+    print(f"backend {report['backend']}, {len(rows)} test requests, {args.concurrency} at once, "
+          f"graph loaded in {load_s:.1f} s")  # fmt: skip
+    for name, run in (("small models", small), ("teacher mode", taught)):
+        print(f"{name}: route accuracy {100 * run['route_accuracy']:.2f}%, intent accuracy "
+              f"{100 * run['intent_accuracy']:.2f}%, {run['requests_per_second']:.2f} requests/s")  # fmt: skip
+        if run["entity_rows"]:
+            print(f"  entity exact match  {100 * run['entity_exact_match']:.2f}% of {run['entity_rows']} lookup and "
+                  f"action requests routed right" + (f" (extract: {extractor})" if run is small else ""))  # fmt: skip
+        if run["knowledge_section_accuracy"] is not None:
+            print(
+                f"  knowledge answers   {100 * run['knowledge_section_accuracy']:.2f}% the intent's own policy section"
+            )
+        tokens = run["llm_tokens_per_request"]
+        print(f"  per request         {run['llm_calls_per_request']:.3f} LLM calls, {tokens['prompt']:.0f} + "
+              f"{tokens['completion']:.0f} LLM tokens, ${sum(run['cost_per_request_usd'].values()):.7f} "
+              f"({100 * run['zero_llm_share']:.1f}% with no LLM call)")  # fmt: skip
+        print(f"  latency without the LLM's own time: p50 {run['latency_ms']['p50']:.0f} ms, "
+              f"p95 {run['latency_ms']['p95']:.0f} ms")  # fmt: skip
+        for route, values in run["latency_ms_by_route"].items():
+            print(f"    {route:<10} n={values['n']:<4} p50 {values['p50']:.0f} ms, p95 {values['p95']:.0f} ms")
+        print("  expected -> taken: " + ", ".join(f"{k} {v}" for k, v in run["routes_taken"].items()))
+    ratios = report["teacher_over_small_models"]
+    print("teacher mode / small models: " + ", ".join(
+        f"{name.replace('_', ' ')} x{value:.1f}" if value is not None else f"{name.replace('_', ' ')} (none on the small models)"
+        for name, value in ratios.items()))  # fmt: skip
 
 
 if __name__ == "__main__":

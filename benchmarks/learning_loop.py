@@ -32,15 +32,11 @@ import json
 import random
 import tempfile
 import time
-import uuid
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from langchain_core.language_models import GenericFakeChatModel
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
-from langchain_core.outputs import ChatGeneration, ChatResult
-from pydantic import Field
+from scripted_teacher import TEACHER_PRICES, KnowingTeacher
 
 from agentgraph.classifier import IntentClassifier, SentenceEncoder
 from agentgraph.distill.dataset import trace_examples
@@ -57,16 +53,16 @@ from agentgraph.graphs.customer_support.policies import support_reranker_folder
 from agentgraph.modes import NodeModes
 from agentgraph.nodes.context_pruner import Reranker
 from agentgraph.perturb import realistic
-from agentgraph.records.costs import ModelPrice, PriceTable, cost_report
+from agentgraph.records.costs import PriceTable, cost_report
 from agentgraph.records.decisions import Decision, JSONLDecisionLog
 from agentgraph.records.outcomes import label_outcomes
+from agentgraph.routing.strategies import ROUTE_CHOICE
 from agentgraph.running import run_turn
 from agentgraph.slm import load_slm
 from agentgraph.text import clean_text
 
 TRAFFIC_SEED = 20261203
 GATE_ROWS = 300
-TEACHER_MODEL = "scripted-teacher"
 REALISTIC = ("augmented", "traces")
 """Where the thresholds are fitted: the seed's perturbed copies and the teacher's answers with theirs, each
 request in one cross-fitting group with its copy. Fitted on the seed's copies alone (216 rows), the 99% target
@@ -78,49 +74,6 @@ CLASSIFIER_SETTINGS: dict[str, Any] = {
 }
 """The loop's classifiers: character n-grams at full weight, and a gate that keeps 99% of what it accepts right
 even when that leaves most requests to the teacher (a cold classifier's must)."""
-
-
-class LabelledTeacher(GenericFakeChatModel):
-    """A scripted stand-in for the frontier LLM that knows each message's intent.
-
-    A routing call (tools bound: ``with_structured_output``) is answered with the message's intent;
-    any other call with a short reply. Each reply carries usage: about four characters a token.
-    """
-
-    intents: dict[str, str] = Field(description="cleaned message text -> its intent")
-    model_name: str = TEACHER_MODEL
-    messages: Any = Field(default=iter(()))
-    tool: str | None = None
-
-    def bind_tools(self, tools: Any, **kwargs: Any) -> LabelledTeacher:
-        name = getattr(tools[0], "__name__", None) or tools[0]["function"]["name"]
-        return self.model_copy(update={"tool": name})
-
-    def _generate(self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kwargs: Any):
-        asked = next(m for m in reversed(messages) if isinstance(m, HumanMessage)).text
-        if self.tool is not None:
-            reply = AIMessage("", tool_calls=[{"name": self.tool, "args": {"intent": self._intent_of(asked)},
-                                               "id": uuid.uuid4().hex}])  # fmt: skip
-            shown = len(json.dumps(reply.tool_calls[0]["args"]))
-        else:
-            reply = AIMessage("I'm sorry about this. A colleague will look into it and write to you today.")
-            shown = len(reply.text)
-        prompt = sum(len(m.text) for m in messages) // 4 + 8 * len(messages)
-        reply.response_metadata = {"model_name": self.model_name}
-        reply.usage_metadata = {"input_tokens": prompt, "output_tokens": shown // 4 + 4,
-                                "total_tokens": prompt + shown // 4 + 4}  # fmt: skip
-        return ChatResult(generations=[ChatGeneration(message=reply)])
-
-    def _intent_of(self, asked: str) -> str:
-        text = clean_text(asked)
-        if text in self.intents:
-            return self.intents[text]
-        # The router may have cut or cleaned the message further: the longest known message it starts with.
-        return max((t for t in self.intents if text.startswith(t) or t.startswith(text)), key=len, default="")
-
-    @property
-    def _llm_type(self) -> str:
-        return TEACHER_MODEL
 
 
 def cold_rows(train: list[SupportRequest], per_intent: int) -> list[SupportRequest]:
@@ -199,11 +152,7 @@ def main() -> int:
     pool = [row for row in splits["train"] if row.text not in seen]
     rng.shuffle(pool)
     gate_rows = [(realistic(row.text, rng), row.intent) for row in rng.sample(splits["dev"], GATE_ROWS)]
-    prices = (
-        PriceTable.load(args.prices)
-        if args.prices
-        else PriceTable(llm={TEACHER_MODEL: ModelPrice(input=2.0, output=8.0)}, slm_per_hour=0.10)
-    )
+    prices = PriceTable.load(args.prices) if args.prices else TEACHER_PRICES
 
     work = Path(tempfile.mkdtemp(prefix="learning-loop-"))
     encoder = SentenceEncoder()
@@ -218,7 +167,7 @@ def main() -> int:
     for number in range(args.rounds):
         batch = pool[number * args.requests : (number + 1) * args.requests]
         traffic = [(clean_text(realistic(row.text, rng)), row.intent) for row in batch]
-        teacher = LabelledTeacher(intents=dict(traffic))
+        teacher = KnowingTeacher(answers={text: {ROUTE_CHOICE: {"intent": intent}} for text, intent in traffic})
         parts = CustomerSupportParts(
             data_dir=work / f"round-{number}", slm=slm, llm=teacher, registry=registry, reranker=reranker,
             modes=NodeModes(nodes={"router": "auto", "extract": "auto"}),

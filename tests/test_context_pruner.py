@@ -144,3 +144,33 @@ def test_bad_input_is_a_clear_error_and_no_chunks_keeps_nothing(reranker):
     final = graph.invoke({"query": "refund", "chunks": []})
     assert final["context"] == []
     assert final["decisions"][0].outcome == "nothing_kept"
+
+
+def test_concurrent_scoring_runs_as_one_batch_with_the_scores_each_query_gets_alone(
+    trained_reranker_folder, support_splits
+):
+    from concurrent.futures import ThreadPoolExecutor
+
+    reranker = Reranker(trained_reranker_folder, device="cpu", batch_window_ms=50)
+    dev = support_splits["dev"]
+    queries = [row.text for row in dev[:6]]
+    passages = [row.response for row in dev[10:14]]
+    alone = [reranker.score(query, passages) for query in queries]
+    pair_counts = []
+    predict = reranker._model.predict
+
+    def counted_predict(pairs, **kwargs):
+        pair_counts.append(len(pairs))
+        return predict(pairs, **kwargs)
+
+    reranker._model.predict = counted_predict
+    with ThreadPoolExecutor(2 * len(queries)) as pool:
+        # Token counts while the batches run: the pruner counts the chunks it keeps as other requests score.
+        counted = pool.map(lambda text: reranker.count_tokens(text), [*passages, *queries] * 20)
+        together = list(pool.map(lambda query: reranker.score(query, passages), queries))
+        assert set(counted) == {reranker.count_tokens(text) for text in [*passages, *queries]}
+    assert max(pair_counts) > len(passages)  # several queries' pairs in one forward pass
+    assert sum(pair_counts) == len(queries) * len(passages)
+    for scores, expected in zip(together, alone, strict=True):
+        assert scores == pytest.approx(expected, abs=1e-5)
+    assert reranker.score(queries[0], []) == []

@@ -109,6 +109,7 @@ def test_a_turn_of_the_example_graph_reports_its_llm_tokens_and_the_store_prices
     turn = run_turn(compose(parts), "How long do I have to send something back?", thread_id="priced",
                     callbacks=[parts.llm_call_recorder])  # fmt: skip
     assert turn.llm_tokens == {"big": LLMTokens(prompt=420, completion=12)}
+    assert 0 < turn.llm_ms < turn.latency_ms  # the teacher's own time, within the turn's
     report = cost_report(parts.trace_store, PRICES)
     assert report.llm_cost == pytest.approx((420 * 2.0 + 12 * 10.0) / 1e6)
     assert report.by_route["knowledge"].llm_calls == 1 and report.teacher_step_tokens["route"].prompt == 420

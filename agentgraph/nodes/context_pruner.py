@@ -36,8 +36,10 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import os
 import re
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -47,6 +49,7 @@ from pydantic import BaseModel, Field
 from agentgraph.errors import ModelNotFoundError
 from agentgraph.nodes.kernel import ControlNode, NodeCall, NodeResult
 from agentgraph.records.decisions import DecisionLog, DecisionState
+from agentgraph.slm.batching import CallBatcher, Deliver
 from agentgraph.slm.models import loading_quietly
 from agentgraph.text import clean_text
 
@@ -67,6 +70,12 @@ class Reranker:
     ``local_files_only=False`` is passed on purpose. Scores are on the model's
     output scale: a probability in [0, 1] for a one-logit model with the
     default sigmoid, which is what ``min_score`` is compared with.
+
+    Calls from several threads at once (a graph serving concurrent requests) are
+    scored as one batch (:class:`~agentgraph.slm.batching.CallBatcher`): the pairs
+    of every query in flight go through the model together, up to
+    ``max_batch_size`` queries gathered for ``batch_window_ms``, instead of each
+    thread running the model beside the others on the same cores.
     """
 
     def __init__(
@@ -77,11 +86,16 @@ class Reranker:
         max_length: int | None = None,
         batch_size: int = 32,
         local_files_only: bool = True,
+        max_batch_size: int = 16,
+        batch_window_ms: float = 2.0,
     ) -> None:
         from sentence_transformers import CrossEncoder
 
         self.model_name = str(model)
         self.batch_size = batch_size
+        self._scoring: CallBatcher[tuple[str, list[str]], list[float]] = CallBatcher(
+            self._score_batch, lock=threading.Lock(), max_batch_size=max_batch_size, window_s=batch_window_ms / 1000
+        )
         try:
             with loading_quietly():
                 self._model = CrossEncoder(
@@ -93,19 +107,29 @@ class Reranker:
                 "(train one with agentgraph.cross_encoder.train_cross_encoder) or a model already in the "
                 "Hugging Face cache."
             ) from exc
+        # A tokenizer of its own for counting: scoring sets the model's tokenizer up for padding and truncation
+        # while it runs, and a fast tokenizer used meanwhile from another thread raises "Already borrowed".
+        self._counting_tokenizer = copy.deepcopy(self._model.tokenizer)
+        self._counting = threading.Lock()
 
     def score(self, query: str, passages: Sequence[str]) -> list[float]:
         """One relevance score per passage, in the order given."""
         if not passages:
             return []
-        scores = self._model.predict(
-            [(query, passage) for passage in passages], batch_size=self.batch_size, show_progress_bar=False
-        )
-        return [float(score) for score in scores]
+        return self._scoring.submit((query, list(passages)))
+
+    def _score_batch(self, requests: list[tuple[str, list[str]]], deliver: Deliver[list[float]]) -> None:
+        pairs = [(query, passage) for query, passages in requests for passage in passages]
+        scores = self._model.predict(pairs, batch_size=self.batch_size, show_progress_bar=False)
+        start = 0
+        for row, (_, passages) in enumerate(requests):
+            deliver(row, [float(score) for score in scores[start : start + len(passages)]])
+            start += len(passages)
 
     def count_tokens(self, text: str) -> int:
         """Tokens of ``text`` under the reranker's tokenizer (no special tokens)."""
-        return len(self._model.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+        with self._counting:
+            return len(self._counting_tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
 
 
 class KeptChunk(BaseModel):

@@ -239,6 +239,10 @@ def label_probability(reply: AIMessage, label: str) -> float | None:
     return math.exp(sum(logprob for first, last, logprob in spans if first < end and last > start))
 
 
+ROUTE_CHOICE = "RouteChoice"
+"""The name of the teacher's reply schema (the tool ``with_structured_output`` binds): one field, ``intent``."""
+
+
 class LLMStrategy:
     """The teacher: the frontier LLM picks one label (or out of scope) through ``with_structured_output``.
 
@@ -269,7 +273,7 @@ class LLMStrategy:
         self.prompt = load_prompt("router_teacher", prompt_version)
         self.system = self.prompt.render(labels=self.labels, out_of_scope=OUT_OF_SCOPE)
         self.choice = create_model(
-            "RouteChoice",
+            ROUTE_CHOICE,
             __doc__="The intent of the customer's request.",
             intent=(Literal[(*self.labels, OUT_OF_SCOPE)], Field(description="one intent from the list")),
         )
