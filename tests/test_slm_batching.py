@@ -87,6 +87,63 @@ def test_concurrent_calls_share_forward_passes_and_get_their_one_at_a_time_answe
             assert batched == one
 
 
+def test_a_prompt_prefilled_from_a_cached_prefix_gets_the_answer_it_gets_read_whole(embedded_slm):
+    cache = embedded_slm.prefixes
+
+    def answers(text: str, *, whole: bool) -> tuple:
+        def call(ask):
+            if whole:
+                cache.clear()  # nothing cached: the prompt is read whole
+            return ask()
+
+        generated = call(lambda: embedded_slm.generate(text, max_tokens=8))
+        return (
+            call(lambda: structured_text(embedded_slm, text, Order)),
+            call(lambda: embedded_slm.choose(text, ["track_order", "cancel_order", "get_refund"]).probabilities),
+            generated.text,
+            [token.logprob for token in generated.tokens],
+        )
+
+    read_whole = [answers(text, whole=True) for text in REQUESTS]
+    hits = cache.hits
+    from_cache = [answers(text, whole=False) for text in REQUESTS]
+    assert cache.hits - hits >= 3 * len(REQUESTS) - 3  # all but the first calls begin like a cached prompt
+    for (json, probabilities, text, logprobs), (json_c, probabilities_c, text_c, logprobs_c) in zip(
+        read_whole, from_cache, strict=True
+    ):
+        assert (json_c, text_c) == (json, text)
+        assert probabilities_c == pytest.approx(probabilities, abs=1e-4)
+        assert logprobs_c == pytest.approx(logprobs, abs=1e-3)
+
+
+def test_tokens_copied_from_the_prompt_are_drafted_and_decode_to_the_token_by_token_answer(embedded_slm, monkeypatch):
+    import agentgraph.slm.embedded as embedded
+
+    passes = []
+    hook = embedded_slm.model.register_forward_pre_hook(lambda module, args: passes.append(1))
+
+    def answers() -> tuple:
+        generated = embedded_slm.generate("Repeat after me: the quick brown fox jumps over the lazy dog", max_tokens=24)
+        return (
+            structured_text(embedded_slm, "Where is order 4587345123? It was due on Monday.", Order),
+            generated.text,
+            [token.logprob for token in generated.tokens],
+            len(passes),
+        )
+
+    try:
+        monkeypatch.setattr(embedded, "_MAX_DRAFT_TOKENS", 0)
+        *token_by_token, passes_token_by_token = answers()
+        passes.clear()
+        monkeypatch.undo()
+        *drafted, passes_drafted = answers()
+    finally:
+        hook.remove()
+    assert drafted[:2] == token_by_token[:2]
+    assert drafted[2] == pytest.approx(token_by_token[2], abs=1e-3)
+    assert '"4587345123"' in drafted[0] and passes_drafted < passes_token_by_token
+
+
 def test_a_row_that_fails_fails_only_its_own_caller():
     def run(requests, deliver):
         for row, number in enumerate(requests):

@@ -12,6 +12,11 @@ its own grammar, so throughput grows with concurrency instead of queueing. A row
 is answered as soon as it ends; rows never see each other (masks and positions keep
 each one as if alone), so an answer does not depend on what shares its batch.
 
+A prompt is prefilled only from where it leaves the recent prompts it begins like:
+the KV cache of the last few prompts is kept (``prefix_cache_prompts``), and the
+instructions a node sends with every call (its system prompt, its schema) are read
+once, not on every call.
+
 Example:
     >>> from pydantic import BaseModel
     >>> from agentgraph.slm import TransformersSLM
@@ -36,8 +41,9 @@ from agentgraph.slm.batching import CallBatcher, Deliver
 from agentgraph.slm.models import load_causal_lm, model_and_adapter
 
 if TYPE_CHECKING:
+    import torch
     import xgrammar
-    from transformers import BatchEncoding
+    from transformers import BatchEncoding, DynamicCache
 
 
 class TransformersSLM(SLM):
@@ -51,6 +57,8 @@ class TransformersSLM(SLM):
         num_threads: torch intra-op threads (None keeps torch's default).
         max_batch_size: the most concurrent calls one forward pass serves (1: one call at a time).
         batch_window_ms: how long a call waits for others to share its batch when the model is idle.
+        prefix_cache_prompts: how many recent prompts' KV caches are kept for the prompts that begin like
+            them (0: every prompt is prefilled whole).
     """
 
     def __init__(
@@ -62,6 +70,7 @@ class TransformersSLM(SLM):
         num_threads: int | None = None,
         max_batch_size: int = 16,
         batch_window_ms: float = 2.0,
+        prefix_cache_prompts: int = 4,
     ) -> None:
         super().__init__()
         import torch
@@ -83,6 +92,7 @@ class TransformersSLM(SLM):
             self.tokenizer, vocab_size=self.model.config.vocab_size, stop_token_ids=sorted(self._stop_ids)
         )
         self._grammars = xgrammar.GrammarCompiler(tokenizer_info)
+        self.prefixes = PrefixCache(prefix_cache_prompts)
         model_lock, window_s = threading.Lock(), batch_window_ms / 1000
         self._scoring: CallBatcher[_ScoringCall, tuple[dict[str, float], Usage]] = CallBatcher(
             self._score_batch, lock=model_lock, max_batch_size=max_batch_size, window_s=window_s
@@ -127,23 +137,38 @@ class TransformersSLM(SLM):
 
         Left padding puts every prompt's last token in the last column, where decoding goes on; the
         mask hides the padding and the positions count only real tokens, so each row reads as if alone.
+        The tokens every prompt shares with a cached one are not run again: their KV cache is
+        repeated for each row and the pass reads the rest, the padding between the two.
         """
         import torch
+        from transformers import DynamicCache
 
-        width = max(map(len, prompts))
+        shared, kv = self.prefixes.lookup(prompts)
+        rest = [prompt[shared:] for prompt in prompts]
+        width = max(map(len, rest))
         ids = torch.full((len(prompts), width), self.tokenizer.pad_token_id or 0, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for row, prompt in enumerate(prompts):
-            ids[row, width - len(prompt) :] = torch.tensor(prompt)
-            mask[row, width - len(prompt) :] = 1
-        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        mask = torch.zeros((len(prompts), shared + width), dtype=torch.long)
+        mask[:, :shared] = 1
+        for row, tokens in enumerate(rest):
+            ids[row, width - len(tokens) :] = torch.tensor(tokens)
+            mask[row, shared + width - len(tokens) :] = 1
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)[:, shared:]
+        cache = DynamicCache(
+            ddp_cache_data=[(keys.expand(len(prompts), -1, -1, -1), values.expand(len(prompts), -1, -1, -1))
+                            for keys, values in kv] if kv else None,
+            config=self.model.config,
+        )  # fmt: skip
         output = self.model(
             input_ids=ids.to(self.device),
             attention_mask=mask.to(self.device),
             position_ids=positions.to(self.device),
+            cache=cache,
             use_cache=True,
             **forward,
         )
+        if not shared:
+            longest = max(range(len(prompts)), key=lambda row: len(prompts[row]))  # the row without padding
+            self.prefixes.keep(prompts[longest], output.cache, row=longest)
         return output, mask, mask.sum(dim=1)
 
     def _score_batch(self, calls: list[_ScoringCall], deliver: Deliver) -> None:
@@ -202,6 +227,12 @@ class TransformersSLM(SLM):
         A row leaves the batch when it ends (an end-of-turn token, a stop string or ``max_tokens``) and
         its caller gets its result at once. Log-probabilities are taken from the raw distribution
         before masking, as vLLM reports them.
+
+        Tokens copied from the prompt (an order number, a name) are drafted and checked in one pass
+        (prompt-lookup decoding): when a row's last tokens occur in its prompt, the tokens that follow
+        them there go into the next pass beside its last token, and the row keeps the drafts its own
+        greedy choice confirms, position by position, so the answer is the one decoded token by token.
+        The drafts a row does not keep stay in the cache, hidden by the mask.
         """
         import torch
         import xgrammar
@@ -218,42 +249,59 @@ class TransformersSLM(SLM):
         active = [row for row in rows if row.call.max_tokens > 0]
         if not active:
             return
-        bitmask = xgrammar.allocate_token_bitmask(len(active), self.model.config.vocab_size)
+        bitmask = xgrammar.allocate_token_bitmask(1, self.model.config.vocab_size)
         with torch.inference_mode():
             output, mask, positions = self._prefill([row.call.prompt_ids for row in active])
+            logits = output.logits[:, -1:, :]  # per row, the positions its next tokens are read from
+            drafts: list[list[int]] = [[] for _ in active]
+            prefilled = True  # positions is where each row's next token goes; a decoding pass moves it on
             while True:
-                logits = output.logits[:, -1, :].float()
-                raw = torch.log_softmax(logits, dim=-1)
-                matchers = {number: row.call.matcher for number, row in enumerate(active) if row.call.matcher}
-                if matchers:
-                    logits = logits.cpu()
-                    for number, matcher in matchers.items():
-                        matcher.fill_next_token_bitmask(bitmask, number)
-                    xgrammar.apply_token_bitmask_inplace(logits, bitmask[: len(active)], indices=list(matchers))
-                tokens = logits.argmax(dim=-1).tolist()
-                kept = []
-                for number, (row, token) in enumerate(zip(active, tokens, strict=True)):
-                    ended = row.step(token, float(raw[number, token]), self._stop_ids, self.tokenizer)
+                kept, confirmed = [], []
+                for number, row in enumerate(active):
+                    ended, taken = row.advance(
+                        logits[number, : len(drafts[number]) + 1],
+                        drafts[number],
+                        bitmask,
+                        self._stop_ids,
+                        self.tokenizer,
+                    )
                     if ended:
                         finish(row, ended)
                     else:
                         kept.append(number)
+                        confirmed.append(taken)
                 if not kept:
                     return
+                width = logits.shape[1]
+                for number, taken in zip(kept, confirmed, strict=True):
+                    # The pass read [last token, drafts...]; the drafts after the confirmed ones are not the row's.
+                    mask[number, mask.shape[1] - width + 1 + taken :] = 0
+                    if not prefilled:
+                        positions[number] += 1 + taken
+                prefilled = False
                 if len(kept) < len(active):
                     keep = torch.tensor(kept)
                     output.cache.batch_select_indices(keep.to(self.device))
                     mask, positions = mask[keep], positions[keep]
                     active = [active[number] for number in kept]
-                mask = torch.cat([mask, torch.ones((len(active), 1), dtype=torch.long)], dim=1)
+                # Every row reads as many positions as the longest draft needs: drafts cost more the larger the batch.
+                most = min(_MAX_DRAFT_TOKENS, _DRAFT_TOKENS_PER_PASS // len(active) - 1)
+                drafts = [row.draft(most) for row in active]
+                width = 1 + max(map(len, drafts))
+                ids = torch.full((len(active), width), self.tokenizer.pad_token_id or 0, dtype=torch.long)
+                read = torch.zeros((len(active), width), dtype=torch.long)
+                for number, (row, drafted) in enumerate(zip(active, drafts, strict=True)):
+                    ids[number, : 1 + len(drafted)] = torch.tensor([row.generated[-1], *drafted])
+                    read[number, : 1 + len(drafted)] = 1
+                mask = torch.cat([mask, read], dim=1)
                 output = self.model(
-                    input_ids=torch.tensor([[row.generated[-1]] for row in active], device=self.device),
+                    input_ids=ids.to(self.device),
                     attention_mask=mask.to(self.device),
-                    position_ids=positions[:, None].to(self.device),
+                    position_ids=(positions[:, None] + torch.arange(width)).to(self.device),
                     cache=output.cache,
                     use_cache=True,
                 )
-                positions = positions + 1
+                logits = output.logits
 
     def _generation(self, row: _DecodingRow, finish_reason: Literal["stop", "length"], started: float):
         # One sequence of ids decodes to one string (the stub's list[str] is for a batch).
@@ -274,6 +322,69 @@ class TransformersSLM(SLM):
                 completion_tokens=len(row.generated),
             ),
         )
+
+
+_MAX_DRAFT_TOKENS = 12
+"""The most prompt tokens one row drafts in a pass (an order number of twelve digits at once)."""
+_DRAFT_TOKENS_PER_PASS = 32
+"""Positions one decoding pass reads at most, over its rows: a batch of 16 drafts one token a row, of 32 none."""
+_DRAFT_MATCH_TOKENS = (2, 3)
+"""How many last generated tokens must occur in the prompt for what follows them there to be drafted: a
+single token ("a quote") occurs too often to say what comes next."""
+
+
+class PrefixCache:
+    """The KV caches of the last ``max_prompts`` prompts prefilled whole, for the prompts that begin like them.
+
+    :meth:`lookup` finds the cached prompt that every prompt of a batch shares the most leading tokens
+    with (at least ``min_shared``, and never a prompt's last token: its logits are needed); only
+    a miss is kept. Used under the model's lock, like everything that runs the model.
+    """
+
+    def __init__(self, max_prompts: int, *, min_shared: int = 16) -> None:
+        self.max_prompts = max_prompts
+        self.min_shared = min_shared
+        self.hits = 0
+        self.misses = 0
+        self._prompts: list[tuple[list[int], list[tuple[torch.Tensor, torch.Tensor]]]] = []
+
+    def lookup(self, prompts: Sequence[list[int]]) -> tuple[int, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """How many leading tokens every prompt shares with the best cached one, and their KV (0 and [] on a miss)."""
+        best, best_kv, used = 0, [], None
+        longest_usable = min(map(len, prompts)) - 1
+        for entry in self._prompts:
+            cached, kv = entry
+            shared = min(min(_common_length(cached, prompt) for prompt in prompts), longest_usable)
+            if shared > best:
+                best, best_kv, used = shared, kv, entry
+        if used is None or best < self.min_shared:
+            self.misses += 1
+            return 0, []
+        self.hits += 1
+        self._prompts.remove(used)
+        self._prompts.append(used)  # the most recently used goes last, the least recently used first
+        return best, [(keys[:, :, :best], values[:, :, :best]) for keys, values in best_kv]
+
+    def keep(self, prompt: list[int], cache: DynamicCache, *, row: int) -> None:
+        """Keep ``row`` of ``cache``, the KV of ``prompt`` (a row without padding); the oldest goes when full."""
+        from transformers.cache_utils import DynamicLayer
+
+        if self.max_prompts <= 0 or any(type(layer) is not DynamicLayer for layer in cache.layers):
+            return  # a sliding-window layer does not keep every position
+        kept = slice(row, row + 1), slice(None), slice(0, len(prompt))
+        kv = [(keys[kept].clone(), values[kept].clone()) for keys, values, _ in cache]
+        self._prompts.append((list(prompt), kv))
+        del self._prompts[: -self.max_prompts]
+
+    def clear(self) -> None:
+        self._prompts.clear()
+
+
+def _common_length(first: list[int], second: list[int]) -> int:
+    for at, (a, b) in enumerate(zip(first, second, strict=False)):
+        if a != b:
+            return at
+    return min(len(first), len(second))
 
 
 @dataclass(frozen=True)
@@ -297,6 +408,46 @@ class _DecodingRow:
         self.call = call
         self.generated: list[int] = []
         self.logprobs: list[float] = []
+
+    def advance(
+        self, logits: torch.Tensor, drafts: list[int], bitmask: torch.Tensor, stop_ids: set[int], tokenizer
+    ) -> tuple[Literal["stop", "length"] | None, int]:
+        """Take the greedy token at each position of ``logits`` (one more than ``drafts``) while it confirms the draft.
+
+        Returns how the row ended (None while it goes on) and how many drafts it confirmed; the last
+        token taken is not in the cache yet.
+        """
+        import torch
+        import xgrammar
+
+        raw = torch.log_softmax(logits.float(), dim=-1)
+        for at in range(len(drafts) + 1):
+            scores = logits[at].float()
+            if self.call.matcher is not None:
+                self.call.matcher.fill_next_token_bitmask(bitmask, 0)
+                scores = scores.cpu()[None]
+                xgrammar.apply_token_bitmask_inplace(scores, bitmask)
+                scores = scores[0]
+            token = int(scores.argmax())
+            ended = self.step(token, float(raw[at, token]), stop_ids, tokenizer)
+            if ended or at == len(drafts) or token != drafts[at]:
+                return ended, at
+        raise AssertionError("unreachable: the last position always returns")
+
+    def draft(self, most: int) -> list[int]:
+        """Up to ``most`` tokens that followed the last generated ones where they last occur in the prompt."""
+        prompt, generated = self.call.prompt_ids, self.generated
+        room = min(most, self.call.max_tokens - len(generated) - 1)
+        if room <= 0:
+            return []
+        for size in range(_DRAFT_MATCH_TOKENS[1], _DRAFT_MATCH_TOKENS[0] - 1, -1):
+            if len(generated) < size:
+                continue
+            tail = generated[-size:]
+            for start in range(len(prompt) - size - 1, -1, -1):
+                if prompt[start : start + size] == tail:
+                    return prompt[start + size : start + size + room]
+        return []
 
     def step(self, token: int, logprob: float, stop_ids: set[int], tokenizer) -> Literal["stop", "length"] | None:
         """Take the greedy ``token``; how the row ended, or None while it goes on."""
