@@ -195,10 +195,15 @@ def test_two_workers_on_one_postgres_survive_random_sigkills(postgres_url, tmp_p
         while waiting:
             assert time.monotonic() - started < DEADLINE_S, f"{done_runs} of {total_runs} runs in {DEADLINE_S} s"
             workers.check_alive()
-            # Keep IN_FLIGHT threads busy: each thread's next turn goes in once its last one is done.
-            idle = [t for t in waiting.values() if t not in queued.values()]
-            for thread in idle[: max(0, IN_FLIGHT - len(queued))]:
-                enqueue(db, thread, queued)
+            kill_pending = kill_due is None and len(kills) < KILLS and done_runs >= kill_at[len(kills)]
+            both_up = workers.ready(db) == {"A", "B"}
+            # Keep IN_FLIGHT threads busy: each thread's next turn goes in once its last one is done. While a
+            # kill waits for the last killed worker to be back, no new turn goes in: the turns are fast enough
+            # that they would otherwise all be done before the last kill.
+            if both_up or not kill_pending:
+                idle = [t for t in waiting.values() if t not in queued.values()]
+                for thread in idle[: max(0, IN_FLIGHT - len(queued))]:
+                    enqueue(db, thread, queued)
             for run_id, status, result, error in db.execute(
                 "SELECT id, status, result, error FROM runs WHERE id = ANY(%s) AND status IN ('done', 'failed')",
                 (list(queued),),
@@ -207,9 +212,8 @@ def test_two_workers_on_one_postgres_survive_random_sigkills(postgres_url, tmp_p
                 thread = queued.pop(run_id)
                 settle(thread, json.loads(result), waiting)
                 done_runs += 1
-            if kill_due is None and len(kills) < KILLS and done_runs >= kill_at[len(kills)]:
-                if workers.ready(db) == {"A", "B"}:  # the other one is up to take over
-                    kill_due = time.monotonic() + rng.uniform(0, 1.5)
+            if kill_pending and both_up:  # the other one is up to take over
+                kill_due = time.monotonic() + rng.uniform(0, 1.5)
             if kill_due is not None and time.monotonic() >= kill_due:
                 kills.append(kill_a_busy_worker(db, workers, rng))
                 kill_due = None
