@@ -108,13 +108,18 @@ def percentiles(values: list[float]) -> dict[str, float]:
 
 
 def serve(graph, parts: CustomerSupportParts, rows, concurrency: int) -> tuple[list, float]:
-    """Every row through ``graph``, ``concurrency`` at once, each on a new thread; the turns and the seconds it took."""
+    """Every row through ``graph``, ``concurrency`` at once, each on a new thread; the turns and the seconds it took.
+
+    The shadow checks under way are finished, so the trace store holds every call the run made.
+    """
     started = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
         turns = list(pool.map(lambda numbered: run_turn(graph, numbered[1].text, thread_id=f"bench-{numbered[0]}",
                                                         callbacks=[parts.llm_call_recorder]),
                               enumerate(rows)))  # fmt: skip
-    return turns, time.perf_counter() - started
+    elapsed = time.perf_counter() - started
+    parts.close()
+    return turns, elapsed
 
 
 def figures(rows, turns, elapsed: float, parts: CustomerSupportParts, prices: PriceTable) -> dict:
@@ -139,7 +144,6 @@ def figures(rows, turns, elapsed: float, parts: CustomerSupportParts, prices: Pr
         if expected == "knowledge":
             knowledge_total += 1
             knowledge_right += turn.response == section_text[POLICY_SECTION_OF_INTENT[row.intent]]
-    parts.close()
     cost = cost_report(parts.trace_store, prices)
     every = [ms for values in latencies.values() for ms in values]
     n = len(rows)
@@ -200,9 +204,8 @@ def main() -> None:
         if run == "small_models":
             load_s = time.perf_counter() - started
             extractor = parts.extraction_artifact["slm"].model_name if parts.extraction_artifact else slm.model_name
-            run_turn(
-                graph, "track order 10001", thread_id="warm-up"
-            )  # first-call costs (tokenizer caches) are not per request
+            # First-call costs (tokenizer caches) are not per request.
+            run_turn(graph, "track order 10001", thread_id="warm-up")
         runs[run] = figures(rows, *serve(graph, parts, rows, args.concurrency), parts, prices)
     small, taught = runs["small_models"], runs["teacher"]
     report = {
@@ -217,7 +220,7 @@ def main() -> None:
             "llm_calls": ratio(taught["llm_calls_per_request"], small["llm_calls_per_request"]),
             "llm_tokens": ratio(
                 sum(taught["llm_tokens_per_request"].values()), sum(small["llm_tokens_per_request"].values())
-            ),  # fmt: skip
+            ),
             "cost": ratio(sum(taught["cost_per_request_usd"].values()), sum(small["cost_per_request_usd"].values())),
             "latency_p50_without_llm": ratio(taught["latency_ms"]["p50"], small["latency_ms"]["p50"]),
         },

@@ -251,10 +251,11 @@ class TransformersSLM(SLM):
             return
         bitmask = xgrammar.allocate_token_bitmask(1, self.model.config.vocab_size)
         with torch.inference_mode():
-            output, mask, positions = self._prefill([row.call.prompt_ids for row in active])
-            logits = output.logits[:, -1:, :]  # per row, the positions its next tokens are read from
+            output, mask, next_positions = self._prefill([row.call.prompt_ids for row in active])
+            # As after every pass: per row, the logits its next tokens are read from, and where the first token
+            # the pass read for it sits (here the prompt's last one, and no drafts).
+            logits, positions = output.logits[:, -1:, :], next_positions - 1
             drafts: list[list[int]] = [[] for _ in active]
-            prefilled = True  # positions is where each row's next token goes; a decoding pass moves it on
             while True:
                 kept, confirmed = [], []
                 for number, row in enumerate(active):
@@ -276,9 +277,7 @@ class TransformersSLM(SLM):
                 for number, taken in zip(kept, confirmed, strict=True):
                     # The pass read [last token, drafts...]; the drafts after the confirmed ones are not the row's.
                     mask[number, mask.shape[1] - width + 1 + taken :] = 0
-                    if not prefilled:
-                        positions[number] += 1 + taken
-                prefilled = False
+                    positions[number] += 1 + taken
                 if len(kept) < len(active):
                     keep = torch.tensor(kept)
                     output.cache.batch_select_indices(keep.to(self.device))
@@ -350,20 +349,19 @@ class PrefixCache:
 
     def lookup(self, prompts: Sequence[list[int]]) -> tuple[int, list[tuple[torch.Tensor, torch.Tensor]]]:
         """How many leading tokens every prompt shares with the best cached one, and their KV (0 and [] on a miss)."""
-        best, best_kv, used = 0, [], None
+        best, used = 0, None
         longest_usable = min(map(len, prompts)) - 1
         for entry in self._prompts:
-            cached, kv = entry
-            shared = min(min(_common_length(cached, prompt) for prompt in prompts), longest_usable)
+            shared = min(min(_common_length(entry[0], prompt) for prompt in prompts), longest_usable)
             if shared > best:
-                best, best_kv, used = shared, kv, entry
+                best, used = shared, entry
         if used is None or best < self.min_shared:
             self.misses += 1
             return 0, []
         self.hits += 1
         self._prompts.remove(used)
         self._prompts.append(used)  # the most recently used goes last, the least recently used first
-        return best, [(keys[:, :, :best], values[:, :, :best]) for keys, values in best_kv]
+        return best, [(keys[:, :, :best], values[:, :, :best]) for keys, values in used[1]]
 
     def keep(self, prompt: list[int], cache: DynamicCache, *, row: int) -> None:
         """Keep ``row`` of ``cache``, the KV of ``prompt`` (a row without padding); the oldest goes when full."""
