@@ -60,6 +60,22 @@ def test_the_cost_and_the_all_llm_baseline_by_node_and_by_route(store):
     assert "saved $" in cost_table(report)
 
 
+def test_small_model_decisions_made_side_by_side_pay_the_machine_once_for_the_time_they_overlap(tmp_path):
+    store = SQLiteTraceStore(tmp_path / "decisions.db")
+    # Sixteen requests served at once: each extraction took 1 h of wall time, all in the same hour, on one machine.
+    for thread in range(16):
+        store.record(Decision(node="extract", kind="extract", input="...", strategy="slm", model="smol",
+                              thread_id=str(thread), latency_ms=3.6e6, timestamp=START))  # fmt: skip
+    # Then one alone, half an hour long, overlapping the last quarter of an hour of the batch.
+    store.record(Decision(node="route", kind="route", input="...", strategy="classifier", model="clf",
+                          latency_ms=1.8e6, timestamp=START + timedelta(minutes=15)))  # fmt: skip
+    report = cost_report(store, PRICES)
+    assert report.slm_cost == pytest.approx(1.25 * 2.0), "the machine was busy 1 h 15 min, at $2 an hour"
+    # The overlapping quarter hour is shared by 17: the lone decision pays a 17th of it and its other 15 minutes.
+    assert report.by_node["route"].slm_cost == pytest.approx((0.25 / 17 + 0.25) * 2.0)
+    store.close()
+
+
 def test_a_small_model_step_no_teacher_call_prices_is_reported_and_an_unpriced_llm_refused(store):
     report = cost_report(store, PRICES.model_copy(update={"step_tokens": {}}))
     assert report.unpriced_steps == {"extract": 1}

@@ -5,9 +5,11 @@ tokens) and the local SLM by the hour of its machine, or by its tokens. :func:`c
 trace store:
 
 - the LLM's actual cost: every traced call's tokens at its model's price;
-- the SLM's actual cost: the time of the decisions a small model made
-  (their latency) at the machine's hourly price, or, with ``slm`` in the table, the
-  tokens the SLM read and wrote for them (decisions by a classifier have none);
+- the SLM's actual cost: the time of the decisions a small model made at the machine's
+  hourly price, or, with ``slm`` in the table, the tokens the SLM read and wrote for them
+  (decisions by a classifier have none). Decisions made side by side (concurrent requests
+  batched on one machine) share the time they overlap (:func:`machine_shares`): the machine is
+  paid once for each second it was busy;
 - the all-LLM baseline: every decision of a step the teacher can take (a
   ``route``, an ``extract``, a ``classify_tool``, ...) priced as one teacher
   call of that step type, with the mean token counts the store's traced
@@ -41,7 +43,7 @@ from __future__ import annotations
 import json
 import os
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -201,6 +203,8 @@ def cost_report(store: SQLTraceStore, prices: PriceTable) -> CostReport:
     route_of_thread: dict[str | None, str] = {}
     unpriced: dict[str, int] = defaultdict(int)
     events: list[Decision | LLMCall] = [*decisions, *calls]
+    small_decisions = [d for d in decisions if _is_small(d)]
+    machine_ms = dict(zip(map(id, small_decisions), machine_shares(small_decisions), strict=True))
     for event in sorted(events, key=_started):
         if isinstance(event, Decision) and event.kind == "route" and isinstance(event.output, dict):
             route_of_thread[event.thread_id] = str(event.output.get("route"))
@@ -221,14 +225,14 @@ def cost_report(store: SQLTraceStore, prices: PriceTable) -> CostReport:
                 line.llm_cost += cost
                 line.baseline_cost += 0.0 if replaced else cost  # a teachable step is priced once, by its decision
             continue
-        small = event.strategy not in LLM_STRATEGIES and event.model is not None
+        small = _is_small(event)
         step = steps.get(event.kind)
         for line in lines:
             line.decisions += 1
             line.small_model_decisions += small
             line.slm_prompt_tokens += event.prompt_tokens or 0
             line.slm_completion_tokens += event.completion_tokens or 0
-            line.slm_cost += _slm_cost(event, prices) if small else 0.0
+            line.slm_cost += _slm_cost(event, machine_ms.get(id(event), 0.0), prices) if small else 0.0
             line.baseline_cost += teacher.of(step.prompt, step.completion) if step is not None else 0.0
         if small and step is None:
             unpriced[event.kind] += 1
@@ -249,10 +253,50 @@ def cost_report(store: SQLTraceStore, prices: PriceTable) -> CostReport:
     )  # fmt: skip
 
 
-def _slm_cost(decision: Decision, prices: PriceTable) -> float:
+def _is_small(decision: Decision) -> bool:
+    return decision.strategy not in LLM_STRATEGIES and decision.model is not None
+
+
+def _slm_cost(decision: Decision, machine_ms: float, prices: PriceTable) -> float:
     if prices.slm is not None:
         return prices.slm.of(decision.prompt_tokens or 0, decision.completion_tokens or 0)
-    return decision.latency_ms / 3.6e6 * prices.slm_per_hour
+    return machine_ms / 3.6e6 * prices.slm_per_hour
+
+
+def machine_shares(decisions: Sequence[Decision]) -> list[float]:
+    """Each decision's share of its machine's busy time, in ms: an instant that k decisions span counts 1/k to each.
+
+    The shares sum to the time the machine was busy (the union of the decisions' spans). One at a time, a
+    share is the decision's latency; sixteen requests served side by side are not paid sixteen times. The
+    decisions are taken to run on one machine (one serving process, or several on one host).
+
+    Example:
+        >>> from datetime import UTC, datetime, timedelta
+        >>> at = datetime(2026, 12, 1, tzinfo=UTC)
+        >>> made = lambda end_ms, ms: Decision(node="n", kind="k", input="", latency_ms=ms,
+        ...                                   timestamp=at + timedelta(milliseconds=end_ms))
+        >>> machine_shares([made(100, 100), made(150, 100), made(400, 50)])  # two overlap by 50 ms
+        [75.0, 75.0, 50.0]
+    """
+    edges = sorted(
+        (moment, opens, index)
+        for index, decision in enumerate(decisions)
+        for moment, opens in ((_started(decision), True), (decision.timestamp, False))
+    )
+    shares = [0.0] * len(decisions)
+    running: set[int] = set()
+    previous: datetime | None = None
+    for moment, opens, index in edges:
+        if running and previous is not None:
+            each = (moment - previous) / timedelta(milliseconds=1) / len(running)
+            for other in running:
+                shares[other] += each
+        previous = moment
+        if opens:
+            running.add(index)
+        else:
+            running.discard(index)
+    return shares
 
 
 def _started(event: Decision | LLMCall) -> datetime:
