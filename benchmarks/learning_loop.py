@@ -1,6 +1,6 @@
 """The learning loop, watched: rounds of serve, label by outcome, build the dataset, retrain, gate, promote.
 
-Run: ``python benchmarks/learning_loop.py [--rounds 4] [--requests 150] [--seed-per-intent 8] [--plot PNG] [--json]``
+Run: ``python benchmarks/learning_loop.py [--rounds 4] [--requests 300] [--seed-per-intent 8] [--plot PNG] [--json]``
 
 The example graph starts from a cold router: a classifier trained on ``--seed-per-intent``
 clean Bitext requests of each intent. Each round streams ``--requests`` realistic messages
@@ -11,10 +11,12 @@ message's intent: it routes what the classifier is unsure of (``LLMStrategy``) a
 escalations, with token counts in its replies' usage like a provider's. Then, as in service:
 
 1. the outcome rules label the round's traced teacher calls (:func:`agentgraph.records.outcomes.label_outcomes`);
-2. the accepted routing calls become examples (:func:`agentgraph.distill.dataset.trace_examples`),
-   each with one perturbed copy, added to everything learned so far;
+2. the accepted routing calls become examples (:func:`agentgraph.distill.dataset.trace_examples`), and so do
+   the requests the classifier routed itself whose turns the rules accept
+   (:func:`agentgraph.records.outcomes.accepted_turns`), each with one perturbed copy, added to everything
+   learned so far;
 3. a classifier is retrained on the seed and those examples (its gate and out-of-scope thresholds
-   fitted on the perturbed and the traced rows: see REALISTIC);
+   fitted on the seed's perturbed copies and the served requests as they came: see REALISTIC);
 4. :func:`agentgraph.distill.gate.gate_classifier` gates it against the serving one on perturbed
    dev-split requests (never served), and the registry promotes it if accepted.
 
@@ -55,7 +57,8 @@ from agentgraph.nodes.context_pruner import Reranker
 from agentgraph.perturb import realistic
 from agentgraph.records.costs import PriceTable, cost_report
 from agentgraph.records.decisions import Decision, JSONLDecisionLog
-from agentgraph.records.outcomes import label_outcomes
+from agentgraph.records.outcomes import accepted_turns, label_outcomes
+from agentgraph.records.traces import SQLTraceStore
 from agentgraph.routing.strategies import ROUTE_CHOICE
 from agentgraph.running import run_turn
 from agentgraph.slm import load_slm
@@ -63,10 +66,13 @@ from agentgraph.text import clean_text
 
 TRAFFIC_SEED = 20261203
 GATE_ROWS = 300
-REALISTIC = ("augmented", "traces")
-"""Where the thresholds are fitted: the seed's perturbed copies and the teacher's answers with theirs, each
-request in one cross-fitting group with its copy. Fitted on the seed's copies alone (216 rows), the 99% target
-was too noisy to follow the model as it learned: every retrained classifier answered fewer requests."""
+REALISTIC = ("augmented", "traces", "served")
+"""Where the thresholds are fitted: the seed's perturbed copies, and the round's traffic as it came (the teacher's
+answers and the classifier's own accepted routes), each request in one cross-fitting group with its copy. Fitted
+on the seed's copies alone (216 rows), the 99% target was too noisy to follow the model as it learned. Fitted on
+the teacher's answers as well but not the classifier's routes, it saw only what the serving classifier found
+hard, and with their perturbed copies (a customer's typos typed over again), harder still: the retrained
+classifiers' gates rose, and most were refused for answering less."""
 CLASSIFIER_SETTINGS: dict[str, Any] = {
     "lexical_weight": 1.0,
     "target_selective_accuracy": 0.99,
@@ -111,6 +117,16 @@ def decided_label(router: Decision) -> str | None:
     return last.get("label") if last.get("in_scope") and confident else None
 
 
+def classifier_routes(store: SQLTraceStore) -> list[tuple[str, str]]:
+    """``(request, intent)`` of the turns the classifier routed itself that the outcome rules accept."""
+    return [
+        (str(turn.start.input), label)
+        for turn, _rule in accepted_turns(store)
+        if turn.start.strategy == "classifier" and not turn.start.escalated
+        and (label := decided_label(turn.start)) is not None
+    ]  # fmt: skip
+
+
 def serve_round(parts: CustomerSupportParts, traffic: list[tuple[str, str]], prices: PriceTable) -> dict[str, Any]:
     graph = compose(parts)
     decided: list[bool] = []
@@ -138,7 +154,7 @@ def serve_round(parts: CustomerSupportParts, traffic: list[tuple[str, str]], pri
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--requests", type=int, default=150, help="messages served per round")
+    parser.add_argument("--requests", type=int, default=300, help="messages served per round")
     parser.add_argument("--seed-per-intent", type=int, default=8, help="clean requests per intent the cold router has")
     parser.add_argument("--prices", help="a price table (JSON, see agentgraph report --prices)")
     parser.add_argument("--plot", type=Path, help="draw the rounds into this PNG")
@@ -175,8 +191,11 @@ def main() -> int:
         figures = {"round": number, **serve_round(parts, traffic, prices)}
         labelled = label_outcomes(parts.trace_store)
         examples = trace_examples(parts.trace_store, role="route").examples
-        learned += [r for example in examples
-                    for r in with_copy(example.input, str(example.label), "traces", "traces", next(groups), rng)]  # fmt: skip
+        taught = [(example.input, str(example.label)) for example in examples]
+        served = classifier_routes(parts.trace_store)
+        for source, requests in (("traces", taught), ("served", served)):
+            learned += [r for text, intent in requests
+                        for r in with_copy(text, intent, source, f"{source}-perturbed", next(groups), rng)]  # fmt: skip
         started = time.perf_counter()
         candidate = train_classifier(learned, encoder, work / f"router-{number + 1}")
         try:
@@ -188,6 +207,7 @@ def main() -> int:
             print(f"round {number}: {refused}", flush=True)
         figures |= {
             "accepted_calls": labelled.accepted, "pending_calls": labelled.pending, "new_examples": len(examples),
+            "served_examples": len(served),
             "learned_rows": len(learned), "retrain_s": time.perf_counter() - started, "promoted": promoted,
             "gate": None if gate is None else gate.promotion_figures(),
         }  # fmt: skip

@@ -13,7 +13,7 @@ from test_modes import intent_call
 from agentgraph.cli import main
 from agentgraph.modes import NodeModes
 from agentgraph.records.decisions import Decision
-from agentgraph.records.outcomes import OutcomeRules, label_outcomes
+from agentgraph.records.outcomes import OutcomeRules, accepted_turns, label_outcomes
 from agentgraph.records.traces import LLMCall, SQLiteTraceStore
 
 START = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
@@ -85,6 +85,26 @@ def test_a_flagged_or_handed_off_turn_stays_pending_and_a_rule_can_be_switched_o
     assert outcomes(store) == {flagged: None, handed_off: None, validated: None} and report.pending == 3
     report = label_outcomes(store)
     assert outcomes(store) == {flagged: None, handed_off: None, validated: True} and report.pending == 2
+
+
+def test_accepted_turns_are_the_small_models_turns_too_and_never_a_complained_of_or_flagged_one(store):
+    thread = Thread(store, "t")
+    thread.decision("route", "where is 10001?", strategy="classifier")  # no LLM call: the small models alone
+    thread.decision("validate", outcome="ok")
+    thread.decision("route", "and 10002?", strategy="llm")
+    thread.call("route")
+    thread.decision("validate", outcome="ok")
+    thread.decision("route", "wrong, I said 10003", strategy="classifier")  # complains of the turn before
+    thread.decision("validate", outcome="flagged")
+    other = Thread(store, "u")
+    other.decision("route", "order 48213", strategy="classifier")
+    other.decision("route", "cancel it", strategy="classifier", metadata={"answers": "What about order 48213?"})
+    accepted = [(turn.start.input, turn.start.strategy, rule) for turn, rule in accepted_turns(store)]
+    assert accepted == [
+        ("where is 10001?", "classifier", "validated"),
+        ("order 48213", "classifier", "answered_clarification"),
+    ]
+    assert [call.accepted for call in store.calls()] == [None], "accepted_turns labels nothing"
 
 
 def test_a_later_complaint_overturns_a_rule_but_never_a_person(store, capsys):

@@ -40,7 +40,8 @@ Example:
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Literal
@@ -150,16 +151,9 @@ def label_outcomes(store: SQLTraceStore, rules: OutcomeRules | None = None) -> O
         for call in store.calls()
         if call.id not in reviewed and (call.accepted is None or call.id in ruled)
     }
-    threads = sorted({call.thread_id for call in open_calls.values() if call.thread_id is not None})
-    by_thread: dict[str, list[Decision]] = {thread: [] for thread in threads}
-    for decision in store.decisions():
-        if decision.thread_id in by_thread:
-            by_thread[decision.thread_id].append(decision)
+    threads = {call.thread_id for call in open_calls.values() if call.thread_id is not None}
     report = OutcomeReport(threads=len(threads))
-    for thread in threads:
-        decisions = sorted(by_thread[thread], key=lambda d: d.timestamp)
-        calls = sorted((c for c in open_calls.values() if c.thread_id == thread), key=lambda c: c.timestamp)
-        turns = judged_turns(decisions, calls, rules)
+    for turns in _judged_threads(store, list(open_calls.values()), rules, threads=threads):
         report.turns += len(turns)
         for turn, verdict in turns:
             for call in turn.calls:
@@ -176,6 +170,43 @@ def label_outcomes(store: SQLTraceStore, rules: OutcomeRules | None = None) -> O
                 report.rejected += not accepted
                 report.by_rule[rule] = report.by_rule.get(rule, 0) + 1
     return report
+
+
+def accepted_turns(store: SQLTraceStore, rules: OutcomeRules | None = None) -> list[tuple[Turn, Rule]]:
+    """Every turn in ``store`` whose outcome ``rules`` accept, with the rule that accepts it.
+
+    :func:`label_outcomes` labels the teacher's calls; these are all the accepted turns, the ones the small
+    models decided alone included. A retrained model can learn from those too (its own routes that served
+    well), and with the teacher's they make a sample of the traffic as it was served: a model's gate fitted
+    on the teacher's answers alone sees only the requests its predecessor found hard.
+    """
+    rules = rules or OutcomeRules()
+    return [
+        (turn, verdict[1])
+        for turns in _judged_threads(store, list(store.calls()), rules)
+        for turn, verdict in turns
+        if verdict is not None and verdict[0]
+    ]
+
+
+def _judged_threads(
+    store: SQLTraceStore, calls: Sequence[LLMCall], rules: OutcomeRules, *, threads: Collection[str] | None = None
+) -> Iterator[list[tuple[Turn, tuple[bool, Rule] | None]]]:
+    """The judged turns of each thread in ``store`` (of ``threads``, when given), with ``calls`` among them."""
+    decisions: dict[str, list[Decision]] = defaultdict(list)
+    for decision in store.decisions():
+        if decision.thread_id is not None and (threads is None or decision.thread_id in threads):
+            decisions[decision.thread_id].append(decision)
+    thread_calls: dict[str, list[LLMCall]] = defaultdict(list)
+    for call in calls:
+        if call.thread_id is not None:
+            thread_calls[call.thread_id].append(call)
+    for thread in sorted(decisions):
+        yield judged_turns(
+            sorted(decisions[thread], key=lambda d: d.timestamp),
+            sorted(thread_calls[thread], key=lambda c: c.timestamp),
+            rules,
+        )
 
 
 def _text(value: Any) -> str | None:
