@@ -63,9 +63,12 @@ from pydantic import BaseModel, Field
 
 from agentgraph.calibration import TemperatureScaling, selective_threshold
 from agentgraph.errors import AgentGraphError
+from agentgraph.preparation import preparing
 from agentgraph.slm.models import cache_dir
 
 logger = logging.getLogger(__name__)
+EXPORT_SECONDS = 15
+"""What exporting and quantising the encoder takes on two cores."""
 
 ENCODER_NAME = "all-MiniLM-L6-v2"
 ENCODER_MAX_TOKENS = 256
@@ -117,10 +120,11 @@ def packaged_encoder_folder() -> Path:
 
 
 def encoder_onnx_folder() -> Path:
-    """The ONNX exports (float and int8) of the packaged encoder in the user cache, exported on first use (~30 s)."""
+    """The ONNX exports (float and int8) of the packaged encoder in the user cache, exported on first use (~15 s)."""
     folder = cache_dir() / "artifacts" / "encoders" / ENCODER_NAME
     if not all((folder / name).is_file() for name in _ONNX_FILES.values()):
-        _atomic_folder(folder, _export_encoder)
+        with preparing(f"exporting {ENCODER_NAME} to ONNX", seconds=EXPORT_SECONDS):
+            _atomic_folder(folder, _export_encoder)
     return folder
 
 
@@ -137,7 +141,6 @@ def _export_encoder(staging: Path) -> None:
     from transformers import AutoModel
 
     source = packaged_encoder_folder()
-    logger.info("exporting %s to ONNX (once)", ENCODER_NAME)
     model = AutoModel.from_pretrained(source).eval()
 
     class Pooled(torch.nn.Module):
@@ -163,6 +166,7 @@ def _export_encoder(staging: Path) -> None:
         dynamic_shapes=({0: batch, 1: length}, {0: batch, 1: length}),
         dynamo=True,
         external_data=False,
+        verbose=False,  # its step-by-step report is printed, not logged
     )
     quantize_dynamic(
         staging / _ONNX_FILES["fp32"], staging / _ONNX_FILES["int8"], per_channel=True, weight_type=QuantType.QInt8
@@ -666,17 +670,26 @@ def file_sha256(path: str | Path) -> str:
 
 
 def cached_classifier(
-    folder: str | Path, data_sha256: str, train: Callable[[], IntentClassifier], *, rebuild: bool = False
+    folder: str | Path,
+    data_sha256: str,
+    train: Callable[[], IntentClassifier],
+    *,
+    rebuild: bool = False,
+    training_seconds: float | None = None,
 ) -> Path:
     """``folder``, holding the classifier ``train()`` makes: trained when missing, and again when stale.
 
     Stale means saved by another format, for another encoder than the default
     one, or from other data than ``data_sha256`` says (the digest of whatever
-    the training reads, recipe included).
+    the training reads, recipe included). A training is announced
+    (:func:`agentgraph.preparation.preparing`, with ``training_seconds`` on two cores when given).
     """
     folder = Path(folder)
     if rebuild or not is_current(folder, data_sha256):
-        classifier = train()
+        artifacts = cache_dir() / "artifacts"
+        shown = folder.relative_to(artifacts) if folder.is_relative_to(artifacts) else folder
+        with preparing(f"training the classifier {shown}", seconds=training_seconds):
+            classifier = train()
         classifier.manifest.data_sha256 = data_sha256
         classifier.save(folder)
         logger.info("trained the classifier in %s: %s", folder, json.dumps(classifier.manifest.metrics))

@@ -43,6 +43,7 @@ from pydantic import BaseModel, Field
 from torch import Tensor, nn
 
 from agentgraph.errors import ModelNotFoundError
+from agentgraph.preparation import preparing
 from agentgraph.slm.models import cache_dir
 
 if TYPE_CHECKING:
@@ -168,6 +169,7 @@ def train_cross_encoder(
     from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncoderTrainingArguments
     from sentence_transformers.cross_encoder.losses import ListNetLoss
     from transformers import set_seed
+    from transformers.trainer_callback import PrinterCallback
 
     settings = settings or TrainingSettings()
     if not pairs:
@@ -208,9 +210,11 @@ def train_cross_encoder(
             report_to="none",
             logging_strategy="no",
             disable_tqdm=True,
+            dataloader_pin_memory=False,  # pinned memory is for copies to an accelerator; on a CPU it only warns
         )
         loss = ListNetLoss(model, activation_fn=ScaledSigmoid())
         trainer = CrossEncoderTrainer(model=model, args=arguments, train_dataset=dataset, loss=loss)
+        trainer.remove_callback(PrinterCallback)  # it prints the closing metrics; training_info keeps them
         trainer.train()
         weights = staging / "model"
         model.save_pretrained(str(weights))
@@ -251,14 +255,19 @@ def pairs_digest(pairs: Sequence[RelevancePair]) -> str:
 
 
 def cached_cross_encoder(
-    name: str, pairs: Sequence[RelevancePair], *, settings: TrainingSettings | None = None
+    name: str,
+    pairs: Sequence[RelevancePair],
+    *,
+    settings: TrainingSettings | None = None,
+    training_seconds: float | None = None,
 ) -> Path:
     """A cross-encoder trained on ``pairs``, kept under ``cache_dir()/artifacts/cross-encoder/<name>``.
 
     The first call trains (:func:`train_cross_encoder`); later calls return the
     folder at once, unless it was trained by another :data:`RECIPE`, with other
     settings or on other pairs (their :func:`pairs_digest`): then it is trained
-    again, so a changed recipe or dataset never serves a stale model.
+    again, so a changed recipe or dataset never serves a stale model. A training is
+    announced and quiet (:func:`agentgraph.preparation.preparing`, with ``training_seconds`` on two cores when given).
     """
     settings = settings or TrainingSettings()
     folder = cache_dir() / "artifacts" / "cross-encoder" / name
@@ -269,4 +278,5 @@ def cached_cross_encoder(
         return folder
     if cached is not None:
         logger.info("retraining %s: trained by recipe %s with %s", folder, cached.get("recipe"), cached.get("settings"))
-    return train_cross_encoder(pairs, output_dir=folder, settings=settings)
+    with preparing(f"training the cross-encoder {name} on {len(pairs)} pairs", seconds=training_seconds):
+        return train_cross_encoder(pairs, output_dir=folder, settings=settings)

@@ -12,9 +12,11 @@ if TYPE_CHECKING:
     from agentgraph.graphs.customer_support.bitext import SupportRequest
 
 
-# Fixtures that load a real model or start a server: a test using one is slow whatever its own marks say,
+# Fixtures that load (or train) a real model or start a server: a test using one is slow whatever its own marks say,
 # so `-m "not slow"` stays the quick suite (vLLM tests start a server, so they are slow too).
-SLOW_FIXTURES = frozenset({"embedded_slm", "vllm_python", "vllm_server_url", "vllm_slm", "postgres_server"})
+SLOW_FIXTURES = frozenset(
+    {"embedded_slm", "trained_reranker_folder", "vllm_python", "vllm_server_url", "vllm_slm", "postgres_server"}
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

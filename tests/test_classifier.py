@@ -204,7 +204,8 @@ def test_training_refuses_labels_with_fewer_examples_than_folds(encoder):
         IntentClassifier.train(["a"] * 5 + ["b"] * 4, ["x"] * 5 + ["y"] * 4, encoder=encoder)
 
 
-def test_a_cached_classifier_is_retrained_when_its_format_or_data_changed_and_kept_when_current(tmp_path):
+def test_a_cached_classifier_is_retrained_when_its_format_or_data_changed_and_kept_when_current(tmp_path, caplog):
+    caplog.set_level("INFO", logger="agentgraph.preparation")
     import agentgraph.classifier as classifier_module
     from agentgraph.calibration import TemperatureScaling
 
@@ -237,6 +238,8 @@ def test_a_cached_classifier_is_retrained_when_its_format_or_data_changed_and_ke
     assert classifier_module.cached_classifier(folder, "data-1", Trained) == folder and retrained == [folder]
     assert classifier_module.cached_classifier(folder, "data-1", Trained) == folder and retrained == [folder]  # kept
     assert classifier_module.cached_classifier(folder, "data-2", Trained) == folder and len(retrained) == 2  # new data
+    announced = [r.getMessage() for r in caplog.records if r.name == "agentgraph.preparation"]
+    assert announced == [f"first use: training the classifier {folder} (once)"] * 2  # a folder outside the cache
 
 
 def test_loading_a_folder_that_is_not_a_classifier_says_so(tmp_path):

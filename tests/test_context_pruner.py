@@ -174,3 +174,28 @@ def test_concurrent_scoring_runs_as_one_batch_with_the_scores_each_query_gets_al
     for scores, expected in zip(together, alone, strict=True):
         assert scores == pytest.approx(expected, abs=1e-5)
     assert reranker.score(queries[0], []) == []
+
+
+def test_a_reranker_given_a_function_calls_it_once_when_a_request_first_needs_the_model(
+    trained_reranker_folder, support_splits
+):
+    from concurrent.futures import ThreadPoolExecutor
+
+    asked = []
+
+    def trained_folder():
+        asked.append(trained_reranker_folder)
+        return trained_reranker_folder
+
+    reranker = Reranker(trained_folder, device="cpu")
+    assert asked == [], "nothing is loaded, or trained, before a request needs it"
+    dev = support_splits["dev"]
+    queries, passages = [row.text for row in dev[:4]], [row.response for row in dev[10:13]]
+    with ThreadPoolExecutor(len(queries)) as pool:
+        together = list(pool.map(lambda query: reranker.score(query, passages), queries))
+    assert len(asked) == 1, "concurrent first requests load the model once"
+    assert reranker.model_name == str(trained_reranker_folder)
+    eager = Reranker(trained_reranker_folder, device="cpu")
+    for query, scores in zip(queries, together, strict=True):
+        assert scores == pytest.approx(eager.score(query, passages), abs=1e-5)
+    assert reranker.count_tokens(passages[0]) == eager.count_tokens(passages[0])

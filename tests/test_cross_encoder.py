@@ -67,7 +67,8 @@ def test_training_refuses_pairs_it_cannot_learn_from(tmp_path):
     assert not (tmp_path / "model").exists()
 
 
-def test_a_cached_reranker_is_reused_only_when_its_recipe_settings_and_pairs_match(tmp_path, monkeypatch):
+def test_a_cached_reranker_is_reused_only_when_its_recipe_settings_and_pairs_match(tmp_path, monkeypatch, caplog):
+    caplog.set_level("INFO", logger="agentgraph.preparation")
     monkeypatch.setenv("AGENTGRAPH_CACHE_DIR", str(tmp_path))
     trained: list[tuple[int, TrainingSettings]] = []
 
@@ -90,6 +91,9 @@ def test_a_cached_reranker_is_reused_only_when_its_recipe_settings_and_pairs_mat
     (folder / TRAINING_INFO).write_text(json.dumps(stale), encoding="utf-8")
     cached_cross_encoder("shop", pairs[:1] + pairs, settings=TrainingSettings(epochs=2))  # another recipe: retrained
     assert trained == [(2, TrainingSettings()), (2, TrainingSettings(epochs=2))] + [(3, TrainingSettings(epochs=2))] * 2
+    announced = [r.getMessage() for r in caplog.records if r.name == "agentgraph.preparation"]
+    assert len(announced) == len(trained), "each training is announced, a reuse is not"
+    assert announced[0] == "first use: training the cross-encoder shop on 2 pairs (once)"
 
 
 @pytest.mark.slow

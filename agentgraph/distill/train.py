@@ -79,8 +79,8 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, Field
 
 from agentgraph.errors import AgentGraphError
+from agentgraph.preparation import loading_quietly
 from agentgraph.slm.base import SLM, choice_messages, label_options
-from agentgraph.slm.models import loading_quietly
 
 logger = logging.getLogger(__name__)
 

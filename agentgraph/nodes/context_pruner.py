@@ -41,17 +41,20 @@ import os
 import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from langchain_core.documents import Document
 from pydantic import BaseModel, Field
 
 from agentgraph.errors import ModelNotFoundError
 from agentgraph.nodes.kernel import ControlNode, NodeCall, NodeResult
+from agentgraph.preparation import loading_quietly
 from agentgraph.records.decisions import DecisionLog, DecisionState
 from agentgraph.slm.batching import CallBatcher, Deliver
-from agentgraph.slm.models import loading_quietly
 from agentgraph.text import clean_text
+
+if TYPE_CHECKING:
+    from sentence_transformers.cross_encoder import CrossEncoder
 
 DropReason = Literal["empty", "below_min_score", "duplicate", "beyond_top_k", "over_budget"]
 Chunk = str | Document | Mapping[str, Any]
@@ -69,7 +72,11 @@ class Reranker:
     be in the local Hugging Face cache: nothing is downloaded unless
     ``local_files_only=False`` is passed on purpose. Scores are on the model's
     output scale: a probability in [0, 1] for a one-logit model with the
-    default sigmoid, which is what ``min_score`` is compared with.
+    default sigmoid, which is what ``min_score`` is compared with. ``model`` may
+    also be a function that returns one: it is called on the first score or
+    count, once, so a reranker that is trained on first use
+    (:func:`agentgraph.cross_encoder.cached_cross_encoder`) costs nothing until a
+    request needs it.
 
     Calls from several threads at once (a graph serving concurrent requests) are
     scored as one batch (:class:`~agentgraph.slm.batching.CallBatcher`): the pairs
@@ -80,7 +87,7 @@ class Reranker:
 
     def __init__(
         self,
-        model: str | os.PathLike[str],
+        model: str | os.PathLike[str] | Callable[[], str | os.PathLike[str]],
         *,
         device: str | None = None,
         max_length: int | None = None,
@@ -89,28 +96,28 @@ class Reranker:
         max_batch_size: int = 16,
         batch_window_ms: float = 2.0,
     ) -> None:
-        from sentence_transformers import CrossEncoder
-
-        self.model_name = str(model)
         self.batch_size = batch_size
+        self._source = model
+        self._options: dict[str, Any] = {
+            "device": device,
+            "max_length": max_length,
+            "local_files_only": local_files_only,
+        }
+        self._loading = threading.Lock()
+        self._model: CrossEncoder | None = None
+        self._model_name = ""
         self._scoring: CallBatcher[tuple[str, list[str]], list[float]] = CallBatcher(
             self._score_batch, lock=threading.Lock(), max_batch_size=max_batch_size, window_s=batch_window_ms / 1000
         )
-        try:
-            with loading_quietly():
-                self._model = CrossEncoder(
-                    self.model_name, device=device, max_length=max_length, local_files_only=local_files_only
-                )
-        except OSError as exc:
-            raise ModelNotFoundError(
-                f"cannot load the cross-encoder {self.model_name!r}: {exc}. Pass a local model folder "
-                "(train one with agentgraph.cross_encoder.train_cross_encoder) or a model already in the "
-                "Hugging Face cache."
-            ) from exc
-        # A tokenizer of its own for counting: scoring sets the model's tokenizer up for padding and truncation
-        # while it runs, and a fast tokenizer used meanwhile from another thread raises "Already borrowed".
-        self._counting_tokenizer = copy.deepcopy(self._model.tokenizer)
         self._counting = threading.Lock()
+        if not callable(model):
+            self._loaded()
+
+    @property
+    def model_name(self) -> str:
+        """The folder or name the model was loaded from."""
+        self._loaded()
+        return self._model_name
 
     def score(self, query: str, passages: Sequence[str]) -> list[float]:
         """One relevance score per passage, in the order given."""
@@ -120,7 +127,7 @@ class Reranker:
 
     def _score_batch(self, requests: list[tuple[str, list[str]]], deliver: Deliver[list[float]]) -> None:
         pairs = [(query, passage) for query, passages in requests for passage in passages]
-        scores = self._model.predict(pairs, batch_size=self.batch_size, show_progress_bar=False)
+        scores = self._loaded().predict(pairs, batch_size=self.batch_size, show_progress_bar=False)
         start = 0
         for row, (_, passages) in enumerate(requests):
             deliver(row, [float(score) for score in scores[start : start + len(passages)]])
@@ -128,8 +135,34 @@ class Reranker:
 
     def count_tokens(self, text: str) -> int:
         """Tokens of ``text`` under the reranker's tokenizer (no special tokens)."""
+        self._loaded()
         with self._counting:
             return len(self._counting_tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+
+    def _loaded(self) -> CrossEncoder:
+        with self._loading:
+            if self._model is None:
+                self._model = self._load()
+            return self._model
+
+    def _load(self) -> CrossEncoder:
+        from sentence_transformers import CrossEncoder
+
+        name = str(self._source() if callable(self._source) else self._source)
+        try:
+            with loading_quietly():
+                model = CrossEncoder(name, **self._options)
+        except OSError as exc:
+            raise ModelNotFoundError(
+                f"cannot load the cross-encoder {name!r}: {exc}. Pass a local model folder "
+                "(train one with agentgraph.cross_encoder.train_cross_encoder) or a model already in the "
+                "Hugging Face cache."
+            ) from exc
+        # A tokenizer of its own for counting: scoring sets the model's tokenizer up for padding and truncation
+        # while it runs, and a fast tokenizer used meanwhile from another thread raises "Already borrowed".
+        self._counting_tokenizer = copy.deepcopy(model.tokenizer)
+        self._model_name = name
+        return model
 
 
 class KeptChunk(BaseModel):

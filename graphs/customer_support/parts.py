@@ -171,7 +171,7 @@ class CustomerSupportParts:
         promoted_router = self._router_of(self.registry.resolve("router"))
         self.classifier = IntentClassifier.load(router_path or promoted_router or support_router_path())
         self.acts = support_act_detector(self.classifier.encoder)
-        self.reranker = reranker or Reranker(support_reranker_folder())
+        self.reranker = reranker or Reranker(support_reranker_folder)  # trained when a request first needs it
         self.canaries = {role: canary for role in DEFAULT_MODES if (canary := self.registry.resolve_canary(role))}
         extraction_canary, router_canary = self.canaries.get("extract"), self.canaries.get("router")
         self.candidate_extraction = self._extractor_of(extraction_canary.entry if extraction_canary else None)

@@ -190,4 +190,4 @@ def support_reranker_folder(*, settings: TrainingSettings | None = None) -> Path
     train = split_customer_support(load_customer_support())["train"]
     pairs = support_relevance_pairs(train, max_queries=1200, negatives_per_query=3)
     pairs += policy_relevance_pairs(train, load_policy_sections())
-    return cached_cross_encoder("customer-support", pairs, settings=settings)
+    return cached_cross_encoder("customer-support", pairs, settings=settings, training_seconds=350)

@@ -99,7 +99,7 @@ def train_support_router(
 
 
 def support_router_path(*, rebuild: bool = False) -> Path:
-    """The classifier the example graph routes with, trained on first use (about two minutes on two cores).
+    """The classifier the example graph routes with, trained on first use (about a minute on two cores).
 
     Kept in ``cache_dir()/artifacts/router/customer-support`` and retrained when
     its data, its recipe, the format or the encoder changed.
@@ -107,7 +107,7 @@ def support_router_path(*, rebuild: bool = False) -> Path:
     recipe = json.dumps([AUGMENT_SEED, AUGMENTED_COPIES, REALISTIC_SOURCES, ROUTER_SETTINGS])
     sha256 = _data_sha256(f"router:{recipe}", "router_phrasings", "out_of_scope")
     return cached_classifier(cache_dir() / "artifacts" / "router" / "customer-support", sha256, train_support_router,
-                             rebuild=rebuild)  # fmt: skip
+                             rebuild=rebuild, training_seconds=60)  # fmt: skip
 
 
 def _data_sha256(recipe: str, *example_files: str) -> str:
@@ -147,11 +147,11 @@ def train_support_acts(*, encoder: SentenceEncoder | None = None) -> IntentClass
 
 
 def support_act_detector_path(*, rebuild: bool = False) -> Path:
-    """The example's act classifier, trained on first use (~20 s), kept in ``cache_dir()/artifacts/acts``."""
+    """The example's act classifier, trained on first use (~8 s), kept in ``cache_dir()/artifacts/acts``."""
     sha256 = _data_sha256(f"acts-v1:{ACT_SAMPLE_SEED}:{REQUESTS_PER_SOURCE}", "message_acts", "out_of_scope",
                           "router_phrasings")  # fmt: skip
     return cached_classifier(cache_dir() / "artifacts" / "acts" / "customer-support", sha256, train_support_acts,
-                             rebuild=rebuild)  # fmt: skip
+                             rebuild=rebuild, training_seconds=8)  # fmt: skip
 
 
 def support_act_detector(encoder: SentenceEncoder | None = None) -> ActDetector:
