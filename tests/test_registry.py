@@ -162,3 +162,29 @@ def test_a_retrained_classifier_gated_against_the_serving_one_is_promoted_withou
         gate_classifier(serving, held_out, current=retrained)
     with pytest.raises(UnpromotedArtifactError, match="coverage"):
         registry.promote("router", serving)
+
+
+def test_promotions_from_several_processes_at_once_are_all_kept(tmp_path):
+    import subprocess
+    import sys
+
+    folder = artifact(tmp_path / "candidate")
+    registry = ModelRegistry(tmp_path / "registry")
+    # Each process promotes the artifact 10 times for its own role and for one role they all share; without a
+    # lock across processes, two read-change-write cycles at once both write what they read and one is lost.
+    code = (
+        "import sys\n"
+        "from agentgraph.distill.registry import ModelRegistry\n"
+        "registry, worker = ModelRegistry(sys.argv[1]), sys.argv[2]\n"
+        "for _ in range(10):\n"
+        "    registry.promote('shared', sys.argv[3])\n"
+        "    registry.promote(f'role-{worker}', sys.argv[3])\n"
+    )
+    workers = [
+        subprocess.Popen([sys.executable, "-c", code, str(registry.folder), str(worker), str(folder)])
+        for worker in range(6)
+    ]
+    assert [worker.wait(timeout=120) for worker in workers] == [0] * 6
+    roles = registry.read().roles
+    assert len(roles["shared"].entries) == 60
+    assert all(len(roles[f"role-{worker}"].entries) == 10 for worker in range(6))

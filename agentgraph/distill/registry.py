@@ -38,6 +38,8 @@ import hashlib
 import logging
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,6 +51,8 @@ from agentgraph.records.decisions import Decision, DecisionLog, log_decision
 logger = logging.getLogger(__name__)
 
 REGISTRY_FILE = "registry.json"
+LOCK_FILE = ".registry.lock"
+"""Held (``flock``) while a process reads, changes and writes the registry."""
 
 
 class UnpromotedArtifactError(DistillError):
@@ -126,6 +130,21 @@ class ModelRegistry:
         except ValueError as exc:
             raise DistillError(f"{self.path} is not a model registry ({exc}); move it away to start a new one") from exc
 
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The registry to this caller alone for one read, change and write: against this process's threads (a
+        lock) and other processes (an exclusive ``flock`` on :data:`LOCK_FILE`; the kernel drops it when its
+        holder dies). Without it, two promotions at once would each write what it read, and one would be lost."""
+        import fcntl  # POSIX only; imported here so reading a registry works everywhere
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with self._lock, (self.folder / LOCK_FILE).open("ab") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
     def _write(self, contents: RegistryContents) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         staging = self.path.with_name(f".{REGISTRY_FILE}.{os.getpid()}.tmp")
@@ -146,7 +165,7 @@ class ModelRegistry:
         decision (``manifest["promotion"]``) accepted it, or ``force`` (say why in ``reason``).
         """
         entry = self._entry(role, artifact, force=force, reason=reason)
-        with self._lock:
+        with self._locked():
             contents = self.read()
             self._switch(contents.roles.setdefault(role, RoleHistory()), entry)
             self._write(contents)
@@ -169,7 +188,7 @@ class ModelRegistry:
         """
         canary = CanaryEntry(entry=self._entry(role, artifact, force=force, reason=reason), share=share,
                              started_at=_now())  # fmt: skip
-        with self._lock:
+        with self._locked():
             contents = self.read()
             history = contents.roles.setdefault(role, RoleHistory())
             replaced = history.canary
@@ -189,7 +208,7 @@ class ModelRegistry:
 
         Either is a decision in the log, with ``reason`` and the ``figures`` it was judged on.
         """
-        with self._lock:
+        with self._locked():
             contents = self.read()
             history = contents.roles.get(role)
             if history is None or history.canary is None:
@@ -238,7 +257,7 @@ class ModelRegistry:
 
     def rollback(self, role: str) -> RegistryEntry | None:
         """Restore what served ``role`` before the last switch; returns it (None: the default)."""
-        with self._lock:
+        with self._locked():
             contents = self.read()
             history = contents.roles.get(role)
             if history is None or not history.previous:
