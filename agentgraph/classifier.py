@@ -696,6 +696,15 @@ def cached_classifier(
     return folder
 
 
+def is_classifier_folder(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a saved :class:`IntentClassifier` (of any format version or encoder)."""
+    try:
+        _read_manifest(Path(folder))
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def is_current(folder: Path, data_sha256: str | None = None) -> bool:
     """Whether ``folder`` holds a classifier of this format for the default encoder (trained on ``data_sha256``)."""
     try:

@@ -136,7 +136,9 @@ def test_the_example_graph_refuses_a_promoted_extractor_of_another_schema(tmp_pa
 
 
 @pytest.mark.slow
-def test_a_retrained_classifier_gated_against_the_serving_one_is_promoted_without_force(tmp_path, support_splits):
+def test_a_retrained_classifier_gated_against_the_serving_one_is_promoted_without_force(
+    tmp_path, support_splits, capsys
+):
     from agentgraph.classifier import IntentClassifier, SentenceEncoder
     from agentgraph.distill.gate import PromotionRefusedError, gate_classifier
 
@@ -144,6 +146,8 @@ def test_a_retrained_classifier_gated_against_the_serving_one_is_promoted_withou
     intents = ("cancel_order", "track_order", "get_refund", "payment_issue", "recover_password", "get_invoice")
     train = [r for r in support_splits["train"] if r.intent in intents]
     held_out = [(r.text, r.intent) for r in support_splits["dev"] if r.intent in intents]
+    rows = tmp_path / "held-out.jsonl"
+    rows.write_text("".join(json.dumps({"text": text, "label": label}) + "\n" for text, label in held_out))
 
     def classifier(per_intent: int, name: str) -> Path:
         rows = [r for intent in intents for r in [r for r in train if r.intent == intent][:per_intent]]
@@ -152,16 +156,38 @@ def test_a_retrained_classifier_gated_against_the_serving_one_is_promoted_withou
         return trained.save(tmp_path / name)
 
     serving, retrained = classifier(5, "router-v1"), classifier(100, "router-v2")
-    report = gate_classifier(retrained, held_out, current=serving)
-    assert report.passed and report.candidate.coverage >= report.current.coverage, report.reason
     registry = ModelRegistry(tmp_path / "models")
-    entry = registry.promote("router", retrained)
-    assert not entry.forced and entry.lineage["gate"]["coverage"] == report.candidate.coverage
+    registry.promote("router", serving, force=True, reason="the cold start")
+    # The command gates against what serves router in the registry, then registers the candidate when accepted.
+    gate = ["distill", "gate", "--model", str(retrained), "--rows", str(rows), "--registry", str(registry.folder)]
+    assert main([*gate, "--promote"]) == 0
+    printed = capsys.readouterr().out
+    assert f"rows        {len(held_out)} held-out labelled requests" in printed
+    assert "candidate   coverage" in printed and "current     coverage" in printed
+    assert "decision    accepted" in printed and f"promoted    {retrained}" in printed
+    entry = registry.current("router")
+    assert entry.path == str(retrained.resolve()) and not entry.forced
+    figures = json.loads((retrained / "manifest.json").read_text())["promotion"]
+    assert entry.lineage["gate"]["coverage"] == figures["coverage"] >= figures["current_coverage"]
     assert IntentClassifier.load(retrained).labels, "the gate's record leaves the classifier loadable"
-    with pytest.raises(PromotionRefusedError, match="is not promoted"):
+
+    # The old one, gated against the new: refused with the figures shown, and never registered.
+    assert main(["distill", "gate", "--model", str(serving), "--rows", str(rows), "--registry", str(registry.folder),
+                 "--promote"]) == 2  # fmt: skip
+    shown = capsys.readouterr()
+    assert "decision    refused: coverage" in shown.out and "is not promoted" in shown.err
+    assert registry.current("router").path == str(retrained.resolve())
+    with pytest.raises(PromotionRefusedError, match="is not promoted") as refused:
         gate_classifier(serving, held_out, current=retrained)
+    assert refused.value.report.candidate.coverage < refused.value.report.current.coverage
     with pytest.raises(UnpromotedArtifactError, match="coverage"):
         registry.promote("router", serving)
+
+    rows.write_text(json.dumps({"text": "where is my parcel?", "intent": "track_order"}) + "\n")
+    assert main(gate) == 2
+    assert 'every row needs "text" and "label"; one has no \'label\'' in capsys.readouterr().err
+    assert main(gate[:4] + gate[6:]) == 2
+    assert "is a classifier: gate it on held-out labelled rows with --rows" in capsys.readouterr().err
 
 
 def test_promotions_from_several_processes_at_once_are_all_kept(tmp_path):

@@ -162,12 +162,31 @@ def register(groups: argparse._SubParsersAction) -> None:
     merge.set_defaults(handler=_merge)
 
     gate = commands.add_parser(
-        "gate", help="evaluate a distilled model on held-out data against the base model; --promote"
+        "gate",
+        help="evaluate a distilled model on held-out data against the base model, or a retrained classifier "
+        "against the serving one; --promote",
     )
-    gate.add_argument("--model", type=Path, required=True, help="a model folder written by `agentgraph distill train`")
+    gate.add_argument(
+        "--model", type=Path, required=True,
+        help="a model folder written by `agentgraph distill train`, or a saved IntentClassifier",
+    )  # fmt: skip
     gate.add_argument("--data", type=Path, help="the dataset folder (default: the one the model was trained on)")
     # The default is the library's DEFAULT_THRESHOLD (0.92), read when the gate runs: the gate module is slow to import.
-    gate.add_argument("--threshold", type=float, help="agreement needed to promote (default 0.92)")
+    gate.add_argument(
+        "--threshold", type=float,
+        help="agreement needed to promote (default 0.92); a classifier's selective accuracy (default 0.95)",
+    )  # fmt: skip
+    gate.add_argument(
+        "--rows", type=Path,
+        help="a classifier's held-out rows: JSONL of {\"text\", \"label\"} it was not trained on (required for one)",
+    )  # fmt: skip
+    gate.add_argument(
+        "--current", type=Path, help="the classifier to gate against (default: the one serving router in --registry)"
+    )
+    gate.add_argument(
+        "--max-error-rise", type=float, default=0.01,
+        help="how much more of the rows a classifier may answer wrongly than the current one (default 0.01)",
+    )  # fmt: skip
     gate.add_argument("--limit", type=int, help="N test rows, round-robin over classes (default: all)")
     gate.add_argument("--dev-limit", type=int, help="dev rows to fit calibration and gate on (default: all)")
     gate.add_argument(
@@ -180,7 +199,8 @@ def register(groups: argparse._SubParsersAction) -> None:
     gate.add_argument("--max-rejection", type=float, default=0.1, help="most of dev the gate may reject (default 0.1)")
     gate.add_argument("--promote", action="store_true",
                       help="record the decision in the manifest (exit 2 when refused); an accepted extractor "
-                      "is registered to serve extract")  # fmt: skip
+                      "is registered to serve extract, an accepted classifier router (a classifier's gate records "
+                      "its decision either way)")  # fmt: skip
     gate.add_argument("--registry", type=Path, help="the model registry (default: the example graph's)")
     gate.add_argument("--json", action="store_true", help="print the report as JSON")
     gate.set_defaults(handler=_gate)
@@ -399,10 +419,13 @@ def _merge(args: argparse.Namespace) -> int:
 
 
 def _gate(args: argparse.Namespace) -> int:
+    from agentgraph.classifier import is_classifier_folder
     from agentgraph.distill.gate import DEFAULT_THRESHOLD, gate_router, promote
     from agentgraph.distill.train import read_manifest
     from agentgraph.graphs.customer_support import CUSTOMER_SUPPORT_INTENTS
 
+    if is_classifier_folder(args.model):
+        return _gate_classifier(args)
     if args.threshold is None:
         args.threshold = DEFAULT_THRESHOLD
     if read_manifest(args.model).get("role") == "extract":
@@ -432,6 +455,49 @@ def _gate(args: argparse.Namespace) -> int:
         # Not registered: the example's router serves a classifier; `agentgraph models promote` registers it.
         print(f"promoted    {args.model} (recorded in its manifest; `agentgraph models promote ROLE` serves it)")
     return 0
+
+
+def _gate_classifier(args: argparse.Namespace) -> int:
+    """Gate a retrained classifier on labelled rows against the serving one; ``--promote`` registers it for router."""
+    from agentgraph.commands.models import open_registry
+    from agentgraph.datasets import read_records
+    from agentgraph.distill.gate import PromotionRefusedError, gate_classifier
+    from agentgraph.errors import DatasetError
+
+    if args.rows is None:
+        raise AgentGraphError(f"{args.model} is a classifier: gate it on held-out labelled rows with --rows FILE.jsonl")
+    try:
+        rows = [(str(record["text"]), str(record["label"])) for record in read_records(args.rows)]
+    except KeyError as missing:
+        raise DatasetError(f'{args.rows}: every row needs "text" and "label"; one has no {missing}') from None
+    registry = open_registry(args.registry)
+    serving = registry.current("router")
+    current = args.current or (None if serving is None else Path(serving.path))
+    try:
+        report = gate_classifier(args.model, rows, current=current, max_error_rise=args.max_error_rise,
+                                 min_accuracy=0.95 if args.threshold is None else args.threshold)  # fmt: skip
+    except PromotionRefusedError as refused:
+        if refused.report is not None:
+            print(classifier_gate_text(refused.report, as_json=args.json))
+        raise
+    print(classifier_gate_text(report, as_json=args.json))
+    if args.promote:
+        registry.promote("router", args.model)
+        print(f"promoted    {args.model} (serves router from now on)")
+    return 0
+
+
+def classifier_gate_text(report: Any, *, as_json: bool) -> str:
+    """A classifier's gate report as the command prints it: the rows, each classifier and the decision, or JSON."""
+    if as_json:
+        return str(report.model_dump_json(indent=2))
+    lines = [f"rows        {report.test_rows} held-out labelled requests (sha256 {report.dataset_sha256[:16]})"]
+    for name, side in (("candidate", report.candidate), ("current", report.current)):
+        if side is not None:
+            lines.append(f"{name:<11} coverage {100 * (side.coverage or 0.0):.2f}%, "
+                         f"right among answered {100 * (side.selective_accuracy or 0.0):.2f}%")  # fmt: skip
+    lines.append(f"decision    {report.decision}: {report.reason}")
+    return "\n".join(lines)
 
 
 def _agree(args: argparse.Namespace) -> int:

@@ -70,7 +70,14 @@ DEFAULT_THRESHOLD = 0.92
 
 
 class PromotionRefusedError(DistillError):
-    """The artifact's agreement on the held-out split is below the promotion threshold."""
+    """The artifact's agreement on the held-out split is below the promotion threshold.
+
+    ``report`` is what the gate measured, where the gate that refused made one.
+    """
+
+    def __init__(self, message: str, *, report: GateVerdict | None = None) -> None:
+        super().__init__(message)
+        self.report = report
 
 
 class DistilledSLMStrategy(SLMStrategy):
@@ -346,5 +353,5 @@ def gate_classifier(
     with suppress(PromotionRefusedError):
         promote(model_dir, report)
     if not report.passed:
-        raise PromotionRefusedError(f"{model_dir} is not promoted: {reason}")
+        raise PromotionRefusedError(f"{model_dir} is not promoted: {reason}", report=report)
     return report
