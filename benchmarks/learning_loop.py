@@ -8,7 +8,8 @@ clean Bitext requests of each intent. Each round streams ``--requests`` realisti
 new ones every round; the test split is never touched) through the whole example graph, the
 router and the schema enforcer in ``auto`` mode, with a scripted teacher that knows each
 message's intent: it routes what the classifier is unsure of (``LLMStrategy``) and answers
-escalations, with token counts in its replies' usage like a provider's. Then, as in service:
+escalations, with token counts in its replies' usage like a provider's. A customer whose answer was
+for another intent than theirs says so on the thread half the time (``COMPLAINTS``). Then, as in service:
 
 1. the outcome rules label the round's traced teacher calls (:func:`agentgraph.records.outcomes.label_outcomes`);
 2. the accepted routing calls become examples (:func:`agentgraph.distill.dataset.trace_examples`), and so do
@@ -73,6 +74,11 @@ on the seed's copies alone (216 rows), the 99% target was too noisy to follow th
 the teacher's answers as well but not the classifier's routes, it saw only what the serving classifier found
 hard, and with their perturbed copies (a customer's typos typed over again), harder still: the retrained
 classifiers' gates rose, and most were refused for answering less."""
+COMPLAINT_RATE = 0.5
+"""The share of customers who say so when the answer was for another request than theirs; the rest let it go."""
+COMPLAINTS = ("that's not what I asked", "wrong answer, I asked something else", "no, I meant something else",
+              "you misunderstood me", "this doesn't help")  # fmt: skip
+"""What they say, on the same thread: the outcome rules read it as a complaint and reject the turn before it."""
 CLASSIFIER_SETTINGS: dict[str, Any] = {
     "lexical_weight": 1.0,
     "target_selective_accuracy": 0.99,
@@ -127,10 +133,12 @@ def classifier_routes(store: SQLTraceStore) -> list[tuple[str, str]]:
     ]  # fmt: skip
 
 
-def serve_round(parts: CustomerSupportParts, traffic: list[tuple[str, str]], prices: PriceTable) -> dict[str, Any]:
+def serve_round(
+    parts: CustomerSupportParts, traffic: list[tuple[str, str]], prices: PriceTable, rng: random.Random
+) -> dict[str, Any]:
     graph = compose(parts)
     decided: list[bool] = []
-    llm_requests = classifier_routed = 0
+    llm_requests = classifier_routed = complaints = 0
     started = time.perf_counter()
     for number, (text, intent) in enumerate(traffic):
         turn = run_turn(graph, text, thread_id=f"request-{number}", callbacks=[parts.llm_call_recorder])
@@ -138,6 +146,10 @@ def serve_round(parts: CustomerSupportParts, traffic: list[tuple[str, str]], pri
         label = decided_label(router)
         if label is not None:
             decided.append(label == intent)
+            if label != intent and rng.random() < COMPLAINT_RATE:
+                complaints += 1
+                run_turn(graph, rng.choice(COMPLAINTS), thread_id=f"request-{number}",
+                         callbacks=[parts.llm_call_recorder])  # fmt: skip
         llm_requests += turn.llm_calls > 0
         classifier_routed += router.strategy == "classifier" and not router.escalated
     parts.close()
@@ -145,7 +157,7 @@ def serve_round(parts: CustomerSupportParts, traffic: list[tuple[str, str]], pri
     return {
         "requests": len(traffic), "llm_share": llm_requests / len(traffic),
         "accuracy": sum(decided) / len(decided) if decided else None, "decided": len(decided),
-        "coverage": classifier_routed / len(traffic), "llm_calls": cost.llm_calls,
+        "coverage": classifier_routed / len(traffic), "complaints": complaints, "llm_calls": cost.llm_calls,
         "cost_usd": cost.llm_cost + cost.slm_cost, "all_llm_cost_usd": cost.baseline_cost,
         "serve_s": time.perf_counter() - started,
     }  # fmt: skip
@@ -165,6 +177,7 @@ def main() -> int:
     seed = cold_rows(splits["train"], args.seed_per_intent)
     seen = {row.text for row in seed}
     rng = random.Random(TRAFFIC_SEED)
+    complaining = random.Random(TRAFFIC_SEED + 1)  # its own draws: the traffic stays the same with or without them
     pool = [row for row in splits["train"] if row.text not in seen]
     rng.shuffle(pool)
     gate_rows = [(realistic(row.text, rng), row.intent) for row in rng.sample(splits["dev"], GATE_ROWS)]
@@ -183,12 +196,13 @@ def main() -> int:
     for number in range(args.rounds):
         batch = pool[number * args.requests : (number + 1) * args.requests]
         traffic = [(clean_text(realistic(row.text, rng)), row.intent) for row in batch]
-        teacher = KnowingTeacher(answers={text: {ROUTE_CHOICE: {"intent": intent}} for text, intent in traffic})
+        answers = [*traffic, *((clean_text(complaint), "complaint") for complaint in COMPLAINTS)]
+        teacher = KnowingTeacher(answers={text: {ROUTE_CHOICE: {"intent": intent}} for text, intent in answers})
         parts = CustomerSupportParts(
             data_dir=work / f"round-{number}", slm=slm, llm=teacher, registry=registry, reranker=reranker,
             modes=NodeModes(nodes={"router": "auto", "extract": "auto"}),
         )  # fmt: skip
-        figures = {"round": number, **serve_round(parts, traffic, prices)}
+        figures = {"round": number, **serve_round(parts, traffic, prices, complaining)}
         labelled = label_outcomes(parts.trace_store)
         examples = trace_examples(parts.trace_store, role="route").examples
         taught = [(example.input, str(example.label)) for example in examples]
