@@ -171,7 +171,8 @@ def register(groups: argparse._SubParsersAction) -> None:
         help="a model folder written by `agentgraph distill train`, or a saved IntentClassifier",
     )  # fmt: skip
     gate.add_argument("--data", type=Path, help="the dataset folder (default: the one the model was trained on)")
-    # The default is the library's DEFAULT_THRESHOLD (0.92), read when the gate runs: the gate module is slow to import.
+    # The defaults are the library's (DEFAULT_THRESHOLD 0.92; for a classifier CLASSIFIER_MIN_ACCURACY 0.95 and
+    # CLASSIFIER_MAX_ERROR_RISE 0.01), read when the gate runs: the gate module is slow to import.
     gate.add_argument(
         "--threshold", type=float,
         help="agreement needed to promote (default 0.92); a classifier's selective accuracy (default 0.95)",
@@ -184,7 +185,7 @@ def register(groups: argparse._SubParsersAction) -> None:
         "--current", type=Path, help="the classifier to gate against (default: the one serving router in --registry)"
     )
     gate.add_argument(
-        "--max-error-rise", type=float, default=0.01,
+        "--max-error-rise", type=float,
         help="how much more of the rows a classifier may answer wrongly than the current one (default 0.01)",
     )  # fmt: skip
     gate.add_argument("--limit", type=int, help="N test rows, round-robin over classes (default: all)")
@@ -461,7 +462,12 @@ def _gate_classifier(args: argparse.Namespace) -> int:
     """Gate a retrained classifier on labelled rows against the serving one; ``--promote`` registers it for router."""
     from agentgraph.commands.models import open_registry
     from agentgraph.datasets import read_records
-    from agentgraph.distill.gate import PromotionRefusedError, gate_classifier
+    from agentgraph.distill.gate import (
+        CLASSIFIER_MAX_ERROR_RISE,
+        CLASSIFIER_MIN_ACCURACY,
+        PromotionRefusedError,
+        gate_classifier,
+    )
     from agentgraph.errors import DatasetError
 
     if args.rows is None:
@@ -474,8 +480,11 @@ def _gate_classifier(args: argparse.Namespace) -> int:
     serving = registry.current("router")
     current = args.current or (None if serving is None else Path(serving.path))
     try:
-        report = gate_classifier(args.model, rows, current=current, max_error_rise=args.max_error_rise,
-                                 min_accuracy=0.95 if args.threshold is None else args.threshold)  # fmt: skip
+        report = gate_classifier(
+            args.model, rows, current=current,
+            min_accuracy=CLASSIFIER_MIN_ACCURACY if args.threshold is None else args.threshold,
+            max_error_rise=CLASSIFIER_MAX_ERROR_RISE if args.max_error_rise is None else args.max_error_rise,
+        )  # fmt: skip
     except PromotionRefusedError as refused:
         if refused.report is not None:
             print(classifier_gate_text(refused.report, as_json=args.json))

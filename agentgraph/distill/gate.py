@@ -67,6 +67,10 @@ from agentgraph.routing import (
 from agentgraph.slm import SLM
 
 DEFAULT_THRESHOLD = 0.92
+CLASSIFIER_MIN_ACCURACY = 0.95
+"""The selective accuracy (right among what it answers) a classifier needs to pass :func:`gate_classifier`."""
+CLASSIFIER_MAX_ERROR_RISE = 0.01
+"""How much more of the rows a classifier may answer wrongly than the current one and still pass."""
 
 
 class PromotionRefusedError(DistillError):
@@ -302,8 +306,8 @@ def gate_classifier(
     rows: Sequence[tuple[str, str]],
     *,
     current: str | os.PathLike[str] | None = None,
-    min_accuracy: float = 0.95,
-    max_error_rise: float = 0.01,
+    min_accuracy: float = CLASSIFIER_MIN_ACCURACY,
+    max_error_rise: float = CLASSIFIER_MAX_ERROR_RISE,
 ) -> ClassifierGateReport:
     """Gate the classifier in ``model_dir`` on ``(text, label)`` rows it was not trained on, and record the decision.
 
