@@ -31,7 +31,8 @@ reads it), the share whose knowledge answer is the policy section written for th
 intent, LLM calls, LLM tokens and cost per request (``--prices``, default
 :data:`scripted_teacher.TEACHER_PRICES`; the SLM priced by its machine's time),
 the share of requests with no LLM call, latency p50/p95 per route and overall
-without the LLM's own time (``TurnResult.llm_ms``), and requests per second;
+without the LLM's own time (``TurnResult.llm_ms``), the router node's own p50/p95
+(its logged decisions), and requests per second;
 then the ratios of teacher mode to the small models. ``--concurrency N`` serves N
 customers at once (threads of one process, the requests in a fixed shuffled
 order so every route is in flight together); the embedded SLM batches their
@@ -165,6 +166,10 @@ def figures(rows, turns, elapsed: float, parts: CustomerSupportParts, prices: Pr
         "latency_ms_by_route": {
             route: percentiles(values) | {"n": len(values)} for route, values in sorted(latencies.items())
         },
+        # The router node's own decision (acts, write rule and clarification included), the teacher's time out.
+        "router_ms": percentiles(
+            [d.latency_ms for turn in turns for d in turn.decisions if d.node == "router" and d.strategy != "llm"]
+        ),
         "requests_per_second": n / elapsed,
         "routes_taken": {f"{expected}->{route}": count for (expected, route), count in sorted(taken.items())},
     }
@@ -249,6 +254,8 @@ def main() -> None:
               f"p95 {run['latency_ms']['p95']:.0f} ms")  # fmt: skip
         for route, values in run["latency_ms_by_route"].items():
             print(f"    {route:<10} n={values['n']:<4} p50 {values['p50']:.0f} ms, p95 {values['p95']:.0f} ms")
+        if run["router_ms"]:
+            print(f"    the router p50 {run['router_ms']['p50']:.1f} ms, p95 {run['router_ms']['p95']:.1f} ms")
         print("  expected -> taken: " + ", ".join(f"{k} {v}" for k, v in run["routes_taken"].items()))
     ratios = report["teacher_over_small_models"]
     print("teacher mode / small models: " + ", ".join(

@@ -500,6 +500,46 @@ def test_cli_trains_gates_and_refuses_to_promote(tiny_model, small_data, tmp_pat
     assert "agentgraph distill dataset --role route" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # trains a model
+def test_the_example_graph_serves_a_promoted_distilled_router_with_the_calibration_its_gate_fitted(
+    tiny_model, small_data, tmp_path, embedded_slm, capsys
+):
+    import shutil
+
+    from agentgraph.distill.registry import ModelRegistry
+    from agentgraph.errors import ConfigError
+    from agentgraph.graphs.customer_support import CustomerSupportParts
+    from agentgraph.routing import ClassifierStrategy
+
+    out, data = tmp_path / "router-v1", tmp_path / "data"
+    train_router_slm(small_data, output_dir=out, base=tiny_model, settings=_tiny_settings())
+    ungated = shutil.copytree(out, tmp_path / "router-ungated")
+    registry = ModelRegistry(data / "models")
+    registry.promote("router", ungated, force=True, reason="a person forced it")
+    with pytest.raises(ConfigError, match="was never gated, so its confidence has no calibration"):
+        CustomerSupportParts(data_dir=data, slm=embedded_slm)
+
+    gate = ["distill", "gate", "--model", str(out), "--dev-limit", "6", "--limit", "3", "--no-base", "--threshold", "0",
+            "--promote", "--registry", str(data / "models")]  # fmt: skip
+    assert main(gate) == 0
+    assert f"promoted    {out} (serves router from now on" in capsys.readouterr().out
+    fitted = read_manifest(out)["promotion"]["calibration"]
+    parts = CustomerSupportParts(data_dir=data, slm=embedded_slm)
+    served = parts.routing
+    assert served.slm.model_name == "router-v1" and served.threshold == fitted["threshold"]
+    assert served.calibrator.model_dump(mode="json") == fitted["calibrator"]
+
+    text = "where is my order 4587345?"
+    attempt = parts.nodes()["router"]({"text": text}, {})["decisions"][0].metadata["attempts"][0]
+    direct = load_router_strategy(out, gated=True).propose(text)
+    assert (attempt["strategy"], attempt["model"], attempt["label"]) == ("slm", "router-v1", direct.label)
+    assert attempt["confidence"] == pytest.approx(direct.confidence) and attempt["threshold"] == fitted["threshold"]
+
+    assert registry.rollback("router").path == str(ungated.resolve())
+    assert registry.rollback("router") is None  # back to the default: the example's classifier
+    assert isinstance(CustomerSupportParts(data_dir=data, slm=embedded_slm).routing, ClassifierStrategy)
+
+
 def test_a_dataset_of_another_role_is_refused(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({"role": "extract", "sha256": "x"}))
     with pytest.raises(DistillError, match="--role route"):

@@ -135,6 +135,14 @@ def test_the_example_graph_refuses_a_promoted_extractor_of_another_schema(tmp_pa
         CustomerSupportParts(data_dir=tmp_path / "data", slm=embedded_slm)
 
 
+def test_the_example_graph_refuses_an_extractor_promoted_for_its_router(tmp_path, embedded_slm):
+    from agentgraph.graphs.customer_support import CustomerSupportParts
+
+    ModelRegistry(tmp_path / "data" / "models").promote("router", artifact(tmp_path / "extractor"))
+    with pytest.raises(ConfigError, match="is a distilled 'extract' model, not a router"):
+        CustomerSupportParts(data_dir=tmp_path / "data", slm=embedded_slm)
+
+
 @pytest.mark.slow
 def test_a_retrained_classifier_gated_against_the_serving_one_is_promoted_without_force(
     tmp_path, support_splits, capsys

@@ -20,8 +20,9 @@ checkpoints, and writes a model folder with its manifest.
 evaluates it with the real router on the held-out test split against the base
 model and, with ``--promote``, records the decision in its manifest, exiting
 with status 2 when agreement is below the threshold (:mod:`agentgraph.distill.gate`).
-An accepted extractor is also registered to serve ``extract`` in the model registry
-(``--registry``, default the example graph's; see ``agentgraph models``).
+An accepted extractor is also registered to serve ``extract``, and an accepted router
+(a distilled SLM, with the calibration and gate fitted on dev, or a retrained classifier) to serve
+``router``, in the model registry (``--registry``, default the example graph's; see ``agentgraph models``).
 
 ``agentgraph distill agree --model MODEL --slm-url URL [--limit 200] [--json]``
 puts held-out requests to the model in-process and to a vLLM server serving
@@ -200,8 +201,8 @@ def register(groups: argparse._SubParsersAction) -> None:
     gate.add_argument("--max-rejection", type=float, default=0.1, help="most of dev the gate may reject (default 0.1)")
     gate.add_argument("--promote", action="store_true",
                       help="record the decision in the manifest (exit 2 when refused); an accepted extractor "
-                      "is registered to serve extract, an accepted classifier router (a classifier's gate records "
-                      "its decision either way)")  # fmt: skip
+                      "is registered to serve extract, an accepted router (distilled or a classifier) router (a "
+                      "classifier's gate records its decision either way)")  # fmt: skip
     gate.add_argument("--registry", type=Path, help="the model registry (default: the example graph's)")
     gate.add_argument("--json", action="store_true", help="print the report as JSON")
     gate.set_defaults(handler=_gate)
@@ -452,9 +453,11 @@ def _gate(args: argparse.Namespace) -> int:
     else:
         print("\n".join(gate_lines(report)))
     if args.promote:
+        from agentgraph.commands.models import open_registry
+
         promote(args.model, report)  # raises PromotionRefusedError (exit 2) when refused
-        # Not registered: the example's router serves a classifier; `agentgraph models promote` registers it.
-        print(f"promoted    {args.model} (recorded in its manifest; `agentgraph models promote ROLE` serves it)")
+        open_registry(args.registry).promote("router", args.model)
+        print(f"promoted    {args.model} (serves router from now on, with the calibration and gate fitted here)")
     return 0
 
 
@@ -570,7 +573,7 @@ def _bootstrap(args: argparse.Namespace) -> int:
         print(
             f"promoted    {report.model} serves extract from the next graph built (`agentgraph run customer-support`)"
         )
-    print(f"router      {report.router} (the classifier the example routes with)")
+    print(f"router      {report.router} (what the example routes with)")
     return status
 
 

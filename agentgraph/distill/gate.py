@@ -24,7 +24,9 @@ without ``--force``.
 
 :func:`load_router_strategy` gives the strategy a graph routes with: the
 artifact's own label set (codes are mapped back to intents), prompt and input
-budget, so nothing of the training setup has to be repeated by hand.
+budget, and the calibrator and confidence gate its last gate fitted on dev
+(recorded by :func:`promote`), so nothing of the training setup or the gate has
+to be repeated by hand.
 
 Example:
     >>> from agentgraph.distill.gate import GateReport, promotion_decision
@@ -47,6 +49,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from agentgraph.calibration import AnyCalibrator
 from agentgraph.classifier import IntentClassifier
 from agentgraph.distill.train import (
     DistillError,
@@ -114,15 +117,39 @@ class DistilledSLMStrategy(SLMStrategy):
         return self
 
 
-def load_router_strategy(model_dir: str | os.PathLike[str], slm: SLM | None = None) -> DistilledSLMStrategy:
-    """The routing strategy of a distilled model folder (``slm``: that folder loaded elsewhere, e.g. through vLLM)."""
+class GateCalibration(BaseModel):
+    """What a gate fitted on dev for a distilled router: its confidence calibration and the gate on it."""
+
+    calibrator: AnyCalibrator
+    threshold: float = Field(description="the calibrated confidence below which the router escalates")
+
+
+def load_router_strategy(
+    model_dir: str | os.PathLike[str], slm: SLM | None = None, *, gated: bool = False
+) -> DistilledSLMStrategy:
+    """The routing strategy of a distilled model folder (``slm``: that folder loaded elsewhere, e.g. through vLLM).
+
+    It is calibrated and gated as its last gate fitted it on dev (:func:`promote` records that). With
+    ``gated`` (serving), a folder never gated raises :class:`DistillError`: its confidences would be the
+    raw log-prob ones, and its gate a guess.
+    """
     manifest, slm = load_artifact(model_dir, "route", slm)
+    calibration = (manifest.get("promotion") or {}).get("calibration")
+    if gated and calibration is None:
+        raise DistillError(
+            f"{model_dir} was never gated, so its confidence has no calibration and no gate to route on: "
+            f"`agentgraph distill gate --model {model_dir} --promote` fits them"
+        )
     labels = manifest["labels"]
     router = manifest["router"]
-    return DistilledSLMStrategy(
+    strategy = DistilledSLMStrategy(
         slm, labels["shown"], labels["intents"], max_input_tokens=router["max_input_tokens"],
         list_labels=router.get("list_labels", True),
     )  # fmt: skip
+    if calibration is not None:
+        fitted = GateCalibration.model_validate(calibration)
+        strategy.calibrator, strategy.threshold = fitted.calibrator, fitted.threshold
+    return strategy
 
 
 def base_strategy(slm: SLM, labels: Sequence[str], descriptions: Mapping[str, str] | None = None) -> SLMStrategy:
@@ -136,6 +163,7 @@ class GateSide(BaseModel):
 
     model: str
     gate_threshold: float = Field(description="the calibrated-confidence gate fitted on dev")
+    calibrator: AnyCalibrator = Field(description="the confidence calibration fitted on dev")
     evaluation: RouterEvaluation
 
 
@@ -169,9 +197,11 @@ class GateReport(GateVerdict):
     base: GateSide | None
 
     def promotion_figures(self) -> dict[str, Any]:
+        calibration = GateCalibration(calibrator=self.student.calibrator, threshold=self.student.gate_threshold)
         return {
             "coverage": self.student.evaluation.coverage,
             "selective_accuracy": self.student.evaluation.selective_accuracy,
+            "calibration": calibration.model_dump(mode="json"),
         }
 
 
@@ -192,7 +222,10 @@ def _fit_and_evaluate(strategy: SLMStrategy, dev: Sequence[tuple[str, str]], tes
         [t for t, _ in dev], [label for _, label in dev], target_accuracy=target_accuracy, max_rejection=max_rejection
     )
     evaluation = evaluate_router(Router([strategy]), test)
-    return GateSide(model=strategy.slm.model_name, gate_threshold=strategy.threshold, evaluation=evaluation)
+    return GateSide(
+        model=strategy.slm.model_name, gate_threshold=strategy.threshold, calibrator=strategy.calibrator,
+        evaluation=evaluation,
+    )  # fmt: skip
 
 
 def gate_router(

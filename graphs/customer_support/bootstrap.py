@@ -13,7 +13,8 @@ about 5 s a request; the bootstrapped extractor filled all of them, at 0.44 s.
    (``agentgraph run``, :func:`build_customer_support_graph`) serves it; a refused one is not registered.
 
 The router is not distilled here: the example routes with its trained classifier (prepared here if
-it is not cached yet), which is more accurate on this data than a distilled SLM router, and faster.
+it is not cached yet), which is more accurate on this data than a distilled SLM router, and faster,
+unless a router is promoted in the registry (``agentgraph distill gate --model ROUTER --promote``).
 
 Example (the bootstrap itself takes about 15 minutes on two cores, so it is skipped here)::
 
@@ -59,7 +60,9 @@ class BootstrapReport(BaseModel):
     model: str = Field(description="the trained extractor's folder")
     gate: ExtractionGateReport
     promoted: bool = Field(description="whether the extractor now serves extract")
-    router: str = Field(description="the classifier the example routes with")
+    router: str = Field(
+        description="what the example routes with: the router promoted in the registry, else its classifier"
+    )
     minutes: dict[str, float] = Field(description="wall-clock minutes per step: dataset, train, gate, router")
 
 
@@ -120,10 +123,11 @@ def bootstrap_customer_support(
         registry.promote("extract", trained.output_dir)
 
     started = time.perf_counter()
-    progress("router      the example's classifier (trained on first use)")
-    router = support_router_path()
+    progress("router      the example's classifier (trained on first use; its encoder serves beside any router)")
+    classifier = support_router_path()
     timed("router", started)
+    serving = registry.current("router")
     return BootstrapReport(
         dataset=str(folder / "dataset"), model=str(Path(trained.output_dir).resolve()), gate=report, promoted=promoted,
-        router=str(router), minutes=minutes,
+        router=serving.path if serving is not None else str(classifier), minutes=minutes,
     )  # fmt: skip

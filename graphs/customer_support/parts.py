@@ -29,7 +29,9 @@ from langgraph.prebuilt import ToolNode
 from agentgraph.checkpointing import postgres_checkpointer, sqlite_checkpointer
 from agentgraph.classifier import IntentClassifier
 from agentgraph.distill.extract import ExtractionArtifact, load_extraction_artifact
+from agentgraph.distill.gate import load_router_strategy
 from agentgraph.distill.registry import ModelRegistry, RegistryEntry
+from agentgraph.distill.train import DistillError
 from agentgraph.errors import ConfigError
 from agentgraph.graphs.customer_support.bitext import CUSTOMER_SUPPORT_INTENTS
 from agentgraph.graphs.customer_support.planning import CAPABILITIES, begin_plan, observe_step, run_step, summarize
@@ -61,6 +63,7 @@ from agentgraph.postgres import is_postgres_url
 from agentgraph.prompting import load_prompt
 from agentgraph.records.decisions import DecisionLog
 from agentgraph.records.traces import LLMCallRecorder, open_trace_store
+from agentgraph.routing import ClassifierStrategy, RoutingStrategy
 from agentgraph.shadow import ShadowConfig, ShadowEvaluator
 from agentgraph.slm import SLM, load_slm
 from agentgraph.slm.models import cache_dir
@@ -108,7 +111,9 @@ class CustomerSupportParts:
     ``models/`` (a :class:`~agentgraph.distill.registry.ModelRegistry`, unless ``registry`` is given):
     at start the graph loads the artifact promoted there for ``extract`` (a distilled extractor
     of :class:`SupportTicket`) and for ``router`` (an :class:`~agentgraph.classifier.IntentClassifier`
-    folder; ``router_path`` wins over it), and logs that the default serves a role with none; a
+    folder, or a distilled SLM router, gated, served in-process with the calibration and gate its gate
+    fitted: :func:`~agentgraph.distill.gate.load_router_strategy`; ``router_path``, a classifier
+    folder, wins over it), and logs that the default serves a role with none; a
     canary registered there for either role (``agentgraph models canary``) serves its share of the
     requests beside it (:func:`~agentgraph.nodes.canary.create_canary`).
     With ``database_url`` (``postgresql://...``), the idempotency keys, the trace store and
@@ -168,28 +173,41 @@ class CustomerSupportParts:
         )
         self.registry = registry or ModelRegistry(self.data_dir / "models", decision_log=self.decision_log)
         self.extraction_artifact = self._extractor_of(self.registry.resolve("extract"))
-        promoted_router = self._router_of(self.registry.resolve("router"))
-        self.classifier = IntentClassifier.load(router_path or promoted_router or support_router_path())
+        promoted = None if router_path is not None else self.registry.resolve("router")
+        distilled = promoted if promoted is not None and promoted.trained_for is not None else None
+        # The classifier's encoder is also the act detector's, the policy retriever's and the evaluator's, so one
+        # is loaded even when a distilled SLM routes.
+        self.classifier = IntentClassifier.load(
+            router_path or (promoted.path if promoted and not distilled else None) or support_router_path()
+        )
+        self.routing = self._routing_of(distilled) if distilled else ClassifierStrategy(self.classifier)
         self.acts = support_act_detector(self.classifier.encoder)
         self.reranker = reranker or Reranker(support_reranker_folder)  # trained when a request first needs it
         self.canaries = {role: canary for role in DEFAULT_MODES if (canary := self.registry.resolve_canary(role))}
         extraction_canary, router_canary = self.canaries.get("extract"), self.canaries.get("router")
         self.candidate_extraction = self._extractor_of(extraction_canary.entry if extraction_canary else None)
-        candidate_router = self._router_of(router_canary.entry if router_canary else None)
-        self.candidate_classifier = (
-            IntentClassifier.load(candidate_router, encoder=self.classifier.encoder) if candidate_router else None
-        )  # one encoder for both: the act detector already shares the serving classifier's
+        self.candidate_routing = self._routing_of(router_canary.entry) if router_canary else None
 
-    @staticmethod
-    def _router_of(entry: RegistryEntry | None) -> str | None:
-        if entry is None:
-            return None
-        if entry.trained_for is not None:
+    def _routing_of(self, entry: RegistryEntry) -> RoutingStrategy:
+        """What a router artifact routes with: a classifier folder's classifier (on the shared encoder), or a
+        gated distilled SLM router, in-process, whose intents must all be this graph's."""
+        if entry.trained_for is None:
+            return ClassifierStrategy(IntentClassifier.load(entry.path, encoder=self.classifier.encoder))
+        if entry.trained_for != "route":
             raise ConfigError(
-                f"the router artifact {entry.path} is a distilled {entry.trained_for!r} model; this graph's router "
-                f"serves an IntentClassifier folder: register one, or `agentgraph models rollback router`"
+                f"the router artifact {entry.path} is a distilled {entry.trained_for!r} model, not a router: register "
+                "an IntentClassifier folder or a distilled router, or `agentgraph models rollback router`"
             )
-        return entry.path
+        try:
+            strategy = load_router_strategy(entry.path, gated=True)
+        except DistillError as error:
+            raise ConfigError(f"the router artifact cannot serve: {error}") from error
+        unknown = sorted(set(strategy.intent_labels) - set(CUSTOMER_SUPPORT_INTENTS))
+        if unknown:
+            raise ConfigError(
+                f"the distilled router {entry.path} answers intents this graph has no route for: {', '.join(unknown)}"
+            )
+        return strategy
 
     @staticmethod
     def _extractor_of(entry: RegistryEntry | None) -> ExtractionArtifact | None:
@@ -261,9 +279,9 @@ class CustomerSupportParts:
         tools = {tool.name: tool for tool in self.shop.tools()}
         teacher_llm = self.llm_for("route")
 
-        def router_on(classifier: IntentClassifier) -> ControlNode:
+        def router_on(strategy: RoutingStrategy) -> ControlNode:
             return create_router(
-                **support_routing(classifier, self.acts), goto=False, decision_log=log,
+                **support_routing(strategy, self.acts), goto=False, decision_log=log,
                 mode=self.mode_of("router"), shadow=self.shadow,
                 teacher=LLMStrategy(teacher_llm, CUSTOMER_SUPPORT_INTENTS) if teacher_llm is not None else None,
             )  # fmt: skip
@@ -275,9 +293,9 @@ class CustomerSupportParts:
                 shadow=self.shadow,
             )  # fmt: skip
 
-        router, extract = router_on(self.classifier), extract_on(self.extraction_artifact)
-        if self.candidate_classifier is not None:
-            router = self._canary("router", router, router_on(self.candidate_classifier))
+        router, extract = router_on(self.routing), extract_on(self.extraction_artifact)
+        if self.candidate_routing is not None:
+            router = self._canary("router", router, router_on(self.candidate_routing))
         if self.candidate_extraction is not None:
             extract = self._canary("extract", extract, extract_on(self.candidate_extraction))
         read_tools = ToolNode([tools[name] for name in READ_TOOLS])

@@ -27,7 +27,7 @@ from agentgraph.acts import ActDetector
 from agentgraph.clarification import ClarificationPolicy, ReferencePattern
 from agentgraph.classifier import IntentClassifier
 from agentgraph.graphs.customer_support.training import support_act_detector, support_router_path
-from agentgraph.routing import ClassifierStrategy, Router, StepPolicy
+from agentgraph.routing import ClassifierStrategy, Router, RoutingStrategy, StepPolicy
 from agentgraph.write_safety import WritePolicy
 
 Route = Literal["lookup", "action", "knowledge", "escalate"]
@@ -146,10 +146,10 @@ STEP_POLICY = StepPolicy(route="plan")
 """A message that asks for several things goes to the planning path (graphs/customer_support/planning.py)."""
 
 
-def support_routing(classifier: IntentClassifier, acts: ActDetector | None) -> dict[str, Any]:
-    """The example router's arguments (strategy, routes and policies) for ``create_router`` or ``Router``."""
+def support_routing(strategy: RoutingStrategy, acts: ActDetector | None) -> dict[str, Any]:
+    """The example router's arguments (``strategy``, routes and policies) for ``create_router`` or ``Router``."""
     return {
-        "strategies": [ClassifierStrategy(classifier)], "routes": ROUTES, "acts": acts, "writes": WRITE_POLICY,
+        "strategies": [strategy], "routes": ROUTES, "acts": acts, "writes": WRITE_POLICY,
         "clarification": CLARIFICATION_POLICY, "steps": STEP_POLICY,
     }  # fmt: skip
 
@@ -158,4 +158,4 @@ def support_router(classifier: IntentClassifier | None = None) -> Router:
     """The example graph's router without the graph: ``classifier`` (default: the example's), its act detector on
     the same encoder, the write rule and the clarifying questions (for evaluations and benchmarks)."""
     classifier = classifier if classifier is not None else IntentClassifier.load(support_router_path())
-    return Router(**support_routing(classifier, support_act_detector(classifier.encoder)))
+    return Router(**support_routing(ClassifierStrategy(classifier), support_act_detector(classifier.encoder)))
