@@ -119,6 +119,7 @@ def test_the_example_graph_serves_the_promoted_extractor_and_the_default_without
     served = CustomerSupportParts(data_dir=tmp_path / "data", slm=embedded_slm)
     ticket, decision = extract_decision(served)
     assert served.extraction_artifact["slm"].folder == promoted, "the artifact's own model serves extract"
+    assert served.extraction_artifact["slm"].dtype == embedded_slm.dtype, "it computes as the serving SLM does"
     assert decision.model == "extractor-v1" and ticket.order_id == "4587345"
 
     registry.rollback("extract")

@@ -220,3 +220,31 @@ def test_both_backends_agree_on_more_labels_than_one_request_can_read(embedded_s
     assert (
         max(abs(local.probabilities[label] - served.probabilities[label]) for label in labels) < BACKEND_PROBABILITY_GAP
     )
+
+
+def test_a_bfloat16_slm_runs_where_the_cpu_computes_bf16_and_is_refused_where_it_would_be_emulated(
+    embedded_slm: SLM, monkeypatch
+):
+    import torch
+
+    from agentgraph.errors import ConfigError
+    from agentgraph.slm import SLMSettings, load_slm
+    from agentgraph.slm.models import cpu_computes_bf16
+
+    monkeypatch.setenv("AGENTGRAPH_SLM_DTYPE", "bfloat16")
+    assert embedded_slm.dtype == "float32", "the default computes as a vLLM server does"
+    if not cpu_computes_bf16():
+        with pytest.raises(ConfigError, match="no bf16 instructions"):
+            load_slm(SLMSettings.from_env())
+        return
+    slm = load_slm(SLMSettings.from_env())
+    assert slm.dtype == "bfloat16" and next(slm.model.parameters()).dtype == torch.bfloat16
+
+    class OrderQuery(BaseModel):
+        order_id: str
+
+    assert slm.structured("Where is order 10001?", OrderQuery).value.order_id == "10001"
+    prompt = "Where is my parcel? It was supposed to arrive yesterday."
+    wide, narrow = embedded_slm.choose(prompt, INTENTS), slm.choose(prompt, INTENTS)
+    assert narrow.label == wide.label
+    assert max(abs(narrow.probabilities[k] - wide.probabilities[k]) for k in INTENTS) < 0.05

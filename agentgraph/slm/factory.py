@@ -27,6 +27,10 @@ class SLMSettings(BaseModel):
     api_key: str | None = Field(default=None, description="vLLM --api-key (env AGENTGRAPH_SLM_API_KEY)")
     timeout_s: float = Field(default=60.0, gt=0, description="vLLM request timeout (env AGENTGRAPH_SLM_TIMEOUT)")
     max_context_tokens: int | None = Field(default=None, gt=0)
+    dtype: Literal["float32", "bfloat16"] | None = Field(
+        default=None,
+        description="embedded: what the weights compute in (env AGENTGRAPH_SLM_DTYPE; see TransformersSLM)",
+    )
 
     @property
     def backend(self) -> Literal["embedded", "vllm"]:
@@ -40,6 +44,7 @@ class SLMSettings(BaseModel):
             "model": os.environ.get("AGENTGRAPH_SLM_MODEL"),
             "api_key": os.environ.get("AGENTGRAPH_SLM_API_KEY"),
             "timeout_s": os.environ.get("AGENTGRAPH_SLM_TIMEOUT"),
+            "dtype": os.environ.get("AGENTGRAPH_SLM_DTYPE"),
         }
         values = {k: v for k, v in env.items() if v} | {k: v for k, v in overrides.items() if v is not None}
         return cls.model_validate(values)
@@ -60,4 +65,4 @@ def load_slm(settings: SLMSettings | None = None) -> SLM:
         )
     from agentgraph.slm.embedded import TransformersSLM
 
-    return TransformersSLM(settings.model, max_context_tokens=settings.max_context_tokens)
+    return TransformersSLM(settings.model, max_context_tokens=settings.max_context_tokens, dtype=settings.dtype)

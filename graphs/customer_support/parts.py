@@ -65,7 +65,7 @@ from agentgraph.records.decisions import DecisionLog
 from agentgraph.records.traces import LLMCallRecorder, open_trace_store
 from agentgraph.routing import ClassifierStrategy, RoutingStrategy
 from agentgraph.shadow import ShadowConfig, ShadowEvaluator
-from agentgraph.slm import SLM, load_slm
+from agentgraph.slm import SLM, TransformersSLM, load_slm
 from agentgraph.slm.models import cache_dir
 from agentgraph.tiers import LLMTiers
 
@@ -199,7 +199,7 @@ class CustomerSupportParts:
                 "an IntentClassifier folder or a distilled router, or `agentgraph models rollback router`"
             )
         try:
-            strategy = load_router_strategy(entry.path, gated=True)
+            strategy = load_router_strategy(entry.path, self._artifact_slm(entry.path), gated=True)
         except DistillError as error:
             raise ConfigError(f"the router artifact cannot serve: {error}") from error
         unknown = sorted(set(strategy.intent_labels) - set(CUSTOMER_SUPPORT_INTENTS))
@@ -209,17 +209,21 @@ class CustomerSupportParts:
             )
         return strategy
 
-    @staticmethod
-    def _extractor_of(entry: RegistryEntry | None) -> ExtractionArtifact | None:
+    def _extractor_of(self, entry: RegistryEntry | None) -> ExtractionArtifact | None:
         if entry is None:
             return None
-        artifact = load_extraction_artifact(entry.path)
+        artifact = load_extraction_artifact(entry.path, self._artifact_slm(entry.path))
         if artifact["schema"] is not SupportTicket:
             raise ConfigError(
                 f"the extractor {entry.path} fills {artifact['schema'].__name__}; this graph's extract node "
                 "fills SupportTicket: train one on it (--schema), or `agentgraph models rollback extract`"
             )
         return artifact
+
+    def _artifact_slm(self, folder: str) -> SLM | None:
+        """A promoted model folder in-process, computing in the serving SLM's dtype when that one is embedded too
+        (None: the artifact's own default)."""
+        return TransformersSLM(folder, dtype=self.slm.dtype) if isinstance(self.slm, TransformersSLM) else None
 
     def _canary(self, role: str, current: ControlNode, candidate: ControlNode) -> ControlNode:
         canary = self.canaries[role]
