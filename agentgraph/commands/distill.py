@@ -201,8 +201,8 @@ def register(groups: argparse._SubParsersAction) -> None:
     gate.add_argument("--max-rejection", type=float, default=0.1, help="most of dev the gate may reject (default 0.1)")
     gate.add_argument("--promote", action="store_true",
                       help="record the decision in the manifest (exit 2 when refused); an accepted extractor "
-                      "is registered to serve extract, an accepted router (distilled or a classifier) router (a "
-                      "classifier's gate records its decision either way)")  # fmt: skip
+                      "is registered to serve extract, an accepted router (distilled, or a classifier) to serve "
+                      "router (a classifier's gate records its decision either way)")  # fmt: skip
     gate.add_argument("--registry", type=Path, help="the model registry (default: the example graph's)")
     gate.add_argument("--json", action="store_true", help="print the report as JSON")
     gate.set_defaults(handler=_gate)

@@ -64,7 +64,7 @@ class TransformersSLM(SLM):
             :class:`~agentgraph.slm.server.VLLMServer` shares, so both backends give the same answers;
             bfloat16 elsewhere. ``"bfloat16"`` on a CPU with bf16 instructions (AVX512-BF16 or AMX) runs
             faster (two AVX512 EPYC cores: a decoding pass 45 against 64 ms, the example's 16 concurrent
-            requests 11.2 against 7.3 requests/s) at the cost of that agreement; a CPU without them
+            requests 9.4 against 7.3 requests/s, measured back to back) at the cost of that agreement; a CPU without them
             would emulate it, many times slower, so it is refused there.
     """
 
